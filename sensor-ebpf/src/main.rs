@@ -1,0 +1,344 @@
+//! The sensor's kernel programs.
+//!
+//! - `sock_ops` (cgroup v2 root): listen, connect, active/passive established, and the state
+//!   callback at close with the kernel's per-connection counters. Only stable UAPI fields of
+//!   `bpf_sock_ops` are read.
+//! - `inet_sock_set_state` as a BTF-typed tracepoint, the fallback where `sock_ops` cannot
+//!   attach: `struct sock` fields are read at offsets the agent found in the running kernel's
+//!   BTF and stored in `OFFSETS`.
+//!
+//! Every event goes through the `EVENTS` ring buffer; a failed reserve counts in `DROPS`
+//! (per-CPU, read by the agent). Nothing here logs on the per-event path: aya-log is used only
+//! for setup problems that make a program useless (e.g. missing offsets), once per CPU.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG,
+        BPF_SOCK_OPS_PARSE_HDR_OPT_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB,
+    },
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
+    },
+    macros::{btf_tracepoint, map, sock_ops},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, SockOpsContext},
+};
+use aya_log_ebpf::warn;
+use sensor_common::{
+    AF_INET, AF_INET6, SOCK_DONE, SockEvent, SockOffsets, flags, kind, source, tcp_state,
+};
+
+/// Socket events for the agent. The agent sets the size at load time (`ringbuf_bytes`).
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Index 0: events lost because `EVENTS` was full. Per CPU so counting never contends.
+#[map]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Index 0: kernel struct offsets for the tracepoint program, filled in by the agent.
+#[map]
+static OFFSETS: Array<SockOffsets> = Array::with_max_entries(1, 0);
+
+/// Index 0: set to 1 once a CPU has warned about missing offsets, so the warning is not
+/// repeated on every event.
+#[map]
+static WARNED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sockets (by cookie) that received a FIN after our own close: the one case where the
+/// state at close does not tell whether `bytes_received` counts the peer's FIN
+/// (FIN_WAIT2 -> CLOSE happens both on the peer's FIN and without it).
+#[map]
+static FIN_SEEN: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+
+const IPPROTO_TCP: u16 = 6;
+const TCPHDR_FIN: u32 = 0x01;
+
+#[inline(always)]
+fn count_drop() {
+    if let Some(p) = DROPS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Reserves an event, lets `fill` write it, and submits it; counts a drop when full.
+#[inline(always)]
+fn emit(fill: impl FnOnce(&mut SockEvent)) {
+    match EVENTS.reserve::<SockEvent>(0) {
+        Some(mut entry) => {
+            let ev = entry.write(SockEvent::ZERO);
+            fill(ev);
+            entry.submit(0);
+        }
+        None => count_drop(),
+    }
+}
+
+#[inline(always)]
+fn current_task(ev: &mut SockEvent) {
+    ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Ok(comm) = bpf_get_current_comm() {
+        ev.comm = comm;
+    }
+}
+
+#[inline(always)]
+fn ip6_bytes(words: [u32; 4]) -> [u8; 16] {
+    // The words hold the address in network byte order as it sits in memory.
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = words[i].to_ne_bytes();
+        out[i * 4] = b[0];
+        out[i * 4 + 1] = b[1];
+        out[i * 4 + 2] = b[2];
+        out[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    out
+}
+
+#[sock_ops]
+pub fn sensor_sock_ops(ctx: SockOpsContext) -> u32 {
+    let op = ctx.op();
+    let event_kind = match op {
+        BPF_SOCK_OPS_TCP_LISTEN_CB => kind::LISTEN,
+        BPF_SOCK_OPS_TCP_CONNECT_CB => kind::CONNECT,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => kind::ACTIVE_ESTABLISHED,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => kind::PASSIVE_ESTABLISHED,
+        BPF_SOCK_OPS_STATE_CB => match ctx.arg(1) {
+            tcp_state::CLOSE => kind::CLOSE,
+            tcp_state::FIN_WAIT1 => {
+                // We closed first: watch the few segments still coming for the peer's FIN.
+                let flags = ctx.cb_flags() | BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG;
+                let _ = ctx.set_cb_flags(flags as i32);
+                return 1;
+            }
+            _ => return 1,
+        },
+        BPF_SOCK_OPS_PARSE_HDR_OPT_CB => {
+            // SAFETY: stable bpf_sock_ops field; 0 when the callback has no segment.
+            if unsafe { (*ctx.ops).skb_tcp_flags } & TCPHDR_FIN != 0 {
+                // SAFETY: valid context for bpf_get_socket_cookie.
+                let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+                let _ = FIN_SEEN.insert(&cookie, &1, 0);
+            }
+            return 1;
+        }
+        _ => return 1,
+    };
+    // Ask for the state callback so the close (with its counters) is seen. Set at connect
+    // too, so connections that never establish still report their end.
+    // Listeners too, so the agent learns when a listening socket goes away.
+    if event_kind != kind::CLOSE
+        && ctx.cb_flags() & BPF_SOCK_OPS_STATE_CB_FLAG == 0
+        && ctx
+            .set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32)
+            .is_err()
+    {
+        warn_once(&ctx, "sock_ops: bpf_sock_ops_cb_flags_set failed");
+    }
+
+    let family = ctx.family() as u16;
+    if family != AF_INET && family != AF_INET6 {
+        return 1;
+    }
+    let ops = ctx.ops;
+    emit(|ev| {
+        // SAFETY: the kernel hands a valid context; bpf_get_socket_cookie accepts it.
+        ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+        ev.sock_id = unsafe { bpf_get_socket_cookie(ops.cast()) };
+        ev.kind = event_kind;
+        ev.source = source::SOCK_OPS;
+        ev.family = family;
+        ev.local_port = ctx.local_port() as u16;
+        ev.remote_port = u32::from_be(ctx.remote_port()) as u16;
+        if family == AF_INET {
+            ev.local_addr[..4].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
+            ev.remote_addr[..4].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
+        } else {
+            ev.local_addr = ip6_bytes(ctx.local_ip6());
+            ev.remote_addr = ip6_bytes(ctx.remote_ip6());
+        }
+        match event_kind {
+            // These run in the calling process's context.
+            kind::LISTEN | kind::CONNECT => current_task(ev),
+            kind::CLOSE => {
+                let old = ctx.arg(0);
+                ev.old_state = old;
+                // SAFETY: reading stable bpf_sock_ops fields of a full socket (STATE_CB).
+                let (snd_una, snd_nxt) = unsafe { ((*ops).snd_una, (*ops).snd_nxt) };
+                let fin_seen = FIN_SEEN.get_ptr(&ev.sock_id).is_some();
+                if fin_seen {
+                    let _ = FIN_SEEN.remove(&ev.sock_id);
+                }
+                ev.flags = close_flags(old, fin_seen, snd_una == snd_nxt);
+                // SAFETY: as above.
+                unsafe {
+                    ev.bytes_acked = (*ops).bytes_acked;
+                    ev.bytes_received = (*ops).bytes_received;
+                    ev.segs_in = (*ops).segs_in;
+                    ev.segs_out = (*ops).segs_out;
+                    ev.srtt_us = (*ops).srtt_us >> 3;
+                    ev.total_retrans = (*ops).total_retrans;
+                }
+            }
+            _ => {}
+        }
+    });
+    1
+}
+
+/// [`flags`] of a closing end. `fin_in_late`: the peer's FIN arrived after our own close;
+/// `all_acked`: everything we sent was acknowledged (no reset, no timeout).
+#[inline(always)]
+fn close_flags(old: u32, fin_in_late: bool, all_acked: bool) -> u32 {
+    let mut f = 0;
+    // FIN_WAIT2 is entered only when our FIN is acked; from CLOSING and LAST_ACK the normal
+    // way out is that ack, the other ways are a reset or a timeout.
+    if old == tcp_state::FIN_WAIT2
+        || ((old == tcp_state::CLOSING || old == tcp_state::LAST_ACK) && all_acked)
+    {
+        f |= flags::FIN_ACKED;
+    }
+    // CLOSE_WAIT, LAST_ACK and CLOSING are entered only on the peer's FIN.
+    if matches!(
+        old,
+        tcp_state::CLOSE_WAIT | tcp_state::LAST_ACK | tcp_state::CLOSING
+    ) || fin_in_late
+    {
+        f |= flags::FIN_IN;
+    }
+    f
+}
+
+#[inline(always)]
+fn warn_once<C: aya_ebpf::EbpfContext>(ctx: &C, msg: &'static str) {
+    if let Some(p) = WARNED.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            if *p == 0 {
+                *p = 1;
+                warn!(ctx, "{}", msg);
+            }
+        }
+    }
+}
+
+/// Reads a `T` at `base + off` from kernel memory.
+#[inline(always)]
+unsafe fn read_at<T>(base: *const u8, off: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel tolerates any address; a bad one returns an error.
+    unsafe { bpf_probe_read_kernel(base.add(off as usize).cast::<T>()).ok() }
+}
+
+/// `sock:inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn sensor_set_state(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let _ = on_set_state(&ctx, sk, old as u32, new as u32);
+    0
+}
+
+#[inline(always)]
+fn on_set_state(ctx: &BtfTracePointContext, sk: *const u8, old: u32, new: u32) -> Option<()> {
+    let event_kind = match (old, new) {
+        (_, tcp_state::LISTEN) => kind::LISTEN,
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) => kind::CONNECT,
+        (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => kind::ACTIVE_ESTABLISHED,
+        (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => kind::PASSIVE_ESTABLISHED,
+        (_, tcp_state::CLOSE) => kind::CLOSE,
+        _ => return None,
+    };
+    let off = OFFSETS.get(0)?;
+    if off.valid == 0 {
+        warn_once(
+            ctx,
+            "inet_sock_set_state: kernel offsets not loaded, events ignored",
+        );
+        return None;
+    }
+    // SAFETY: `sk` is the tracepoint's `struct sock *`; every read goes through
+    // bpf_probe_read_kernel at an offset from the running kernel's BTF.
+    unsafe {
+        let protocol: u16 = read_at(sk, off.protocol)?;
+        if protocol != IPPROTO_TCP {
+            return None;
+        }
+        let family: u16 = read_at(sk, off.family)?;
+        if family != AF_INET && family != AF_INET6 {
+            return None;
+        }
+        let local_port: u16 = read_at(sk, off.num)?;
+        let dport: u16 = read_at(sk, off.dport)?;
+        let mut local = [0u8; 16];
+        let mut remote = [0u8; 16];
+        if family == AF_INET {
+            let l: [u8; 4] = read_at(sk, off.rcv_saddr)?;
+            let r: [u8; 4] = read_at(sk, off.daddr)?;
+            local[..4].copy_from_slice(&l);
+            remote[..4].copy_from_slice(&r);
+        } else {
+            local = read_at(sk, off.v6_rcv_saddr)?;
+            remote = read_at(sk, off.v6_daddr)?;
+        }
+        let mut counters = [0u64; 2];
+        let mut small = [0u32; 4];
+        let mut close = 0;
+        if event_kind == kind::CLOSE {
+            let sk_flags: u64 = read_at(sk, off.sk_flags).unwrap_or(0);
+            let sk_err: i32 = read_at(sk, off.sk_err).unwrap_or(0);
+            // The FIN handler sets SOCK_DONE before the state change; tcp_done sets it after.
+            let fin_late = old == tcp_state::FIN_WAIT2 && sk_flags & SOCK_DONE != 0;
+            close = close_flags(old, fin_late, sk_err == 0);
+            counters[0] = read_at(sk, off.bytes_acked).unwrap_or(0);
+            counters[1] = read_at(sk, off.bytes_received).unwrap_or(0);
+            small[0] = read_at(sk, off.segs_in).unwrap_or(0);
+            small[1] = read_at(sk, off.segs_out).unwrap_or(0);
+            small[2] = read_at::<u32>(sk, off.srtt_us).unwrap_or(0) >> 3;
+            small[3] = read_at(sk, off.total_retrans).unwrap_or(0);
+        }
+        emit(|ev| {
+            ev.ts_ns = bpf_ktime_get_boot_ns();
+            ev.sock_id = sk as u64;
+            ev.kind = event_kind;
+            ev.source = source::TRACEPOINT;
+            ev.old_state = old;
+            ev.family = family;
+            ev.local_port = local_port;
+            ev.remote_port = u16::from_be(dport);
+            ev.local_addr = local;
+            ev.remote_addr = remote;
+            ev.bytes_acked = counters[0];
+            ev.bytes_received = counters[1];
+            ev.segs_in = small[0];
+            ev.segs_out = small[1];
+            ev.srtt_us = small[2];
+            ev.total_retrans = small[3];
+            ev.flags = close;
+            // Only listen() and connect() run in the owning process's context here; the
+            // accept side's transitions run in softirq.
+            if matches!(event_kind, kind::LISTEN | kind::CONNECT) {
+                current_task(ev);
+            }
+        });
+    }
+    Some(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

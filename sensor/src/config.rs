@@ -1,0 +1,160 @@
+//! The agent's settings: defaults, the TOML file (`--config`), then command-line overrides.
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where flows go when neither `--db` nor the config names a path. systemd's
+/// `StateDirectory=sensor` creates the directory.
+pub const DEFAULT_DB_PATH: &str = "/var/lib/sensor/flows.db";
+
+/// Read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/sensor/sensor.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("config {path}: {key} = {value}: {why}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+/// Which kernel hooks to attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HookMode {
+    /// `sock_ops` on the cgroup v2 root; the tracepoint only if `sock_ops` cannot attach.
+    #[default]
+    Auto,
+    /// Only the cgroup `sock_ops` program.
+    SockOps,
+    /// Only the `inet_sock_set_state` tracepoint (the fallback path, e.g. without cgroup v2).
+    Tracepoint,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// SQLite database for flows.
+    pub db_path: PathBuf,
+    /// Which kernel hooks to attach.
+    pub hooks: HookMode,
+    /// Size of the kernel-to-agent ring buffer; a power of two, multiple of the page size.
+    pub ringbuf_bytes: u32,
+    /// Finished flows waiting for the writer. When full, new flows are dropped and counted
+    /// (`store_queue_dropped`): the ring-buffer reader never waits on the disk.
+    pub store_queue_rows: usize,
+    /// Rows per write transaction at most.
+    pub batch_rows: usize,
+    /// A partial batch is written after this long.
+    pub flush_ms: u64,
+    /// cgroup v2 mount to attach `sock_ops` to; found in /proc/self/mountinfo when unset.
+    pub cgroup_path: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            db_path: PathBuf::from(DEFAULT_DB_PATH),
+            hooks: HookMode::Auto,
+            ringbuf_bytes: 1 << 22,
+            store_queue_rows: 65_536,
+            batch_rows: 1_000,
+            flush_ms: 1_000,
+            cgroup_path: None,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` if given (it must exist), else the default path if it exists, else the
+    /// defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self::default());
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        let cfg: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            source: Box::new(e),
+        })?;
+        cfg.validate(&path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key, value: String, why| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            value,
+            why,
+        };
+        if !self.ringbuf_bytes.is_power_of_two() || self.ringbuf_bytes < 4096 {
+            return Err(bad(
+                "ringbuf_bytes",
+                self.ringbuf_bytes.to_string(),
+                "must be a power of two of at least 4096",
+            ));
+        }
+        if self.batch_rows == 0 {
+            return Err(bad("batch_rows", "0".into(), "must be at least 1"));
+        }
+        if self.store_queue_rows == 0 {
+            return Err(bad("store_queue_rows", "0".into(), "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let dir = std::env::temp_dir().join(format!("sensor-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("bad.toml");
+        std::fs::write(&p, "db_path = \"/tmp/x.db\"\nflush_msec = 5\n").unwrap();
+        let err = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(err.contains("flush_msec"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn ringbuf_must_be_power_of_two() {
+        let dir = std::env::temp_dir().join(format!("sensor-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("rb.toml");
+        std::fs::write(&p, "ringbuf_bytes = 5000\n").unwrap();
+        let err = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(err.contains("ringbuf_bytes"), "{err}");
+    }
+
+    #[test]
+    fn missing_explicit_config_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/sensor.toml"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/sensor.toml"));
+    }
+}

@@ -1,0 +1,10 @@
+//! Aggregate: socket events in, finished flows out.
+pub mod clock;
+pub mod listeners;
+pub mod record;
+pub mod tcp;
+
+pub use clock::BootClock;
+pub use listeners::Listeners;
+pub use record::{EndReason, FlowRecord, Owner};
+pub use tcp::TcpTracker;

@@ -1,0 +1,72 @@
+//! A finished flow: what the aggregator hands to the store.
+use std::net::SocketAddr;
+
+/// The process that owns one end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    /// The kernel's `comm`: at most 15 bytes of the thread's name.
+    pub comm: String,
+}
+
+impl Owner {
+    /// Decodes a NUL-padded kernel `comm`.
+    pub fn from_comm(pid: u32, comm: &[u8]) -> Self {
+        let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+        Self {
+            pid,
+            comm: String::from_utf8_lossy(&comm[..end]).into_owned(),
+        }
+    }
+}
+
+/// Why a flow ended. Stored as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Closed with FIN on both sides (orderly).
+    Fin,
+    /// Aborted: a RST was sent or received.
+    Rst,
+    /// The connection never established (refused, timed out, aborted during the handshake).
+    Failed,
+    /// Still open when the sensor stopped; counters are those seen so far.
+    Shutdown,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fin => "fin",
+            Self::Rst => "rst",
+            Self::Failed => "failed",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// IANA protocol number for TCP.
+pub const PROTO_TCP: u8 = 6;
+
+/// One connection, initiator as source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowRecord {
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    /// IANA protocol number.
+    pub proto: u8,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// Payload bytes from source to destination, as the kernel counts them (`None` when no
+    /// end of the connection reported its counters, e.g. still open at shutdown).
+    pub src_payload_bytes: Option<u64>,
+    pub dst_payload_bytes: Option<u64>,
+    pub src_owner: Option<Owner>,
+    pub dst_owner: Option<Owner>,
+    /// Smoothed RTT at close, microseconds (from the initiator's end when it is local).
+    pub srtt_us: Option<u32>,
+    /// Segments retransmitted, both local ends added.
+    pub retransmits: Option<u32>,
+    pub end_reason: EndReason,
+    /// Which views saw the flow, comma-separated (`kernel` here; capture and file later).
+    pub sources: &'static str,
+}

@@ -1,0 +1,527 @@
+//! Turns socket events from the kernel into one flow per TCP connection.
+//!
+//! Each local socket is an *end*. A connection between two processes on this host has two
+//! ends (the connecting socket and the accepted one), which join on the 5-tuple seen from
+//! the initiator; a connection to or from another host has one. A flow is finished when
+//! every end it has seen has closed.
+//!
+//! The initiator is the side that called `connect()`. Payload bytes each way are taken from
+//! the receiving end's `bytes_received` when that end is local, else from the sending end's
+//! `bytes_acked`: what the peer acknowledged is what it got.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use sensor_common::{AF_INET, SockEvent, flags, kind, tcp_state};
+
+use super::{
+    clock::BootClock,
+    listeners::Listeners,
+    record::{EndReason, FlowRecord, Owner, PROTO_TCP},
+};
+
+/// Initiator's end, responder's end.
+const INITIATOR: usize = 0;
+const RESPONDER: usize = 1;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct CloseStats {
+    /// Payload only: the FIN's sequence byte already taken off.
+    bytes_acked: u64,
+    bytes_received: u64,
+    srtt_us: u32,
+    total_retrans: u32,
+    old_state: u32,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct End {
+    present: bool,
+    close: Option<CloseStats>,
+}
+
+#[derive(Debug)]
+struct OpenFlow {
+    src: SocketAddr,
+    dst: SocketAddr,
+    first_ns: u64,
+    last_ns: u64,
+    src_owner: Option<Owner>,
+    dst_owner: Option<Owner>,
+    ends: [End; 2],
+}
+
+/// A local socket we have seen.
+#[derive(Debug)]
+struct Sock {
+    /// Set once the 5-tuple is known.
+    flow: Option<u64>,
+    role: usize,
+    /// From `connect()`, before the flow exists.
+    owner: Option<Owner>,
+    first_ns: u64,
+}
+
+/// Counters a caller may want to report.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TrackerStats {
+    pub events: u64,
+    pub flows_started: u64,
+    pub flows_finished: u64,
+    /// Closes of sockets never seen opening (opened before the sensor attached).
+    pub orphan_closes: u64,
+}
+
+#[derive(Debug)]
+pub struct TcpTracker {
+    clock: BootClock,
+    listeners: Listeners,
+    socks: HashMap<(u32, u64), Sock>,
+    flows: HashMap<u64, OpenFlow>,
+    by_tuple: HashMap<(SocketAddr, SocketAddr), u64>,
+    next_id: u64,
+    stats: TrackerStats,
+}
+
+/// Decodes an event's address; IPv4-mapped IPv6 becomes IPv4 so both views of one peer agree.
+fn addr(family: u16, raw: &[u8; 16], port: u16) -> SocketAddr {
+    let ip = if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    } else {
+        let v6 = Ipv6Addr::from(*raw);
+        match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        }
+    };
+    SocketAddr::new(ip, port)
+}
+
+impl TcpTracker {
+    pub fn new(clock: BootClock, listeners: Listeners) -> Self {
+        Self {
+            clock,
+            listeners,
+            socks: HashMap::new(),
+            flows: HashMap::new(),
+            by_tuple: HashMap::new(),
+            next_id: 1,
+            stats: TrackerStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> TrackerStats {
+        self.stats
+    }
+
+    pub fn open_flows(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn listeners_mut(&mut self) -> &mut Listeners {
+        &mut self.listeners
+    }
+
+    /// Applies one event; finished flows are passed to `out`.
+    pub fn on_event(&mut self, ev: &SockEvent, out: &mut impl FnMut(FlowRecord)) {
+        self.stats.events += 1;
+        let key = (ev.source, ev.sock_id);
+        let local = addr(ev.family, &ev.local_addr, ev.local_port);
+        let remote = addr(ev.family, &ev.remote_addr, ev.remote_port);
+        match ev.kind {
+            kind::LISTEN => {
+                let owner = Owner::from_comm(ev.pid, &ev.comm);
+                self.listeners.insert(local.ip(), local.port(), owner);
+                // Remembered so the listener's close can remove it.
+                self.socks.insert(
+                    key,
+                    Sock {
+                        flow: None,
+                        role: RESPONDER,
+                        owner: None,
+                        first_ns: ev.ts_ns,
+                    },
+                );
+            }
+            kind::CONNECT => {
+                let sock = Sock {
+                    flow: None,
+                    role: INITIATOR,
+                    owner: Some(Owner::from_comm(ev.pid, &ev.comm)),
+                    first_ns: ev.ts_ns,
+                };
+                self.socks.insert(key, sock);
+                // The tracepoint sees connect() before the source port is chosen.
+                if ev.local_port != 0 {
+                    self.bind(key, local, remote, ev.ts_ns);
+                }
+            }
+            kind::ACTIVE_ESTABLISHED => {
+                self.socks.entry(key).or_insert(Sock {
+                    flow: None,
+                    role: INITIATOR,
+                    owner: None,
+                    first_ns: ev.ts_ns,
+                });
+                self.bind(key, local, remote, ev.ts_ns);
+            }
+            kind::PASSIVE_ESTABLISHED => {
+                self.socks.insert(
+                    key,
+                    Sock {
+                        flow: None,
+                        role: RESPONDER,
+                        owner: None,
+                        first_ns: ev.ts_ns,
+                    },
+                );
+                self.bind(key, local, remote, ev.ts_ns);
+            }
+            kind::CLOSE => self.on_close(ev, key, local, remote, out),
+            _ => {}
+        }
+    }
+
+    /// Attaches socket `key` to the flow of its 5-tuple, creating the flow if needed.
+    fn bind(&mut self, key: (u32, u64), local: SocketAddr, remote: SocketAddr, ts: u64) {
+        let Some(sock) = self.socks.get_mut(&key) else {
+            return;
+        };
+        if sock.flow.is_some() {
+            return;
+        }
+        let role = sock.role;
+        let (src, dst) = if role == INITIATOR {
+            (local, remote)
+        } else {
+            (remote, local)
+        };
+        let first_ns = sock.first_ns;
+        let owner = sock.owner.take();
+        let id = match self.by_tuple.get(&(src, dst)) {
+            Some(&id) if self.flows.get(&id).is_some_and(|f| !f.ends[role].present) => id,
+            _ => {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.stats.flows_started += 1;
+                self.flows.insert(
+                    id,
+                    OpenFlow {
+                        src,
+                        dst,
+                        first_ns,
+                        last_ns: ts,
+                        src_owner: None,
+                        dst_owner: None,
+                        ends: [End::default(); 2],
+                    },
+                );
+                self.by_tuple.insert((src, dst), id);
+                id
+            }
+        };
+        sock.flow = Some(id);
+        let listener_owner = if role == RESPONDER {
+            self.listeners.owner_of(local.ip(), local.port()).cloned()
+        } else {
+            None
+        };
+        let flow = self.flows.get_mut(&id).expect("flow just looked up");
+        flow.ends[role].present = true;
+        flow.first_ns = flow.first_ns.min(first_ns);
+        flow.last_ns = flow.last_ns.max(ts);
+        if role == INITIATOR {
+            flow.src_owner = owner.or(flow.src_owner.take());
+        } else {
+            flow.dst_owner = listener_owner.or(flow.dst_owner.take());
+        }
+    }
+
+    fn on_close(
+        &mut self,
+        ev: &SockEvent,
+        key: (u32, u64),
+        local: SocketAddr,
+        remote: SocketAddr,
+        out: &mut impl FnMut(FlowRecord),
+    ) {
+        if ev.old_state == tcp_state::LISTEN {
+            self.socks.remove(&key);
+            self.listeners.remove(local.ip(), local.port());
+            return;
+        }
+        if !self.socks.contains_key(&key) {
+            // Opened before we attached: guess the role from the listener table.
+            self.stats.orphan_closes += 1;
+            let role = if self.listeners.owner_of(local.ip(), local.port()).is_some() {
+                RESPONDER
+            } else {
+                INITIATOR
+            };
+            self.socks.insert(
+                key,
+                Sock {
+                    flow: None,
+                    role,
+                    owner: None,
+                    first_ns: ev.ts_ns,
+                },
+            );
+        }
+        self.bind(key, local, remote, ev.ts_ns);
+        let Some(sock) = self.socks.remove(&key) else {
+            return;
+        };
+        let Some(id) = sock.flow else {
+            return;
+        };
+        let Some(flow) = self.flows.get_mut(&id) else {
+            return;
+        };
+        flow.last_ns = flow.last_ns.max(ev.ts_ns);
+        let fin = |bit| u64::from(ev.flags & bit != 0);
+        flow.ends[sock.role].close = Some(CloseStats {
+            bytes_acked: ev.bytes_acked.saturating_sub(fin(flags::FIN_ACKED)),
+            bytes_received: ev.bytes_received.saturating_sub(fin(flags::FIN_IN)),
+            srtt_us: ev.srtt_us,
+            total_retrans: ev.total_retrans,
+            old_state: ev.old_state,
+        });
+        let done = flow.ends.iter().all(|e| !e.present || e.close.is_some());
+        if done {
+            let flow = self.flows.remove(&id).expect("present");
+            if self.by_tuple.get(&(flow.src, flow.dst)) == Some(&id) {
+                self.by_tuple.remove(&(flow.src, flow.dst));
+            }
+            self.stats.flows_finished += 1;
+            out(self.finish(flow, None));
+        }
+    }
+
+    /// Ends every open flow (sensor stopping), passing them to `out`.
+    pub fn flush_all(&mut self, out: &mut impl FnMut(FlowRecord)) {
+        let mut flows: Vec<_> = self.flows.drain().collect();
+        flows.sort_by_key(|(id, _)| *id);
+        self.by_tuple.clear();
+        self.socks.clear();
+        for (_, flow) in flows {
+            self.stats.flows_finished += 1;
+            let rec = self.finish(flow, Some(EndReason::Shutdown));
+            out(rec);
+        }
+    }
+
+    fn finish(&self, flow: OpenFlow, forced: Option<EndReason>) -> FlowRecord {
+        let [ini, res] = flow.ends;
+        let (ic, rc) = (ini.close, res.close);
+        // Receiver's count when the receiver is local, else what the sender saw acked.
+        let src_payload = rc.map(|c| c.bytes_received).or(ic.map(|c| c.bytes_acked));
+        let dst_payload = ic.map(|c| c.bytes_received).or(rc.map(|c| c.bytes_acked));
+        let srtt_us = ic.or(rc).map(|c| c.srtt_us);
+        let retransmits = match (ic, rc) {
+            (None, None) => None,
+            (a, b) => Some(
+                a.map_or(0, |c| c.total_retrans)
+                    .saturating_add(b.map_or(0, |c| c.total_retrans)),
+            ),
+        };
+        let end_reason = forced.unwrap_or_else(|| {
+            let reasons = [ic, rc].map(|c| c.map(|c| end_reason(c.old_state)));
+            if reasons.contains(&Some(EndReason::Rst)) {
+                EndReason::Rst
+            } else if reasons.contains(&Some(EndReason::Failed)) {
+                EndReason::Failed
+            } else {
+                EndReason::Fin
+            }
+        });
+        FlowRecord {
+            first_seen_ms: self.clock.unix_ms(flow.first_ns),
+            last_seen_ms: self.clock.unix_ms(flow.last_ns),
+            proto: PROTO_TCP,
+            src: flow.src,
+            dst: flow.dst,
+            src_payload_bytes: src_payload,
+            dst_payload_bytes: dst_payload,
+            src_owner: flow.src_owner,
+            dst_owner: flow.dst_owner,
+            srtt_us,
+            retransmits,
+            end_reason,
+            sources: "kernel",
+        }
+    }
+}
+
+/// How one end closed, from the state it left for TCP_CLOSE.
+fn end_reason(old_state: u32) -> EndReason {
+    match old_state {
+        // Orderly: after our FIN was acked (TIME_WAIT follows), or after the peer's FIN.
+        tcp_state::FIN_WAIT2 | tcp_state::LAST_ACK | tcp_state::CLOSING | tcp_state::TIME_WAIT => {
+            EndReason::Fin
+        }
+        tcp_state::SYN_SENT | tcp_state::SYN_RECV | tcp_state::NEW_SYN_RECV => EndReason::Failed,
+        // From ESTABLISHED, CLOSE_WAIT or FIN_WAIT1 only a reset (sent or received) closes.
+        _ => EndReason::Rst,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sensor_common::{AF_INET6, source};
+
+    use super::*;
+
+    fn ev(kind: u32, id: u64, local: &str, remote: &str, pid: u32, comm: &str) -> SockEvent {
+        let l: SocketAddr = local.parse().unwrap();
+        let r: SocketAddr = remote.parse().unwrap();
+        let mut e = SockEvent::ZERO;
+        e.kind = kind;
+        e.source = source::SOCK_OPS;
+        e.sock_id = id;
+        e.ts_ns = 1_000_000 * id;
+        e.pid = pid;
+        e.comm[..comm.len()].copy_from_slice(comm.as_bytes());
+        let put = |ip: IpAddr, raw: &mut [u8; 16]| match ip {
+            IpAddr::V4(v4) => raw[..4].copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => *raw = v6.octets(),
+        };
+        e.family = if l.is_ipv4() { AF_INET } else { AF_INET6 };
+        put(l.ip(), &mut e.local_addr);
+        put(r.ip(), &mut e.remote_addr);
+        e.local_port = l.port();
+        e.remote_port = r.port();
+        e
+    }
+
+    fn close(mut e: SockEvent, old: u32, acked: u64, received: u64) -> SockEvent {
+        e.kind = kind::CLOSE;
+        e.old_state = old;
+        e.flags = match old {
+            tcp_state::FIN_WAIT2 => flags::FIN_ACKED | flags::FIN_IN,
+            tcp_state::LAST_ACK => flags::FIN_ACKED | flags::FIN_IN,
+            _ => 0,
+        };
+        e.bytes_acked = acked;
+        e.bytes_received = received;
+        e.pid = 0;
+        e
+    }
+
+    fn tracker() -> TcpTracker {
+        TcpTracker::new(BootClock::fixed(0), Listeners::default())
+    }
+
+    #[test]
+    fn loopback_connection_is_one_flow_with_both_processes() {
+        let mut t = tracker();
+        let mut out = Vec::new();
+        let mut push = |r| out.push(r);
+        t.on_event(
+            &ev(kind::LISTEN, 1, "127.0.0.1:80", "0.0.0.0:0", 10, "srv"),
+            &mut push,
+        );
+        let c = ev(
+            kind::CONNECT,
+            2,
+            "127.0.0.1:5000",
+            "127.0.0.1:80",
+            20,
+            "cli",
+        );
+        t.on_event(&c, &mut push);
+        let s = ev(
+            kind::PASSIVE_ESTABLISHED,
+            3,
+            "127.0.0.1:80",
+            "127.0.0.1:5000",
+            20,
+            "cli",
+        );
+        t.on_event(&s, &mut push);
+        // Counters include each FIN; the close flags take it off.
+        t.on_event(&close(c, tcp_state::FIN_WAIT2, 101, 8), &mut push);
+        assert!(out.is_empty(), "server end still open");
+        t.on_event(&close(s, tcp_state::LAST_ACK, 8, 101), &mut push);
+        assert_eq!(out.len(), 1);
+        let f = &out[0];
+        assert_eq!(f.src, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(f.dst, "127.0.0.1:80".parse().unwrap());
+        assert_eq!(f.src_owner.as_ref().unwrap().comm, "cli");
+        assert_eq!(
+            f.dst_owner.as_ref().unwrap().pid,
+            10,
+            "accept side from listener"
+        );
+        assert_eq!(
+            (f.src_payload_bytes, f.dst_payload_bytes),
+            (Some(100), Some(7))
+        );
+        assert_eq!(f.end_reason, EndReason::Fin);
+        assert_eq!(t.open_flows(), 0);
+    }
+
+    #[test]
+    fn reset_and_remote_peer() {
+        let mut t = tracker();
+        let mut out = Vec::new();
+        let mut push = |r| out.push(r);
+        let c = ev(
+            kind::CONNECT,
+            2,
+            "10.0.0.1:5000",
+            "192.0.2.1:443",
+            20,
+            "curl",
+        );
+        t.on_event(&c, &mut push);
+        t.on_event(&close(c, tcp_state::ESTABLISHED, 50, 60), &mut push);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].end_reason, EndReason::Rst);
+        assert_eq!(out[0].src_payload_bytes, Some(50));
+        assert_eq!(out[0].dst_payload_bytes, Some(60));
+        assert_eq!(out[0].dst_owner, None);
+    }
+
+    #[test]
+    fn mapped_ipv6_joins_ipv4_and_shutdown_flushes() {
+        let mut t = tracker();
+        let mut out = Vec::new();
+        let mut push = |r| out.push(r);
+        let c = ev(
+            kind::CONNECT,
+            2,
+            "[::ffff:127.0.0.1]:5000",
+            "[::ffff:127.0.0.1]:80",
+            1,
+            "a",
+        );
+        t.on_event(&c, &mut push);
+        let s = ev(
+            kind::PASSIVE_ESTABLISHED,
+            3,
+            "127.0.0.1:80",
+            "127.0.0.1:5000",
+            0,
+            "",
+        );
+        t.on_event(&s, &mut push);
+        assert_eq!(t.open_flows(), 1);
+        t.flush_all(&mut push);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].end_reason, EndReason::Shutdown);
+        assert!(out[0].src.is_ipv4());
+    }
+
+    #[test]
+    fn refused_connect_is_failed() {
+        let mut t = tracker();
+        let mut out = Vec::new();
+        let mut push = |r| out.push(r);
+        let c = ev(kind::CONNECT, 2, "127.0.0.1:5000", "127.0.0.1:9", 1, "a");
+        t.on_event(&c, &mut push);
+        t.on_event(&close(c, tcp_state::SYN_SENT, 0, 0), &mut push);
+        assert_eq!(out[0].end_reason, EndReason::Failed);
+    }
+}

@@ -1,0 +1,207 @@
+//! Loads the embedded eBPF object and attaches the hooks this kernel accepts.
+//!
+//! `sock_ops` on the cgroup v2 root is the primary hook: it sees every TCP socket with the
+//! kernel's own counters through a stable context. The `inet_sock_set_state` tracepoint
+//! (BTF-typed, attached by name from `/sys/kernel/btf/vmlinux`, so it needs no tracefs) is
+//! the fallback when `sock_ops` cannot attach. Each hook that fails is reported with the
+//! kernel's reason; the run goes on with the others.
+use std::{fs::File, path::PathBuf};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, CgroupAttachMode, SockOps},
+};
+
+use super::{
+    KernelError,
+    btf::{KernelBtf, sock_offsets},
+    cgroup::find_cgroup2_root,
+    error_chain,
+};
+use crate::config::{Config, HookMode};
+
+/// The eBPF object built by build.rs, embedded so the binary is all there is to install.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor"));
+
+/// One hook and whether it runs.
+#[derive(Debug, Clone)]
+pub struct HookStatus {
+    pub name: &'static str,
+    pub attached: bool,
+    /// Where it attached, or why not (the kernel's reason).
+    pub detail: String,
+}
+
+pub const HOOK_SOCK_OPS: &str = "sock_ops";
+pub const HOOK_TRACEPOINT: &str = "tp_btf/inet_sock_set_state";
+
+/// The loaded programs and the maps the agent reads.
+pub struct Probe {
+    /// Owns the programs and their links; dropping it detaches them.
+    ebpf: Option<Ebpf>,
+    events: Option<RingBuf<MapData>>,
+    drops: PerCpuArray<MapData, u64>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    pub hooks: Vec<HookStatus>,
+}
+
+impl Probe {
+    /// Loads the object and attaches according to `cfg.hooks`. Fails only when no hook at
+    /// all could be attached.
+    pub fn load(cfg: &Config) -> Result<Self, KernelError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", cfg.ringbuf_bytes)
+            .load(OBJECT)
+            .map_err(|e| KernelError::Load {
+                detail: error_chain(&e),
+            })?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!("eBPF log channel unavailable: {}", error_chain(&e));
+                None
+            }
+        };
+
+        let mut hooks = Vec::new();
+        if matches!(cfg.hooks, HookMode::Auto | HookMode::SockOps) {
+            hooks.push(attach_sock_ops(&mut ebpf, cfg.cgroup_path.clone()));
+        }
+        let sock_ops_ok = hooks.iter().any(|h| h.attached);
+        if cfg.hooks == HookMode::Tracepoint || (cfg.hooks == HookMode::Auto && !sock_ops_ok) {
+            hooks.push(attach_tracepoint(&mut ebpf));
+        }
+        if !hooks.iter().any(|h| h.attached) {
+            return Err(KernelError::NothingAttached {
+                reasons: hooks
+                    .iter()
+                    .map(|h| format!("{}: {}", h.name, h.detail))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            });
+        }
+
+        let events = ebpf
+            .take_map("EVENTS")
+            .ok_or(KernelError::MissingMap { name: "EVENTS" })
+            .and_then(|m| {
+                RingBuf::try_from(m).map_err(|e| KernelError::Map {
+                    name: "EVENTS",
+                    detail: error_chain(&e),
+                })
+            })?;
+        let drops = ebpf
+            .take_map("DROPS")
+            .ok_or(KernelError::MissingMap { name: "DROPS" })
+            .and_then(|m| {
+                PerCpuArray::try_from(m).map_err(|e| KernelError::Map {
+                    name: "DROPS",
+                    detail: error_chain(&e),
+                })
+            })?;
+        Ok(Self {
+            ebpf: Some(ebpf),
+            events: Some(events),
+            drops,
+            logger,
+            hooks,
+        })
+    }
+
+    /// The ring buffer, for the reader. Call once.
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
+    }
+
+    /// Events the kernel could not put in the ring buffer (it was full), all CPUs.
+    pub fn ringbuf_drops(&self) -> Result<u64, KernelError> {
+        let values = self.drops.get(&0, 0).map_err(|e| KernelError::Map {
+            name: "DROPS",
+            detail: error_chain(&e),
+        })?;
+        Ok(values.iter().sum())
+    }
+
+    /// Detaches every program; the maps stay readable so the last events can be drained.
+    pub fn detach(&mut self) {
+        self.ebpf.take();
+    }
+
+    pub fn attached_names(&self) -> String {
+        let names: Vec<&str> = self
+            .hooks
+            .iter()
+            .filter(|h| h.attached)
+            .map(|h| h.name)
+            .collect();
+        names.join(",")
+    }
+}
+
+fn status(name: &'static str, r: Result<String, String>) -> HookStatus {
+    match r {
+        Ok(detail) => HookStatus {
+            name,
+            attached: true,
+            detail,
+        },
+        Err(detail) => HookStatus {
+            name,
+            attached: false,
+            detail,
+        },
+    }
+}
+
+fn attach_sock_ops(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> HookStatus {
+    let r = (|| {
+        let cgroup = cgroup
+            .or_else(find_cgroup2_root)
+            .ok_or_else(|| "no cgroup v2 hierarchy is mounted".to_string())?;
+        let dir = File::open(&cgroup).map_err(|e| format!("opening {}: {e}", cgroup.display()))?;
+        let prog: &mut SockOps = ebpf
+            .program_mut("sensor_sock_ops")
+            .ok_or("program sensor_sock_ops missing from the object")?
+            .try_into()
+            .map_err(|e| error_chain(&e))?;
+        prog.load()
+            .map_err(|e| format!("load: {}", error_chain(&e)))?;
+        // On kernels with BPF links (5.7+) aya attaches through a link, which always shares
+        // the cgroup with other programs and takes no flags: "Single" here means flags 0.
+        prog.attach(dir, CgroupAttachMode::Single)
+            .map_err(|e| format!("attach to {}: {}", cgroup.display(), error_chain(&e)))?;
+        Ok(format!("cgroup {}", cgroup.display()))
+    })();
+    status(HOOK_SOCK_OPS, r)
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf) -> HookStatus {
+    let r = (|| {
+        let kbtf = KernelBtf::from_sys_fs().map_err(|e| e.to_string())?;
+        let offsets = sock_offsets(&kbtf).map_err(|e| e.to_string())?;
+        let mut map: Array<_, sensor_common::SockOffsets> = ebpf
+            .map_mut("OFFSETS")
+            .ok_or("map OFFSETS missing from the object")?
+            .try_into()
+            .map_err(|e| error_chain(&e))?;
+        map.set(0, offsets, 0)
+            .map_err(|e| format!("writing offsets: {}", error_chain(&e)))?;
+        let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {}", error_chain(&e)))?;
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut("sensor_set_state")
+            .ok_or("program sensor_set_state missing from the object")?
+            .try_into()
+            .map_err(|e| error_chain(&e))?;
+        prog.load("inet_sock_set_state", &btf)
+            .map_err(|e| format!("load: {}", error_chain(&e)))?;
+        prog.attach()
+            .map_err(|e| format!("attach: {}", error_chain(&e)))?;
+        Ok("struct offsets from kernel BTF".to_string())
+    })();
+    status(HOOK_TRACEPOINT, r)
+}

@@ -1,0 +1,68 @@
+//! Ingest from the kernel: the eBPF programs, their loading, and the capabilities they need.
+pub mod btf;
+pub mod caps;
+pub mod cgroup;
+pub mod loader;
+
+pub use loader::{HookStatus, Probe};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(
+        "missing capabilities: {missing}. Run as root (sudo sensor run ...) or grant them, \
+         e.g. AmbientCapabilities={missing_plain} in the systemd unit"
+    )]
+    MissingCapabilities {
+        missing: String,
+        missing_plain: String,
+    },
+    #[error("reading this process's capabilities: {0}")]
+    Capabilities(#[source] std::io::Error),
+    #[error("loading the eBPF object: {detail}")]
+    Load { detail: String },
+    #[error("no kernel hook could be attached ({reasons})")]
+    NothingAttached { reasons: String },
+    #[error("eBPF map {name} missing from the object")]
+    MissingMap { name: &'static str },
+    #[error("eBPF map {name}: {detail}")]
+    Map { name: &'static str, detail: String },
+    #[error("ring buffer: {0}")]
+    RingBuf(#[source] std::io::Error),
+}
+
+/// An error and all its sources on one line: aya's top-level messages ("the BPF_PROG_LOAD
+/// syscall failed") hide the kernel's reason in the source chain.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let msg = src.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = src.source();
+    }
+    s
+}
+
+/// Checks the capabilities the chosen hooks need; names every missing one.
+pub fn require_capabilities(mode: crate::config::HookMode) -> Result<(), KernelError> {
+    use caps::{CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CapSet};
+    // sock_ops attaches to a cgroup (CAP_NET_ADMIN); the tracepoint reads kernel memory
+    // (CAP_PERFMON); both create maps and programs (CAP_BPF).
+    let needed: &[caps::Cap] = match mode {
+        crate::config::HookMode::Tracepoint => &[CAP_BPF, CAP_PERFMON],
+        _ => &[CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN],
+    };
+    let have = CapSet::current().map_err(KernelError::Capabilities)?;
+    let missing = have.missing(needed);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = missing.iter().map(|c| c.name).collect();
+    Err(KernelError::MissingCapabilities {
+        missing: names.join(", "),
+        missing_plain: names.join(" "),
+    })
+}

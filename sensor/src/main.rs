@@ -1,0 +1,114 @@
+//! The `sensor` command line: the binary's edge, where errors become messages and exit codes.
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sensor::{
+    config::{Config, DEFAULT_DB_PATH, HookMode},
+    export, run,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "sensor",
+    version,
+    about = "Network flow sensor: eBPF TCP connections into SQLite"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach to the kernel and record flows until SIGINT/SIGTERM. Needs root or
+    /// CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN.
+    Run {
+        /// SQLite database for flows [default: /var/lib/sensor/flows.db, or the config's db_path].
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// TOML config file [default: /etc/sensor/sensor.toml if it exists].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Which kernel hooks to attach [default: auto, or the config's hooks].
+        #[arg(long, value_enum)]
+        hooks: Option<HookMode>,
+    },
+    /// Print the flows in a database.
+    Export {
+        #[arg(long, default_value = DEFAULT_DB_PATH)]
+        db: PathBuf,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: Format,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Csv,
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SENSOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Run { db, config, hooks } => {
+            let mut cfg = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(db) = db {
+                cfg.db_path = db;
+            }
+            if let Some(h) = hooks {
+                cfg.hooks = h;
+            }
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("starting the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run::run(cfg)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::from(e.exit_code() as u8)
+                }
+            }
+        }
+        Command::Export { db, format } => {
+            let out = std::io::stdout().lock();
+            let r = match format {
+                Format::Csv => export::csv::export(&db, out),
+            };
+            match r {
+                Ok(_) => ExitCode::SUCCESS,
+                // A closed pipe (`| head`) is not an error.
+                Err(export::ExportError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! `sensor run`: wires the stages together and owns shutdown.
+//!
+//! Order matters: capabilities and the database are checked before anything is attached;
+//! at SIGINT/SIGTERM the hooks are detached first, then the ring buffer is drained, every
+//! open flow is ended as `shutdown`, and the writer flushes its last batch before exit.
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use aya::maps::{MapData, RingBuf};
+use sensor_common::SockEvent;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    config::Config,
+    flow::{BootClock, Listeners, TcpTracker},
+    kernel::{self, KernelError, Probe},
+    store::{self, StoreError, Writer, WriterConfig},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("installing signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
+impl RunError {
+    /// Exit status: 77 (EX_NOPERM) for missing privileges, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Kernel(KernelError::MissingCapabilities { .. }) => 77,
+            _ => 1,
+        }
+    }
+}
+
+/// What one run saw and lost.
+#[derive(Debug, Default, Clone)]
+pub struct RunSummary {
+    pub hooks: String,
+    pub events: u64,
+    pub malformed_events: u64,
+    pub ringbuf_dropped: u64,
+    pub store_dropped: u64,
+    pub flows_written: u64,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
+    kernel::require_capabilities(cfg.hooks)?;
+    let conn = store::open_for_writing(&cfg.db_path)?;
+    let db = cfg.db_path.clone();
+    let started_ms = now_ms();
+
+    let mut probe = Probe::load(&cfg)?;
+    for h in &probe.hooks {
+        if h.attached {
+            tracing::info!(hook = h.name, "attached: {}", h.detail);
+        } else {
+            tracing::warn!(hook = h.name, "not attached: {}", h.detail);
+        }
+    }
+    let hooks = probe.attached_names();
+    let run_id: i64 = conn
+        .query_row(
+            "INSERT INTO runs (started_ms, hooks) VALUES (?1, ?2) RETURNING id",
+            rusqlite::params![started_ms, hooks],
+            |r| r.get(0),
+        )
+        .map_err(|e| StoreError::sqlite(&db, "recording the run", e))?;
+
+    // Listeners older than the sensor; newer ones arrive as events (buffered meanwhile).
+    let mut listeners = Listeners::default();
+    let found = listeners.scan_proc();
+    tracing::debug!(found, "listeners from /proc");
+    let mut tracker = TcpTracker::new(BootClock::now(), listeners);
+
+    let writer = Writer::spawn(
+        conn,
+        db.clone(),
+        WriterConfig {
+            batch_rows: cfg.batch_rows,
+            flush: Duration::from_millis(cfg.flush_ms),
+            queue_rows: cfg.store_queue_rows,
+        },
+    );
+    let store_stats = writer.stats();
+
+    let ring = probe
+        .take_events()
+        .ok_or(KernelError::MissingMap { name: "EVENTS" })?;
+    // SAFETY: the ring buffer and logger own their map fds, which stay open and unchanged
+    // for as long as the AsyncFd holds them.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| KernelError::RingBuf(e.into()))?;
+    let mut logger = match probe.take_logger() {
+        Some(l) => Some(
+            // SAFETY: as above.
+            unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
+                .map_err(|e| KernelError::RingBuf(e.into()))?,
+        ),
+        None => None,
+    };
+    let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut malformed = 0u64;
+    let mut last_drops = 0u64;
+
+    tracing::info!(db = %db.display(), hooks = %hooks, "sensor ready");
+    let mut emit = |f| writer.try_send(f);
+    loop {
+        tokio::select! {
+            biased;
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            guard = ring.readable_mut() => {
+                let mut guard = guard.map_err(KernelError::RingBuf)?;
+                malformed += drain(guard.get_inner_mut(), &mut tracker, &mut emit);
+                guard.clear_ready();
+            }
+            guard = async { logger.as_mut().expect("guarded").readable_mut().await },
+                if logger.is_some() => {
+                let mut guard = guard.map_err(KernelError::RingBuf)?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                let drops = probe.ringbuf_drops().unwrap_or(last_drops);
+                if drops > last_drops {
+                    tracing::warn!(lost = drops - last_drops, total = drops,
+                        "kernel ring buffer full: events lost (raise ringbuf_bytes)");
+                    last_drops = drops;
+                }
+            }
+        }
+    }
+
+    probe.detach();
+    malformed += drain(ring.get_mut(), &mut tracker, &mut emit);
+    let open = tracker.open_flows();
+    tracker.flush_all(&mut emit);
+    let ringbuf_dropped = probe.ringbuf_drops().unwrap_or(last_drops);
+    writer.finish();
+
+    let summary = RunSummary {
+        hooks,
+        events: tracker.stats().events,
+        malformed_events: malformed,
+        ringbuf_dropped,
+        store_dropped: store_stats.queue_dropped.load(Ordering::Relaxed)
+            + store_stats.write_failed.load(Ordering::Relaxed),
+        flows_written: store_stats.rows_written.load(Ordering::Relaxed),
+    };
+    record_run_end(&db, run_id, &summary)?;
+    tracing::info!(
+        events = summary.events,
+        flows = summary.flows_written,
+        open_at_shutdown = open,
+        ringbuf_dropped = summary.ringbuf_dropped,
+        store_dropped = summary.store_dropped,
+        malformed_events = summary.malformed_events,
+        "stopped"
+    );
+    Ok(summary)
+}
+
+/// Reads every event waiting in the ring buffer. Returns how many were too short to be an
+/// event (never expected; counted rather than trusted).
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    tracker: &mut TcpTracker,
+    emit: &mut impl FnMut(crate::flow::FlowRecord),
+) -> u64 {
+    let mut malformed = 0;
+    while let Some(item) = ring.next() {
+        if item.len() < size_of::<SockEvent>() {
+            malformed += 1;
+            continue;
+        }
+        // SAFETY: the buffer holds at least one SockEvent, a plain-old-data type written by
+        // our program; read_unaligned makes no alignment assumption.
+        let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<SockEvent>()) };
+        tracker.on_event(&ev, emit);
+    }
+    malformed
+}
+
+fn record_run_end(db: &std::path::Path, run_id: i64, s: &RunSummary) -> Result<(), StoreError> {
+    let conn = store::open_for_writing(db)?;
+    conn.execute(
+        "UPDATE runs SET ended_ms = ?1, events = ?2, ringbuf_dropped = ?3, store_dropped = ?4,
+         flows = ?5 WHERE id = ?6",
+        rusqlite::params![
+            now_ms(),
+            s.events as i64,
+            s.ringbuf_dropped as i64,
+            s.store_dropped as i64,
+            s.flows_written as i64,
+            run_id
+        ],
+    )
+    .map_err(|e| StoreError::sqlite(db, "recording the run's end", e))?;
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! Store: finished flows into SQLite, from a writer on its own thread.
+pub mod schema;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags};
+
+pub use writer::{StoreStats, Writer, WriterConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {what}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database {path} is not writable: {source}")]
+    NotWritable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "database {path} has schema version {found}, newer than this sensor supports \
+         ({supported}); use a newer sensor or another --db"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn sqlite(path: &Path, what: &'static str, source: rusqlite::Error) -> Self {
+        Self::Sqlite {
+            path: path.to_path_buf(),
+            what,
+            source,
+        }
+    }
+}
+
+/// Opens the database for writing, creating it and its directory, in WAL mode with the
+/// current schema. Fails early with the path when it cannot be written.
+pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::NotWritable {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    // A read-only file or directory shows up here, before any hook is attached.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| StoreError::NotWritable {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut conn = Connection::open(path).map_err(|e| StoreError::sqlite(path, "opening", e))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| StoreError::sqlite(path, "setting busy timeout", e))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .map_err(|e| StoreError::sqlite(path, "enabling WAL", e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(path = %path.display(), mode, "database is not in WAL mode");
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(|e| StoreError::sqlite(path, "setting synchronous", e))?;
+    schema::migrate(&mut conn, path)?;
+    Ok(conn)
+}
+
+/// Opens an existing database read-only (export). Never blocks the writer: WAL readers see
+/// the last committed state.
+pub fn open_for_reading(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::sqlite(path, "opening read-only", e))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| StoreError::sqlite(path, "setting busy timeout", e))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| StoreError::sqlite(path, "reading schema version", e))?;
+    if version > schema::SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: version,
+            supported: schema::SCHEMA_VERSION,
+        });
+    }
+    Ok(conn)
+}

@@ -1,0 +1,67 @@
+//! The flow database's schema. `PRAGMA user_version` is the schema version: an older
+//! database is upgraded in place, a newer one is refused rather than misread.
+use rusqlite::Connection;
+
+use super::StoreError;
+
+pub const SCHEMA_VERSION: i64 = 1;
+
+const V1: &str = "
+CREATE TABLE flows (
+    id                INTEGER PRIMARY KEY,
+    first_seen_ms     INTEGER NOT NULL,
+    last_seen_ms      INTEGER NOT NULL,
+    proto             INTEGER NOT NULL,
+    src_ip            TEXT    NOT NULL,
+    src_port          INTEGER NOT NULL,
+    dst_ip            TEXT    NOT NULL,
+    dst_port          INTEGER NOT NULL,
+    src_payload_bytes INTEGER,
+    dst_payload_bytes INTEGER,
+    src_pid           INTEGER,
+    src_comm          TEXT,
+    dst_pid           INTEGER,
+    dst_comm          TEXT,
+    srtt_us           INTEGER,
+    retransmits       INTEGER,
+    end_reason        TEXT    NOT NULL,
+    sources           TEXT    NOT NULL
+);
+CREATE INDEX flows_first_seen ON flows (first_seen_ms);
+
+-- One row per `sensor run`: what it attached and what it lost.
+CREATE TABLE runs (
+    id                 INTEGER PRIMARY KEY,
+    started_ms         INTEGER NOT NULL,
+    ended_ms           INTEGER,
+    hooks              TEXT    NOT NULL,
+    events             INTEGER,
+    ringbuf_dropped    INTEGER,
+    store_dropped      INTEGER,
+    flows              INTEGER
+);
+";
+
+/// Creates or upgrades the schema.
+pub fn migrate(conn: &mut Connection, path: &std::path::Path) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| StoreError::sqlite(path, "reading schema version", e))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if version < 1 {
+        let tx = conn
+            .transaction()
+            .map_err(|e| StoreError::sqlite(path, "starting migration", e))?;
+        tx.execute_batch(V1)
+            .and_then(|()| tx.pragma_update(None, "user_version", 1))
+            .and_then(|()| tx.commit())
+            .map_err(|e| StoreError::sqlite(path, "creating schema v1", e))?;
+    }
+    Ok(())
+}

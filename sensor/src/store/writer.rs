@@ -1,0 +1,237 @@
+//! The writer thread: finished flows in, batched transactions out.
+//!
+//! The ring-buffer reader must never wait on the disk, so it hands flows over with
+//! [`Writer::try_send`]. Full-queue policy: the newest flow is dropped and counted in
+//! [`StoreStats::queue_dropped`]; the queue bound (`store_queue_rows`) is what a disk stall
+//! may cost in memory. The thread ends when every sender is gone, after writing what it holds.
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use rusqlite::{Connection, params};
+
+use super::StoreError;
+use crate::flow::FlowRecord;
+
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    pub batch_rows: usize,
+    pub flush: Duration,
+    pub queue_rows: usize,
+}
+
+/// Counters shared with the rest of the agent.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    pub rows_written: AtomicU64,
+    pub batches: AtomicU64,
+    /// Flows dropped because the writer's queue was full.
+    pub queue_dropped: AtomicU64,
+    /// Flows lost because a transaction failed.
+    pub write_failed: AtomicU64,
+}
+
+pub struct Writer {
+    tx: Option<SyncSender<FlowRecord>>,
+    handle: Option<JoinHandle<()>>,
+    stats: Arc<StoreStats>,
+}
+
+const INSERT: &str = "INSERT INTO flows (first_seen_ms, last_seen_ms, proto, src_ip, src_port,
+    dst_ip, dst_port, src_payload_bytes, dst_payload_bytes, src_pid, src_comm, dst_pid,
+    dst_comm, srtt_us, retransmits, end_reason, sources)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
+
+impl Writer {
+    /// Starts the thread on an open connection (see [`super::open_for_writing`]).
+    pub fn spawn(conn: Connection, path: PathBuf, cfg: WriterConfig) -> Self {
+        let (tx, rx) = mpsc::sync_channel(cfg.queue_rows);
+        let stats = Arc::new(StoreStats::default());
+        let thread_stats = Arc::clone(&stats);
+        let handle = std::thread::Builder::new()
+            .name("sensor-store".into())
+            .spawn(move || run(conn, path, rx, cfg, &thread_stats))
+            .expect("spawning the store thread");
+        Self {
+            tx: Some(tx),
+            handle: Some(handle),
+            stats,
+        }
+    }
+
+    pub fn stats(&self) -> Arc<StoreStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Queues a flow without waiting; counts it as dropped when the queue is full.
+    pub fn try_send(&self, flow: FlowRecord) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(flow) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.queue_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Closes the queue and waits until everything queued is written.
+    pub fn finish(mut self) {
+        self.tx.take();
+        if let Some(h) = self.handle.take()
+            && h.join().is_err()
+        {
+            tracing::error!("store thread panicked");
+        }
+    }
+}
+
+fn run(
+    mut conn: Connection,
+    path: PathBuf,
+    rx: mpsc::Receiver<FlowRecord>,
+    cfg: WriterConfig,
+    stats: &StoreStats,
+) {
+    let mut batch: Vec<FlowRecord> = Vec::with_capacity(cfg.batch_rows);
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let timeout = deadline.map_or(Duration::from_secs(3600), |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        let closed = match rx.recv_timeout(timeout) {
+            Ok(flow) => {
+                batch.push(flow);
+                deadline.get_or_insert_with(|| Instant::now() + cfg.flush);
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        let due = deadline.is_some_and(|d| Instant::now() >= d);
+        if batch.len() >= cfg.batch_rows || due || closed {
+            if !batch.is_empty() {
+                write_batch(&mut conn, &path, &batch, stats);
+                batch.clear();
+            }
+            deadline = None;
+        }
+        if closed {
+            break;
+        }
+    }
+}
+
+fn write_batch(
+    conn: &mut Connection,
+    path: &std::path::Path,
+    batch: &[FlowRecord],
+    stats: &StoreStats,
+) {
+    match insert_all(conn, batch) {
+        Ok(()) => {
+            stats
+                .rows_written
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            stats
+                .write_failed
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let err = StoreError::sqlite(path, "writing a batch of flows", e);
+            tracing::error!(rows = batch.len(), "{err}");
+        }
+    }
+}
+
+fn insert_all(conn: &mut Connection, batch: &[FlowRecord]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(INSERT)?;
+        for f in batch {
+            stmt.execute(params![
+                f.first_seen_ms,
+                f.last_seen_ms,
+                f.proto,
+                f.src.ip().to_string(),
+                f.src.port(),
+                f.dst.ip().to_string(),
+                f.dst.port(),
+                f.src_payload_bytes.map(|b| b as i64),
+                f.dst_payload_bytes.map(|b| b as i64),
+                f.src_owner.as_ref().map(|o| o.pid),
+                f.src_owner.as_ref().map(|o| o.comm.as_str()),
+                f.dst_owner.as_ref().map(|o| o.pid),
+                f.dst_owner.as_ref().map(|o| o.comm.as_str()),
+                f.srtt_us,
+                f.retransmits,
+                f.end_reason.as_str(),
+                f.sources,
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::{EndReason, Owner};
+
+    fn flow(i: u16) -> FlowRecord {
+        FlowRecord {
+            first_seen_ms: 1,
+            last_seen_ms: 2,
+            proto: 6,
+            src: format!("127.0.0.1:{i}").parse().unwrap(),
+            dst: "[::1]:80".parse().unwrap(),
+            src_payload_bytes: Some(10),
+            dst_payload_bytes: None,
+            src_owner: Some(Owner {
+                pid: 1,
+                comm: "a,b".into(),
+            }),
+            dst_owner: None,
+            srtt_us: Some(5),
+            retransmits: Some(0),
+            end_reason: EndReason::Fin,
+            sources: "kernel",
+        }
+    }
+
+    #[test]
+    fn writes_every_row_in_batches_and_flushes_at_close() {
+        let dir = std::env::temp_dir().join(format!("sensor-writer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("f.db");
+        let conn = super::super::open_for_writing(&path).unwrap();
+        let w = Writer::spawn(
+            conn,
+            path.clone(),
+            WriterConfig {
+                batch_rows: 100,
+                flush: Duration::from_secs(60),
+                queue_rows: 10_000,
+            },
+        );
+        for i in 0..250 {
+            w.try_send(flow(i));
+        }
+        let stats = w.stats();
+        w.finish();
+        assert_eq!(stats.rows_written.load(Ordering::Relaxed), 250);
+        assert_eq!(stats.batches.load(Ordering::Relaxed), 3);
+        let conn = super::super::open_for_reading(&path).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM flows", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 250);
+    }
+}
