@@ -1,0 +1,232 @@
+//! Real TCP traffic with known payloads, for the sensor's end-to-end tests.
+//!
+//! `tcpload server --v4 ADDR --v6 ADDR --conns N` listens on both addresses, prints
+//! `LISTEN <v4 addr> <v6 addr>`, serves N connections, prints `DONE` and exits.
+//! `tcpload client --v4 ADDR --v6 ADDR --per-family N [--threads T]` opens N connections to
+//! each address and prints one line per connection:
+//! `C <local> <peer> <request bytes> <response bytes> <mode>`, then `PID <pid>` and
+//! `RATE <conns/s>`.
+//!
+//! Each connection starts with a 12-byte header (request length including the header,
+//! response length, mode; big-endian u32s). Modes say who closes and how:
+//! 0 client FIN first, 1 client RST, 2 server FIN first, 3 server RST.
+//! The two roles name themselves `tl-server` / `tl-client` (the kernel's `comm`).
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+const HEADER: usize = 12;
+
+fn set_comm(name: &str) {
+    let c = std::ffi::CString::new(name).expect("no NUL");
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr() as libc::c_ulong, 0, 0, 0) };
+}
+
+/// Close with RST instead of FIN.
+fn set_linger_zero(s: &TcpStream) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid socket fd and a correctly sized linger struct.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+}
+
+/// Reads until EOF or reset; returns bytes read.
+fn drain(s: &mut TcpStream) -> usize {
+    let mut buf = [0u8; 4096];
+    let mut n = 0;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return n,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return n,
+        }
+    }
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let role = args.get(1).map(String::as_str);
+    let v4: SocketAddr = arg(&args, "--v4")
+        .unwrap_or("127.0.0.1:0".into())
+        .parse()
+        .expect("--v4");
+    let v6: SocketAddr = arg(&args, "--v6")
+        .unwrap_or("[::1]:0".into())
+        .parse()
+        .expect("--v6");
+    match role {
+        Some("server") => {
+            let conns: usize = arg(&args, "--conns")
+                .expect("--conns")
+                .parse()
+                .expect("--conns");
+            server(v4, v6, conns);
+        }
+        Some("client") => {
+            let n: usize = arg(&args, "--per-family")
+                .expect("--per-family")
+                .parse()
+                .expect("--per-family");
+            let threads: usize =
+                arg(&args, "--threads").map_or(4, |t| t.parse().expect("--threads"));
+            client(v4, v6, n, threads);
+        }
+        _ => {
+            eprintln!("usage: tcpload server|client --v4 ADDR --v6 ADDR ...");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn server(v4: SocketAddr, v6: SocketAddr, conns: usize) {
+    set_comm("tl-server");
+    let l4 = TcpListener::bind(v4).expect("bind v4");
+    let l6 = TcpListener::bind(v6).expect("bind v6");
+    println!(
+        "LISTEN {} {}",
+        l4.local_addr().expect("addr"),
+        l6.local_addr().expect("addr")
+    );
+    std::io::stdout().flush().expect("stdout");
+    let done = Arc::new(AtomicUsize::new(0));
+    for l in [l4, l6] {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { continue };
+                let done = Arc::clone(&done);
+                std::thread::spawn(move || {
+                    serve_one(s);
+                    done.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while done.load(Ordering::SeqCst) < conns {
+        if Instant::now() > deadline {
+            eprintln!(
+                "tcpload server: only {} of {conns} connections finished",
+                done.load(Ordering::SeqCst)
+            );
+            std::process::exit(1);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!("DONE");
+}
+
+fn serve_one(mut s: TcpStream) {
+    let mut hdr = [0u8; HEADER];
+    if s.read_exact(&mut hdr).is_err() {
+        return;
+    }
+    let word =
+        |i: usize| u32::from_be_bytes(hdr[i * 4..i * 4 + 4].try_into().expect("4 bytes")) as usize;
+    let (req, resp, mode) = (word(0), word(1), word(2));
+    let mut rest = vec![0u8; req.saturating_sub(HEADER)];
+    if s.read_exact(&mut rest).is_err() {
+        return;
+    }
+    if s.write_all(&vec![b'r'; resp]).is_err() {
+        return;
+    }
+    match mode {
+        0 | 1 => {
+            drain(&mut s);
+        }
+        2 => {}
+        _ => set_linger_zero(&s),
+    }
+    drop(s);
+}
+
+fn client(v4: SocketAddr, v6: SocketAddr, per_family: usize, threads: usize) {
+    set_comm("tl-client");
+    let total = per_family * 2;
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..threads.max(1))
+        .map(|_| {
+            let next = Arc::clone(&next);
+            std::thread::spawn(move || {
+                let mut lines = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= total {
+                        return lines;
+                    }
+                    let peer = if i % 2 == 0 { v4 } else { v6 };
+                    lines.push(one_connection(peer, i));
+                }
+            })
+        })
+        .collect();
+    let mut out = String::new();
+    for w in workers {
+        for line in w.join().expect("client thread") {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    print!("{out}");
+    println!("PID {}", std::process::id());
+    println!("RATE {:.0}", total as f64 / secs);
+}
+
+/// Sizes vary with `i` so that a swapped direction or an off-by-one shows.
+fn one_connection(peer: SocketAddr, i: usize) -> String {
+    let req = HEADER + (i * 7919) % 6000;
+    let resp = (i * 104_729) % 9000;
+    let mode = (i / 2) % 4;
+    let mut s = TcpStream::connect(peer).expect("connect");
+    let local = s.local_addr().expect("local addr");
+    let mut msg = Vec::with_capacity(req);
+    for w in [req, resp, mode] {
+        msg.extend_from_slice(&(w as u32).to_be_bytes());
+    }
+    msg.resize(req, b'q');
+    s.write_all(&msg).expect("send request");
+    let mut got = vec![0u8; resp];
+    match mode {
+        0 | 1 => {
+            s.read_exact(&mut got).expect("read response");
+            if mode == 1 {
+                set_linger_zero(&s);
+            }
+        }
+        _ => {
+            // The server closes first: read to EOF (or its reset).
+            drain(&mut s);
+        }
+    }
+    drop(s);
+    format!("C {local} {peer} {req} {resp} {mode}")
+}

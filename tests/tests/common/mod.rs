@@ -1,0 +1,122 @@
+//! Helpers shared by the end-to-end tests: finding the binaries, running the sensor.
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+/// The `sensor` binary: `$SENSOR_BIN`, else beside `tcpload` in the same target directory
+/// (`cargo xtask test` builds both).
+pub fn sensor_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SENSOR_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_tcpload")).with_file_name("sensor");
+    assert!(
+        p.is_file(),
+        "{} not found: build it first (`cargo build -p sensor`; `cargo xtask test` does this) \
+         or set SENSOR_BIN",
+        p.display()
+    );
+    p
+}
+
+pub fn tcpload_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tcpload"))
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Says loudly that a test could not run here, and why.
+pub fn skip(test: &str, why: &str) {
+    eprintln!("\n*** SKIPPED {test}: {why} ***\n");
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sensor-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// A running `sensor run`, with its stderr collected.
+pub struct Sensor {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    pub log: Vec<String>,
+}
+
+impl Sensor {
+    /// Starts `sensor run ARGS` and waits for its "sensor ready" line.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(sensor_bin())
+            .arg("run")
+            .args(args)
+            .env("SENSOR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sensor");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut s = Self {
+            child,
+            lines: rx,
+            log: Vec::new(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match s.lines.recv_timeout(left) {
+                Ok(line) => {
+                    eprintln!("sensor: {line}");
+                    let ready = line.contains("sensor ready");
+                    s.log.push(line);
+                    if ready {
+                        return s;
+                    }
+                }
+                Err(_) => {
+                    let _ = s.child.kill();
+                    panic!("sensor did not become ready; log:\n{}", s.log.join("\n"));
+                }
+            }
+        }
+    }
+
+    /// SIGTERM, then waits for exit; returns the exit status and the whole log.
+    pub fn stop(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                break st;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("sensor did not stop within 60 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            eprintln!("sensor: {line}");
+            self.log.push(line);
+        }
+        (status, self.log)
+    }
+}

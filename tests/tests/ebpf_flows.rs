@@ -1,0 +1,218 @@
+//! End to end, for real: the sensor attached to this kernel, real TCP connections over
+//! 127.0.0.1 and ::1 with known payloads, and every connection checked in the database.
+//! Needs root (it loads eBPF); CI runs as root.
+mod common;
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Command, Stdio},
+    sync::Mutex,
+};
+
+use common::{Sensor, is_root, skip, tcpload_bin, temp_dir};
+
+/// One sensor test at a time: they share the machine's two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Connections per address family; the acceptance bar is 200 in all.
+fn per_family() -> usize {
+    std::env::var("SENSOR_TEST_CONNS_PER_FAMILY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150)
+}
+
+#[derive(Debug)]
+struct Expected {
+    src: SocketAddr,
+    dst: SocketAddr,
+    req: i64,
+    resp: i64,
+    mode: u32,
+}
+
+fn run_traffic(hooks: &str) {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let name = format!("flows-{hooks}");
+    if !is_root() {
+        skip(&name, "needs root to load eBPF programs (CI runs as root)");
+        return;
+    }
+    let dir = temp_dir(&name);
+    let db = dir.join("flows.db");
+    let sensor = Sensor::start(&["--db", db.to_str().expect("utf-8 path"), "--hooks", hooks]);
+
+    let per_family = per_family();
+    let mut server = Command::new(tcpload_bin())
+        .args(["server", "--conns", &(per_family * 2).to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn server");
+    let mut server_out = BufReader::new(server.stdout.take().expect("stdout"));
+    let mut listen = String::new();
+    server_out
+        .read_line(&mut listen)
+        .expect("server LISTEN line");
+    let addrs: Vec<&str> = listen.split_whitespace().collect();
+    assert_eq!(addrs.first(), Some(&"LISTEN"), "{listen}");
+    let (v4, v6) = (addrs[1].to_string(), addrs[2].to_string());
+
+    let client = Command::new(tcpload_bin())
+        .args([
+            "client",
+            "--v4",
+            &v4,
+            "--v6",
+            &v6,
+            "--per-family",
+            &per_family.to_string(),
+        ])
+        .output()
+        .expect("run client");
+    assert!(client.status.success(), "client failed: {client:?}");
+    let mut rest = String::new();
+    server_out.read_line(&mut rest).expect("server DONE");
+    assert_eq!(rest.trim(), "DONE");
+    assert!(server.wait().expect("server exit").success());
+
+    let (status, log) = sensor.stop();
+    assert!(status.success(), "sensor exit status {status}");
+
+    let text = String::from_utf8(client.stdout).expect("utf-8");
+    let mut expected = Vec::new();
+    let mut rate = 0.0;
+    let mut client_pid = 0u32;
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.first() {
+            Some(&"C") => expected.push(Expected {
+                src: f[1].parse().expect("local"),
+                dst: f[2].parse().expect("peer"),
+                req: f[3].parse().expect("req"),
+                resp: f[4].parse().expect("resp"),
+                mode: f[5].parse().expect("mode"),
+            }),
+            Some(&"RATE") => rate = f[1].parse().expect("rate"),
+            Some(&"PID") => client_pid = f[1].parse().expect("pid"),
+            _ => {}
+        }
+    }
+    assert_eq!(expected.len(), per_family * 2);
+    eprintln!(
+        "[{hooks}] {} connections at {rate:.0} connections/s",
+        expected.len()
+    );
+
+    let conn = rusqlite::Connection::open(&db).expect("open db");
+    let mut stmt = conn
+        .prepare(
+            "SELECT proto, src_ip, src_port, dst_ip, dst_port, src_payload_bytes,
+                    dst_payload_bytes, src_pid, src_comm, dst_pid, dst_comm, end_reason
+             FROM flows WHERE dst_port IN (?1, ?2)",
+        )
+        .expect("prepare");
+    let port = |a: &str| a.parse::<SocketAddr>().expect("addr").port();
+    type Row = (
+        u8,
+        i64,
+        i64,
+        Option<u32>,
+        Option<String>,
+        Option<u32>,
+        Option<String>,
+        String,
+    );
+    let mut rows: HashMap<(SocketAddr, SocketAddr), Vec<Row>> = HashMap::new();
+    let mapped = stmt
+        .query_map([port(&v4), port(&v6)], |r| {
+            let src = SocketAddr::new(r.get::<_, String>(1)?.parse().expect("src ip"), r.get(2)?);
+            let dst = SocketAddr::new(r.get::<_, String>(3)?.parse().expect("dst ip"), r.get(4)?);
+            Ok((
+                (src, dst),
+                (
+                    r.get(0)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                    r.get(11)?,
+                ),
+            ))
+        })
+        .expect("query");
+    let mut total_rows = 0;
+    for r in mapped {
+        let (k, v) = r.expect("row");
+        rows.entry(k).or_default().push(v);
+        total_rows += 1;
+    }
+    assert_eq!(
+        total_rows,
+        expected.len(),
+        "one row per connection to the test server"
+    );
+
+    let mut client_pids = std::collections::HashSet::new();
+    let mut server_pids = std::collections::HashSet::new();
+    for e in &expected {
+        let found = rows
+            .get(&(e.src, e.dst))
+            .unwrap_or_else(|| panic!("no row for {} -> {}", e.src, e.dst));
+        assert_eq!(found.len(), 1, "exactly one row for {} -> {}", e.src, e.dst);
+        let (proto, src_b, dst_b, src_pid, src_comm, dst_pid, dst_comm, end) = &found[0];
+        let what = format!("{} -> {} (mode {})", e.src, e.dst, e.mode);
+        assert_eq!(*proto, 6, "{what}");
+        assert_eq!(*src_b, e.req, "client payload bytes, {what}");
+        assert_eq!(*dst_b, e.resp, "server payload bytes, {what}");
+        assert_eq!(src_comm.as_deref(), Some("tl-client"), "{what}");
+        assert_eq!(dst_comm.as_deref(), Some("tl-server"), "{what}");
+        client_pids.insert(src_pid.expect("src_pid"));
+        server_pids.insert(dst_pid.expect("dst_pid"));
+        let want_end = if e.mode % 2 == 0 { "fin" } else { "rst" };
+        assert_eq!(end, want_end, "{what}");
+    }
+    assert_eq!(
+        client_pids.into_iter().collect::<Vec<_>>(),
+        vec![client_pid],
+        "every flow names the client process"
+    );
+    assert_eq!(
+        server_pids.len(),
+        1,
+        "every flow names the one server process"
+    );
+    assert_eq!(
+        server_pids.into_iter().next(),
+        Some(server.id()),
+        "the server's pid"
+    );
+
+    let (ringbuf_dropped, store_dropped): (i64, i64) = conn
+        .query_row(
+            "SELECT ringbuf_dropped, store_dropped FROM runs ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("runs row");
+    assert_eq!((ringbuf_dropped, store_dropped), (0, 0), "drops reported");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("stopped") && l.contains("ringbuf_dropped=0")),
+        "shutdown summary logged"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sock_ops_records_every_connection_exactly() {
+    run_traffic("sock-ops");
+}
+
+#[test]
+fn tracepoint_fallback_records_every_connection_exactly() {
+    run_traffic("tracepoint");
+}
