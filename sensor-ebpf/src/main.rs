@@ -126,7 +126,7 @@ pub fn sensor_sock_ops(ctx: SockOpsContext) -> u32 {
             if unsafe { (*ctx.ops).skb_tcp_flags } & TCPHDR_FIN != 0 {
                 // SAFETY: valid context for bpf_get_socket_cookie.
                 let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-                let _ = FIN_SEEN.insert(&cookie, &1, 0);
+                let _ = FIN_SEEN.insert(cookie, 1, 0);
             }
             return 1;
         }
@@ -173,9 +173,9 @@ pub fn sensor_sock_ops(ctx: SockOpsContext) -> u32 {
                 ev.old_state = old;
                 // SAFETY: reading stable bpf_sock_ops fields of a full socket (STATE_CB).
                 let (snd_una, snd_nxt) = unsafe { ((*ops).snd_una, (*ops).snd_nxt) };
-                let fin_seen = FIN_SEEN.get_ptr(&ev.sock_id).is_some();
+                let fin_seen = FIN_SEEN.get_ptr(ev.sock_id).is_some();
                 if fin_seen {
-                    let _ = FIN_SEEN.remove(&ev.sock_id);
+                    let _ = FIN_SEEN.remove(ev.sock_id);
                 }
                 ev.flags = close_flags(old, fin_seen, snd_una == snd_nxt);
                 // SAFETY: as above.

@@ -158,3 +158,24 @@ mod tests {
         assert!(err.to_string().contains("/nonexistent/sensor.toml"));
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// deploy/sensor.toml documents every option with its default: it must parse, and say
+    /// the same as `Config::default()`.
+    #[test]
+    fn deploy_example_matches_defaults() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/sensor.toml");
+        let c = Config::load(Some(&p)).unwrap();
+        let d = Config::default();
+        assert_eq!(c.db_path, d.db_path);
+        assert_eq!(c.hooks, d.hooks);
+        assert_eq!(c.ringbuf_bytes, d.ringbuf_bytes);
+        assert_eq!(c.store_queue_rows, d.store_queue_rows);
+        assert_eq!(c.batch_rows, d.batch_rows);
+        assert_eq!(c.flush_ms, d.flush_ms);
+        assert_eq!(c.cgroup_path, d.cgroup_path);
+    }
+}

@@ -1,1 +1,140 @@
-fn main() {}
+//! Project chores: `cargo xtask setup | build | run | lint | test`.
+//!
+//! The ordinary build is plain cargo (`cargo build --release`): `sensor/build.rs` builds the
+//! eBPF object with the nightly. What cargo cannot do is install the tools that build needs,
+//! and the programs the tests drive; `setup` does that, idempotently and quickly when done.
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the eBPF build and the tests need (rust-src, LLVM 22, bpf-linker, ...).
+    Setup,
+    /// Set up, then build the release binary (target/release/sensor).
+    Build,
+    /// Set up, build, and run the sensor (`sensor run ARGS`; needs root).
+    Run {
+        /// Arguments for `sensor run`, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// rustfmt check, clippy on the workspace and, separately, on the eBPF crate.
+    Lint,
+    /// Set up, lint, build, and run every test (privileged ones need root).
+    Test,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.cmd {
+        Cmd::Setup => setup::setup().map(|_| ()),
+        Cmd::Build => {
+            setup::setup()?;
+            build_release()
+        }
+        Cmd::Run { args } => {
+            setup::setup()?;
+            build_release()?;
+            let bin = root.join("target/release/sensor");
+            eprintln!("xtask: running {} run {}", bin.display(), args.join(" "));
+            let status = Command::new(&bin).arg("run").args(&args).status()?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Lint => {
+            let tools = setup::setup()?;
+            lint(&tools)
+        }
+        Cmd::Test => {
+            let tools = setup::setup()?;
+            lint(&tools)?;
+            test()
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command, echoing it, failing with its name when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    eprintln!("xtask: $ {shown}");
+    let start = Instant::now();
+    let status = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    eprintln!("xtask:   done in {:.1} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn build_release() -> Result<()> {
+    run(cargo().args(["build", "--release", "-p", "sensor"]))
+}
+
+fn lint(tools: &setup::Tools) -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The eBPF crate only builds for the BPF target, with the nightly's build-std.
+    let mut ebpf = Command::new("rustup");
+    ebpf.args([
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "-p",
+        "sensor-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--release",
+        "--target-dir",
+        "target/ebpf-lint",
+        "--",
+        "-D",
+        "warnings",
+    ])
+    .env("PATH", tools.path_with_bpf_linker())
+    .env_remove("RUSTC")
+    .env_remove("RUSTC_WORKSPACE_WRAPPER")
+    .env_remove("CARGO");
+    run(&mut ebpf)
+}
+
+fn test() -> Result<()> {
+    if !setup::is_root() {
+        eprintln!(
+            "\nxtask: *** not root: the tests that load eBPF or drop capabilities will say \
+             SKIPPED. Run as root (CI does) to run them. ***\n"
+        );
+    }
+    // The end-to-end tests run the sensor binary from the same target directory.
+    run(cargo().args(["build", "-p", "sensor", "--bins"]))?;
+    run(cargo().args(["test", "--no-fail-fast"]))
+}

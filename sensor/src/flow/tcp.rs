@@ -417,10 +417,9 @@ mod tests {
     fn loopback_connection_is_one_flow_with_both_processes() {
         let mut t = tracker();
         let mut out = Vec::new();
-        let mut push = |r| out.push(r);
         t.on_event(
             &ev(kind::LISTEN, 1, "127.0.0.1:80", "0.0.0.0:0", 10, "srv"),
-            &mut push,
+            &mut |r| out.push(r),
         );
         let c = ev(
             kind::CONNECT,
@@ -430,7 +429,7 @@ mod tests {
             20,
             "cli",
         );
-        t.on_event(&c, &mut push);
+        t.on_event(&c, &mut |r| out.push(r));
         let s = ev(
             kind::PASSIVE_ESTABLISHED,
             3,
@@ -439,11 +438,13 @@ mod tests {
             20,
             "cli",
         );
-        t.on_event(&s, &mut push);
+        t.on_event(&s, &mut |r| out.push(r));
         // Counters include each FIN; the close flags take it off.
-        t.on_event(&close(c, tcp_state::FIN_WAIT2, 101, 8), &mut push);
+        t.on_event(&close(c, tcp_state::FIN_WAIT2, 101, 8), &mut |r| {
+            out.push(r)
+        });
         assert!(out.is_empty(), "server end still open");
-        t.on_event(&close(s, tcp_state::LAST_ACK, 8, 101), &mut push);
+        t.on_event(&close(s, tcp_state::LAST_ACK, 8, 101), &mut |r| out.push(r));
         assert_eq!(out.len(), 1);
         let f = &out[0];
         assert_eq!(f.src, "127.0.0.1:5000".parse().unwrap());
@@ -466,7 +467,6 @@ mod tests {
     fn reset_and_remote_peer() {
         let mut t = tracker();
         let mut out = Vec::new();
-        let mut push = |r| out.push(r);
         let c = ev(
             kind::CONNECT,
             2,
@@ -475,8 +475,10 @@ mod tests {
             20,
             "curl",
         );
-        t.on_event(&c, &mut push);
-        t.on_event(&close(c, tcp_state::ESTABLISHED, 50, 60), &mut push);
+        t.on_event(&c, &mut |r| out.push(r));
+        t.on_event(&close(c, tcp_state::ESTABLISHED, 50, 60), &mut |r| {
+            out.push(r)
+        });
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].end_reason, EndReason::Rst);
         assert_eq!(out[0].src_payload_bytes, Some(50));
@@ -488,7 +490,6 @@ mod tests {
     fn mapped_ipv6_joins_ipv4_and_shutdown_flushes() {
         let mut t = tracker();
         let mut out = Vec::new();
-        let mut push = |r| out.push(r);
         let c = ev(
             kind::CONNECT,
             2,
@@ -497,7 +498,7 @@ mod tests {
             1,
             "a",
         );
-        t.on_event(&c, &mut push);
+        t.on_event(&c, &mut |r| out.push(r));
         let s = ev(
             kind::PASSIVE_ESTABLISHED,
             3,
@@ -506,9 +507,9 @@ mod tests {
             0,
             "",
         );
-        t.on_event(&s, &mut push);
+        t.on_event(&s, &mut |r| out.push(r));
         assert_eq!(t.open_flows(), 1);
-        t.flush_all(&mut push);
+        t.flush_all(&mut |r| out.push(r));
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].end_reason, EndReason::Shutdown);
         assert!(out[0].src.is_ipv4());
@@ -518,10 +519,9 @@ mod tests {
     fn refused_connect_is_failed() {
         let mut t = tracker();
         let mut out = Vec::new();
-        let mut push = |r| out.push(r);
         let c = ev(kind::CONNECT, 2, "127.0.0.1:5000", "127.0.0.1:9", 1, "a");
-        t.on_event(&c, &mut push);
-        t.on_event(&close(c, tcp_state::SYN_SENT, 0, 0), &mut push);
+        t.on_event(&c, &mut |r| out.push(r));
+        t.on_event(&close(c, tcp_state::SYN_SENT, 0, 0), &mut |r| out.push(r));
         assert_eq!(out[0].end_reason, EndReason::Failed);
     }
 }

@@ -182,7 +182,7 @@ fn client(v4: SocketAddr, v6: SocketAddr, per_family: usize, threads: usize) {
                     if i >= total {
                         return lines;
                     }
-                    let peer = if i % 2 == 0 { v4 } else { v6 };
+                    let peer = if i.is_multiple_of(2) { v4 } else { v6 };
                     lines.push(one_connection(peer, i));
                 }
             })
