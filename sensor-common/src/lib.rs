@@ -35,6 +35,8 @@ pub mod flags {
     pub const FIN_IN: u32 = 1;
     /// `bytes_acked` includes our FIN (the peer acknowledged it).
     pub const FIN_ACKED: u32 = 2;
+    /// The hook could not read the counters (classic tracepoint without BTF).
+    pub const NO_COUNTERS: u32 = 4;
 }
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
@@ -176,10 +178,38 @@ const _: () = assert!(size_of::<SockOffsets>() == 68);
 /// after the state change the hooks see).
 pub const SOCK_DONE: u64 = 1 << 1;
 
+/// Byte offsets of the classic `sock/inet_sock_set_state` tracepoint's fields, read by the
+/// agent from the event's `format` file in tracefs (the fallback where BTF-typed tracepoints
+/// cannot load). A zero `valid` means "not filled in".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TpFormat {
+    pub valid: u32,
+    pub skaddr: u32,
+    pub oldstate: u32,
+    pub newstate: u32,
+    /// Host byte order.
+    pub sport: u32,
+    /// Host byte order.
+    pub dport: u32,
+    pub family: u32,
+    pub protocol: u32,
+    /// `__u8[4]`, network order.
+    pub saddr: u32,
+    pub daddr: u32,
+    /// `__u8[16]`.
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+}
+
+const _: () = assert!(size_of::<TpFormat>() == 48);
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain old data, every bit pattern valid, padding explicit.
     unsafe impl aya::Pod for super::SockEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TpFormat {}
 }

@@ -23,13 +23,13 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
     },
-    macros::{btf_tracepoint, map, sock_ops},
+    macros::{btf_tracepoint, map, sock_ops, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, SockOpsContext},
+    programs::{BtfTracePointContext, SockOpsContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
 use sensor_common::{
-    AF_INET, AF_INET6, SOCK_DONE, SockEvent, SockOffsets, flags, kind, source, tcp_state,
+    AF_INET, AF_INET6, SOCK_DONE, SockEvent, SockOffsets, TpFormat, flags, kind, source, tcp_state,
 };
 
 /// Socket events for the agent. The agent sets the size at load time (`ringbuf_bytes`).
@@ -43,6 +43,10 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// Index 0: kernel struct offsets for the tracepoint program, filled in by the agent.
 #[map]
 static OFFSETS: Array<SockOffsets> = Array::with_max_entries(1, 0);
+
+/// Index 0: field offsets of the classic tracepoint's record, filled in by the agent.
+#[map]
+static TP_FORMAT: Array<TpFormat> = Array::with_max_entries(1, 0);
 
 /// Index 0: set to 1 once a CPU has warned about missing offsets, so the warning is not
 /// repeated on every event.
@@ -237,26 +241,42 @@ unsafe fn read_at<T>(base: *const u8, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.add(off as usize).cast::<T>()).ok() }
 }
 
-/// `sock:inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`.
-#[btf_tracepoint(function = "inet_sock_set_state")]
-pub fn sensor_set_state(ctx: BtfTracePointContext) -> i32 {
-    let sk: *const u8 = ctx.arg(0);
-    let old: i32 = ctx.arg(1);
-    let new: i32 = ctx.arg(2);
-    let _ = on_set_state(&ctx, sk, old as u32, new as u32);
-    0
-}
-
+/// Which transitions matter, as event kinds.
 #[inline(always)]
-fn on_set_state(ctx: &BtfTracePointContext, sk: *const u8, old: u32, new: u32) -> Option<()> {
-    let event_kind = match (old, new) {
+fn transition_kind(old: u32, new: u32) -> Option<u32> {
+    Some(match (old, new) {
         (_, tcp_state::LISTEN) => kind::LISTEN,
         (tcp_state::CLOSE, tcp_state::SYN_SENT) => kind::CONNECT,
         (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => kind::ACTIVE_ESTABLISHED,
         (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => kind::PASSIVE_ESTABLISHED,
         (_, tcp_state::CLOSE) => kind::CLOSE,
         _ => return None,
-    };
+    })
+}
+
+/// A socket's addresses, however they were read.
+struct Ends {
+    family: u16,
+    local_port: u16,
+    remote_port: u16,
+    local: [u8; 16],
+    remote: [u8; 16],
+}
+
+/// `sock:inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`, BTF-typed:
+/// attached by name from the kernel's BTF, so it needs no tracefs.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn sensor_set_state(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let _ = btf_set_state(&ctx, sk, old as u32, new as u32);
+    0
+}
+
+#[inline(always)]
+fn btf_set_state(ctx: &BtfTracePointContext, sk: *const u8, old: u32, new: u32) -> Option<()> {
+    let event_kind = transition_kind(old, new)?;
     let off = OFFSETS.get(0)?;
     if off.valid == 0 {
         warn_once(
@@ -267,17 +287,12 @@ fn on_set_state(ctx: &BtfTracePointContext, sk: *const u8, old: u32, new: u32) -
     }
     // SAFETY: `sk` is the tracepoint's `struct sock *`; every read goes through
     // bpf_probe_read_kernel at an offset from the running kernel's BTF.
-    unsafe {
+    let ends = unsafe {
         let protocol: u16 = read_at(sk, off.protocol)?;
         if protocol != IPPROTO_TCP {
             return None;
         }
         let family: u16 = read_at(sk, off.family)?;
-        if family != AF_INET && family != AF_INET6 {
-            return None;
-        }
-        let local_port: u16 = read_at(sk, off.num)?;
-        let dport: u16 = read_at(sk, off.dport)?;
         let mut local = [0u8; 16];
         let mut remote = [0u8; 16];
         if family == AF_INET {
@@ -285,52 +300,135 @@ fn on_set_state(ctx: &BtfTracePointContext, sk: *const u8, old: u32, new: u32) -
             let r: [u8; 4] = read_at(sk, off.daddr)?;
             local[..4].copy_from_slice(&l);
             remote[..4].copy_from_slice(&r);
-        } else {
+        } else if family == AF_INET6 {
             local = read_at(sk, off.v6_rcv_saddr)?;
             remote = read_at(sk, off.v6_daddr)?;
+        } else {
+            return None;
         }
-        let mut counters = [0u64; 2];
-        let mut small = [0u32; 4];
-        let mut close = 0;
-        if event_kind == kind::CLOSE {
-            let sk_flags: u64 = read_at(sk, off.sk_flags).unwrap_or(0);
-            let sk_err: i32 = read_at(sk, off.sk_err).unwrap_or(0);
-            // The FIN handler sets SOCK_DONE before the state change; tcp_done sets it after.
-            let fin_late = old == tcp_state::FIN_WAIT2 && sk_flags & SOCK_DONE != 0;
-            close = close_flags(old, fin_late, sk_err == 0);
-            counters[0] = read_at(sk, off.bytes_acked).unwrap_or(0);
-            counters[1] = read_at(sk, off.bytes_received).unwrap_or(0);
-            small[0] = read_at(sk, off.segs_in).unwrap_or(0);
-            small[1] = read_at(sk, off.segs_out).unwrap_or(0);
-            small[2] = read_at::<u32>(sk, off.srtt_us).unwrap_or(0) >> 3;
-            small[3] = read_at(sk, off.total_retrans).unwrap_or(0);
+        Ends {
+            family,
+            local_port: read_at(sk, off.num)?,
+            remote_port: u16::from_be(read_at(sk, off.dport)?),
+            local,
+            remote,
         }
-        emit(|ev| {
-            ev.ts_ns = bpf_ktime_get_boot_ns();
-            ev.sock_id = sk as u64;
-            ev.kind = event_kind;
-            ev.source = source::TRACEPOINT;
-            ev.old_state = old;
-            ev.family = family;
-            ev.local_port = local_port;
-            ev.remote_port = u16::from_be(dport);
-            ev.local_addr = local;
-            ev.remote_addr = remote;
-            ev.bytes_acked = counters[0];
-            ev.bytes_received = counters[1];
-            ev.segs_in = small[0];
-            ev.segs_out = small[1];
-            ev.srtt_us = small[2];
-            ev.total_retrans = small[3];
-            ev.flags = close;
-            // Only listen() and connect() run in the owning process's context here; the
-            // accept side's transitions run in softirq.
-            if matches!(event_kind, kind::LISTEN | kind::CONNECT) {
-                current_task(ev);
-            }
-        });
+    };
+    emit_transition(sk, old, event_kind, &ends, off);
+    Some(())
+}
+
+/// The same tracepoint through tracefs (kernels where BTF-typed programs do not load).
+/// Fields are read from the trace record at offsets from the event's `format` file.
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn sensor_set_state_classic(ctx: TracePointContext) -> u32 {
+    let _ = classic_set_state(&ctx);
+    0
+}
+
+#[inline(always)]
+fn classic_set_state(ctx: &TracePointContext) -> Option<()> {
+    let f = TP_FORMAT.get(0)?;
+    if f.valid == 0 {
+        warn_once(
+            ctx,
+            "inet_sock_set_state: tracepoint format not loaded, events ignored",
+        );
+        return None;
+    }
+    // SAFETY: offsets come from this kernel's format file for this very event.
+    unsafe {
+        let protocol: u16 = ctx.read_at(f.protocol as usize).ok()?;
+        if protocol != IPPROTO_TCP {
+            return None;
+        }
+        let old: i32 = ctx.read_at(f.oldstate as usize).ok()?;
+        let new: i32 = ctx.read_at(f.newstate as usize).ok()?;
+        let event_kind = transition_kind(old as u32, new as u32)?;
+        let sk: u64 = ctx.read_at(f.skaddr as usize).ok()?;
+        let family: u16 = ctx.read_at(f.family as usize).ok()?;
+        let mut local = [0u8; 16];
+        let mut remote = [0u8; 16];
+        if family == AF_INET {
+            let l: [u8; 4] = ctx.read_at(f.saddr as usize).ok()?;
+            let r: [u8; 4] = ctx.read_at(f.daddr as usize).ok()?;
+            local[..4].copy_from_slice(&l);
+            remote[..4].copy_from_slice(&r);
+        } else if family == AF_INET6 {
+            local = ctx.read_at(f.saddr_v6 as usize).ok()?;
+            remote = ctx.read_at(f.daddr_v6 as usize).ok()?;
+        } else {
+            return None;
+        }
+        let ends = Ends {
+            family,
+            local_port: ctx.read_at(f.sport as usize).ok()?,
+            remote_port: ctx.read_at(f.dport as usize).ok()?,
+            local,
+            remote,
+        };
+        let no_offsets = SockOffsets::default();
+        let off = match OFFSETS.get(0) {
+            Some(o) if o.valid != 0 => o,
+            // Without BTF the counters cannot be located: the close says so.
+            _ => &no_offsets,
+        };
+        emit_transition(sk as *const u8, old as u32, event_kind, &ends, off);
     }
     Some(())
+}
+
+/// Emits a tracepoint-seen transition; at close, reads the counters when `off` is valid.
+#[inline(always)]
+fn emit_transition(sk: *const u8, old: u32, event_kind: u32, ends: &Ends, off: &SockOffsets) {
+    let mut counters = [0u64; 2];
+    let mut small = [0u32; 4];
+    let mut close = 0;
+    if event_kind == kind::CLOSE {
+        if off.valid == 0 {
+            close = flags::NO_COUNTERS;
+        } else {
+            // SAFETY: bpf_probe_read_kernel at offsets from the running kernel's BTF.
+            unsafe {
+                let sk_flags: u64 = read_at(sk, off.sk_flags).unwrap_or(0);
+                let sk_err: i32 = read_at(sk, off.sk_err).unwrap_or(0);
+                // The FIN handler sets SOCK_DONE before the state change; tcp_done after.
+                let fin_late = old == tcp_state::FIN_WAIT2 && sk_flags & SOCK_DONE != 0;
+                close = close_flags(old, fin_late, sk_err == 0);
+                counters[0] = read_at(sk, off.bytes_acked).unwrap_or(0);
+                counters[1] = read_at(sk, off.bytes_received).unwrap_or(0);
+                small[0] = read_at(sk, off.segs_in).unwrap_or(0);
+                small[1] = read_at(sk, off.segs_out).unwrap_or(0);
+                small[2] = read_at::<u32>(sk, off.srtt_us).unwrap_or(0) >> 3;
+                small[3] = read_at(sk, off.total_retrans).unwrap_or(0);
+            }
+        }
+    }
+    emit(|ev| {
+        // SAFETY: no preconditions.
+        ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+        ev.sock_id = sk as u64;
+        ev.kind = event_kind;
+        ev.source = source::TRACEPOINT;
+        ev.old_state = old;
+        ev.family = ends.family;
+        ev.local_port = ends.local_port;
+        ev.remote_port = ends.remote_port;
+        ev.local_addr = ends.local;
+        ev.remote_addr = ends.remote;
+        ev.bytes_acked = counters[0];
+        ev.bytes_received = counters[1];
+        ev.segs_in = small[0];
+        ev.segs_out = small[1];
+        ev.srtt_us = small[2];
+        ev.total_retrans = small[3];
+        ev.flags = close;
+        // Only listen() and connect() run in the owning process's context here; the
+        // accept side's transitions run in softirq.
+        if matches!(event_kind, kind::LISTEN | kind::CONNECT) {
+            current_task(ev);
+        }
+    });
 }
 
 #[cfg(not(test))]

@@ -42,8 +42,12 @@ pub enum HookMode {
     Auto,
     /// Only the cgroup `sock_ops` program.
     SockOps,
-    /// Only the `inet_sock_set_state` tracepoint (the fallback path, e.g. without cgroup v2).
+    /// Only the `inet_sock_set_state` tracepoint (the fallback path, e.g. without cgroup v2):
+    /// BTF-typed, else classic through tracefs.
     Tracepoint,
+    /// Only the classic tracepoint through tracefs (what kernels without BTF-typed
+    /// tracepoints get).
+    TracepointClassic,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -216,3 +216,32 @@ fn sock_ops_records_every_connection_exactly() {
 fn tracepoint_fallback_records_every_connection_exactly() {
     run_traffic("tracepoint");
 }
+
+/// The classic tracepoint needs tracefs, which a fresh machine of this kind does not mount:
+/// the test mounts it (root can) and says so.
+#[test]
+fn classic_tracepoint_records_every_connection_exactly() {
+    if !is_root() {
+        skip(
+            "classic_tracepoint_records_every_connection_exactly",
+            "needs root to load eBPF programs (CI runs as root)",
+        );
+        return;
+    }
+    let tracefs = std::path::Path::new("/sys/kernel/tracing");
+    if !tracefs.join("events").is_dir() {
+        let st = Command::new("mount")
+            .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+            .status()
+            .expect("run mount");
+        if !st.success() {
+            skip(
+                "classic_tracepoint_records_every_connection_exactly",
+                "tracefs is not mounted and could not be mounted",
+            );
+            return;
+        }
+        eprintln!("mounted tracefs on /sys/kernel/tracing for this test");
+    }
+    run_traffic("tracepoint-classic");
+}

@@ -6,8 +6,9 @@
 mod setup;
 
 use std::{
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     time::Instant,
 };
 
@@ -136,5 +137,52 @@ fn test() -> Result<()> {
     }
     // The end-to-end tests run the sensor binary from the same target directory.
     run(cargo().args(["build", "-p", "sensor", "--bins"]))?;
-    run(cargo().args(["test", "--no-fail-fast"]))
+    let skip_log = std::env::temp_dir().join(format!("sensor-skips-{}", std::process::id()));
+    let _ = std::fs::remove_file(&skip_log);
+    let mut cmd = cargo();
+    cmd.args(["test", "--no-fail-fast"])
+        .env("SENSOR_SKIP_LOG", &skip_log)
+        .stdout(Stdio::piped());
+    eprintln!("xtask: $ cargo test --no-fail-fast");
+    let mut child = cmd.spawn().context("starting cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count_before(rest, " passed");
+            failed += count_before(rest, " failed");
+        }
+    }
+    let status = child.wait()?;
+    let skips = std::fs::read_to_string(&skip_log).unwrap_or_default();
+    let _ = std::fs::remove_file(&skip_log);
+    let skipped = skips.lines().count() as u64;
+    for line in skips.lines() {
+        eprintln!("xtask: *** {line}");
+    }
+    // Skipped tests return early and count as passed in libtest; report them apart.
+    println!(
+        "tests: {} passed, {failed} failed, {skipped} skipped",
+        passed.saturating_sub(skipped)
+    );
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
+}
+
+/// In "ok. 19 passed; 0 failed; ...", the number before `what`.
+fn count_before(s: &str, what: &str) -> u64 {
+    s.split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(what.trim_start())
+                .map(str::trim)
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
 }

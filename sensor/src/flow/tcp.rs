@@ -27,6 +27,8 @@ const RESPONDER: usize = 1;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct CloseStats {
+    /// False when the hook could not read the counters below.
+    counted: bool,
     /// Payload only: the FIN's sequence byte already taken off.
     bytes_acked: u64,
     bytes_received: u64,
@@ -282,6 +284,7 @@ impl TcpTracker {
         flow.last_ns = flow.last_ns.max(ev.ts_ns);
         let fin = |bit| u64::from(ev.flags & bit != 0);
         flow.ends[sock.role].close = Some(CloseStats {
+            counted: ev.flags & flags::NO_COUNTERS == 0,
             bytes_acked: ev.bytes_acked.saturating_sub(fin(flags::FIN_ACKED)),
             bytes_received: ev.bytes_received.saturating_sub(fin(flags::FIN_IN)),
             srtt_us: ev.srtt_us,
@@ -315,11 +318,17 @@ impl TcpTracker {
     fn finish(&self, flow: OpenFlow, forced: Option<EndReason>) -> FlowRecord {
         let [ini, res] = flow.ends;
         let (ic, rc) = (ini.close, res.close);
+        // Ends whose counters were read; the others still tell how the connection ended.
+        let (ic_n, rc_n) = (ic.filter(|c| c.counted), rc.filter(|c| c.counted));
         // Receiver's count when the receiver is local, else what the sender saw acked.
-        let src_payload = rc.map(|c| c.bytes_received).or(ic.map(|c| c.bytes_acked));
-        let dst_payload = ic.map(|c| c.bytes_received).or(rc.map(|c| c.bytes_acked));
-        let srtt_us = ic.or(rc).map(|c| c.srtt_us);
-        let retransmits = match (ic, rc) {
+        let src_payload = rc_n
+            .map(|c| c.bytes_received)
+            .or(ic_n.map(|c| c.bytes_acked));
+        let dst_payload = ic_n
+            .map(|c| c.bytes_received)
+            .or(rc_n.map(|c| c.bytes_acked));
+        let srtt_us = ic_n.or(rc_n).map(|c| c.srtt_us);
+        let retransmits = match (ic_n, rc_n) {
             (None, None) => None,
             (a, b) => Some(
                 a.map_or(0, |c| c.total_retrans)

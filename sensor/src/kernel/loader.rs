@@ -10,7 +10,7 @@ use std::{fs::File, path::PathBuf};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, SockOps},
+    programs::{BtfTracePoint, CgroupAttachMode, SockOps, TracePoint},
 };
 
 use super::{
@@ -35,6 +35,7 @@ pub struct HookStatus {
 
 pub const HOOK_SOCK_OPS: &str = "sock_ops";
 pub const HOOK_TRACEPOINT: &str = "tp_btf/inet_sock_set_state";
+pub const HOOK_TRACEPOINT_CLASSIC: &str = "tracepoint/sock/inet_sock_set_state";
 
 /// The loaded programs and the maps the agent reads.
 pub struct Probe {
@@ -71,6 +72,16 @@ impl Probe {
         let sock_ops_ok = hooks.iter().any(|h| h.attached);
         if cfg.hooks == HookMode::Tracepoint || (cfg.hooks == HookMode::Auto && !sock_ops_ok) {
             hooks.push(attach_tracepoint(&mut ebpf));
+        }
+        let tracepoint_ok = hooks
+            .iter()
+            .any(|h| h.attached && h.name == HOOK_TRACEPOINT);
+        if cfg.hooks == HookMode::TracepointClassic
+            || (matches!(cfg.hooks, HookMode::Auto | HookMode::Tracepoint)
+                && !sock_ops_ok
+                && !tracepoint_ok)
+        {
+            hooks.push(attach_classic_tracepoint(&mut ebpf));
         }
         if !hooks.iter().any(|h| h.attached) {
             return Err(KernelError::NothingAttached {
@@ -180,17 +191,54 @@ fn attach_sock_ops(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> HookStatus {
     status(HOOK_SOCK_OPS, r)
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf) -> HookStatus {
+/// Gives the tracepoint programs the kernel struct offsets from the running kernel's BTF.
+fn load_sock_offsets(ebpf: &mut Ebpf) -> Result<(), String> {
+    let kbtf = KernelBtf::from_sys_fs().map_err(|e| e.to_string())?;
+    let offsets = sock_offsets(&kbtf).map_err(|e| e.to_string())?;
+    let mut map: Array<_, sensor_common::SockOffsets> = ebpf
+        .map_mut("OFFSETS")
+        .ok_or("map OFFSETS missing from the object")?
+        .try_into()
+        .map_err(|e| error_chain(&e))?;
+    map.set(0, offsets, 0)
+        .map_err(|e| format!("writing offsets: {}", error_chain(&e)))
+}
+
+fn attach_classic_tracepoint(ebpf: &mut Ebpf) -> HookStatus {
     let r = (|| {
-        let kbtf = KernelBtf::from_sys_fs().map_err(|e| e.to_string())?;
-        let offsets = sock_offsets(&kbtf).map_err(|e| e.to_string())?;
-        let mut map: Array<_, sensor_common::SockOffsets> = ebpf
-            .map_mut("OFFSETS")
-            .ok_or("map OFFSETS missing from the object")?
+        let format = super::tracefs::inet_sock_set_state_format().map_err(|e| e.to_string())?;
+        let mut map: Array<_, sensor_common::TpFormat> = ebpf
+            .map_mut("TP_FORMAT")
+            .ok_or("map TP_FORMAT missing from the object")?
             .try_into()
             .map_err(|e| error_chain(&e))?;
-        map.set(0, offsets, 0)
-            .map_err(|e| format!("writing offsets: {}", error_chain(&e)))?;
+        map.set(0, format, 0)
+            .map_err(|e| format!("writing the format: {}", error_chain(&e)))?;
+        // Without BTF the hook still sees connections, but not their byte counters.
+        let counters = match load_sock_offsets(ebpf) {
+            Ok(()) => "with counters (offsets from kernel BTF)".to_string(),
+            Err(e) => {
+                tracing::warn!("classic tracepoint without byte counters: {e}");
+                "without counters".to_string()
+            }
+        };
+        let prog: &mut TracePoint = ebpf
+            .program_mut("sensor_set_state_classic")
+            .ok_or("program sensor_set_state_classic missing from the object")?
+            .try_into()
+            .map_err(|e| error_chain(&e))?;
+        prog.load()
+            .map_err(|e| format!("load: {}", error_chain(&e)))?;
+        prog.attach("sock", "inet_sock_set_state")
+            .map_err(|e| format!("attach: {}", error_chain(&e)))?;
+        Ok(format!("record layout from tracefs, {counters}"))
+    })();
+    status(HOOK_TRACEPOINT_CLASSIC, r)
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf) -> HookStatus {
+    let r = (|| {
+        load_sock_offsets(ebpf)?;
         let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {}", error_chain(&e)))?;
         let prog: &mut BtfTracePoint = ebpf
             .program_mut("sensor_set_state")

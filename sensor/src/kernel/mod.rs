@@ -3,6 +3,7 @@ pub mod btf;
 pub mod caps;
 pub mod cgroup;
 pub mod loader;
+pub mod tracefs;
 
 pub use loader::{HookStatus, Probe};
 
@@ -52,7 +53,9 @@ pub fn require_capabilities(mode: crate::config::HookMode) -> Result<(), KernelE
     // sock_ops attaches to a cgroup (CAP_NET_ADMIN); the tracepoint reads kernel memory
     // (CAP_PERFMON); both create maps and programs (CAP_BPF).
     let needed: &[caps::Cap] = match mode {
-        crate::config::HookMode::Tracepoint => &[CAP_BPF, CAP_PERFMON],
+        crate::config::HookMode::Tracepoint | crate::config::HookMode::TracepointClassic => {
+            &[CAP_BPF, CAP_PERFMON]
+        }
         _ => &[CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN],
     };
     let have = CapSet::current().map_err(KernelError::Capabilities)?;

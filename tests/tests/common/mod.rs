@@ -34,9 +34,24 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Says loudly that a test could not run here, and why.
+/// Says loudly that a test could not run here, and why: straight to file descriptor 2
+/// (libtest captures stderr, and this must show even when the test "passes"), and to
+/// `$SENSOR_SKIP_LOG` when set, so `cargo xtask test` counts skips apart from passes.
 pub fn skip(test: &str, why: &str) {
-    eprintln!("\n*** SKIPPED {test}: {why} ***\n");
+    use std::io::Write as _;
+    let line = format!("SKIPPED {test}: {why}");
+    let loud = format!("\n*** {line} ***\n");
+    // SAFETY: write(2) to the process's stderr, bypassing libtest's capture.
+    unsafe { libc::write(2, loud.as_ptr().cast(), loud.len()) };
+    if let Some(path) = std::env::var_os("SENSOR_SKIP_LOG") {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path);
+        if let Ok(mut f) = file {
+            let _ = writeln!(f, "{line}");
+        }
+    }
 }
 
 pub fn temp_dir(name: &str) -> PathBuf {
