@@ -156,24 +156,45 @@ fn run_traffic(hooks: &str) {
         "one row per connection to the test server"
     );
 
+    // A long run reuses client ports, so one 5-tuple may carry several connections: compare
+    // per tuple the multiset of (request bytes, response bytes, end reason).
     let mut client_pids = std::collections::HashSet::new();
     let mut server_pids = std::collections::HashSet::new();
+    let mut want: HashMap<(SocketAddr, SocketAddr), Vec<(i64, i64, &str)>> = HashMap::new();
     for e in &expected {
+        let end = if e.mode % 2 == 0 { "fin" } else { "rst" };
+        want.entry((e.src, e.dst))
+            .or_default()
+            .push((e.req, e.resp, end));
+    }
+    for (tuple, mut conns) in want {
         let found = rows
-            .get(&(e.src, e.dst))
-            .unwrap_or_else(|| panic!("no row for {} -> {}", e.src, e.dst));
-        assert_eq!(found.len(), 1, "exactly one row for {} -> {}", e.src, e.dst);
-        let (proto, src_b, dst_b, src_pid, src_comm, dst_pid, dst_comm, end) = &found[0];
-        let what = format!("{} -> {} (mode {})", e.src, e.dst, e.mode);
-        assert_eq!(*proto, 6, "{what}");
-        assert_eq!(*src_b, e.req, "client payload bytes, {what}");
-        assert_eq!(*dst_b, e.resp, "server payload bytes, {what}");
-        assert_eq!(src_comm.as_deref(), Some("tl-client"), "{what}");
-        assert_eq!(dst_comm.as_deref(), Some("tl-server"), "{what}");
-        client_pids.insert(src_pid.expect("src_pid"));
-        server_pids.insert(dst_pid.expect("dst_pid"));
-        let want_end = if e.mode % 2 == 0 { "fin" } else { "rst" };
-        assert_eq!(end, want_end, "{what}");
+            .get(&tuple)
+            .unwrap_or_else(|| panic!("no row for {} -> {}", tuple.0, tuple.1));
+        assert_eq!(
+            found.len(),
+            conns.len(),
+            "one row per connection for {} -> {}",
+            tuple.0,
+            tuple.1
+        );
+        let mut got = Vec::new();
+        for (proto, src_b, dst_b, src_pid, src_comm, dst_pid, dst_comm, end) in found {
+            let what = format!("{} -> {}", tuple.0, tuple.1);
+            assert_eq!(*proto, 6, "{what}");
+            assert_eq!(src_comm.as_deref(), Some("tl-client"), "{what}");
+            assert_eq!(dst_comm.as_deref(), Some("tl-server"), "{what}");
+            client_pids.insert(src_pid.expect("src_pid"));
+            server_pids.insert(dst_pid.expect("dst_pid"));
+            got.push((*src_b, *dst_b, end.as_str()));
+        }
+        conns.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(
+            got, conns,
+            "(client bytes, server bytes, end) for {} -> {}",
+            tuple.0, tuple.1
+        );
     }
     assert_eq!(
         client_pids.into_iter().collect::<Vec<_>>(),
