@@ -160,7 +160,8 @@ fn run_traffic(hooks: &str) {
     // per tuple the multiset of (request bytes, response bytes, end reason).
     let mut client_pids = std::collections::HashSet::new();
     let mut server_pids = std::collections::HashSet::new();
-    let mut want: HashMap<(SocketAddr, SocketAddr), Vec<(i64, i64, &str)>> = HashMap::new();
+    type Conns<'a> = Vec<(i64, i64, &'a str)>;
+    let mut want: HashMap<(SocketAddr, SocketAddr), Conns> = HashMap::new();
     for e in &expected {
         let end = if e.mode % 2 == 0 { "fin" } else { "rst" };
         want.entry((e.src, e.dst))
