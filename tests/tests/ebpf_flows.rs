@@ -267,3 +267,63 @@ fn classic_tracepoint_records_every_connection_exactly() {
     }
     run_traffic("tracepoint-classic");
 }
+
+/// A connection still open at SIGTERM is flushed as one `shutdown` row, with both ends'
+/// process (this test process) and no counters yet (no end has closed).
+#[test]
+fn open_connection_is_flushed_at_shutdown() {
+    use std::{
+        io::{Read, Write},
+        net::{TcpListener, TcpStream},
+    };
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !is_root() {
+        skip(
+            "open_connection_is_flushed_at_shutdown",
+            "needs root to load eBPF programs (CI runs as root)",
+        );
+        return;
+    }
+    let dir = temp_dir("shutdown");
+    let db = dir.join("flows.db");
+    let sensor = Sensor::start(&["--db", db.to_str().expect("utf-8")]);
+    let listener = TcpListener::bind("[::1]:0").expect("bind");
+    let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (mut server, _) = listener.accept().expect("accept");
+    client.write_all(b"ping").expect("write");
+    let mut buf = [0u8; 4];
+    server.read_exact(&mut buf).expect("read");
+    let (src, dst) = (
+        client.local_addr().expect("addr"),
+        client.peer_addr().expect("addr"),
+    );
+    let (status, log) = sensor.stop();
+    assert!(status.success(), "exit status {status}");
+    // Other connections on the host may be open too: at least ours.
+    let open: u64 = log
+        .iter()
+        .find_map(|l| l.split("open_at_shutdown=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("shutdown summary with open_at_shutdown");
+    assert!(open >= 1, "the open flow was counted at shutdown");
+    drop((client, server));
+
+    let conn = rusqlite::Connection::open(&db).expect("open db");
+    let row: (String, Option<i64>, u32, u32) = conn
+        .query_row(
+            "SELECT end_reason, src_payload_bytes, src_pid, dst_pid FROM flows
+             WHERE src_ip = ?1 AND src_port = ?2 AND dst_ip = ?3 AND dst_port = ?4",
+            rusqlite::params![
+                src.ip().to_string(),
+                src.port(),
+                dst.ip().to_string(),
+                dst.port()
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .expect("one row for the open connection");
+    let me = std::process::id();
+    assert_eq!(row, ("shutdown".to_string(), None, me, me));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -93,24 +93,8 @@ impl Probe {
             });
         }
 
-        let events = ebpf
-            .take_map("EVENTS")
-            .ok_or(KernelError::MissingMap { name: "EVENTS" })
-            .and_then(|m| {
-                RingBuf::try_from(m).map_err(|e| KernelError::Map {
-                    name: "EVENTS",
-                    detail: error_chain(&e),
-                })
-            })?;
-        let drops = ebpf
-            .take_map("DROPS")
-            .ok_or(KernelError::MissingMap { name: "DROPS" })
-            .and_then(|m| {
-                PerCpuArray::try_from(m).map_err(|e| KernelError::Map {
-                    name: "DROPS",
-                    detail: error_chain(&e),
-                })
-            })?;
+        let events = take_map(&mut ebpf, "EVENTS")?;
+        let drops = take_map(&mut ebpf, "DROPS")?;
         Ok(Self {
             ebpf: Some(ebpf),
             events: Some(events),
@@ -152,6 +136,20 @@ impl Probe {
             .collect();
         names.join(",")
     }
+}
+
+/// Takes a map out of the object as its typed wrapper, so it outlives the programs.
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(KernelError::MissingMap { name })?;
+    T::try_from(map).map_err(|e| KernelError::Map {
+        name,
+        detail: error_chain(&e),
+    })
 }
 
 fn status(name: &'static str, r: Result<String, String>) -> HookStatus {
