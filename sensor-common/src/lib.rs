@@ -146,8 +146,9 @@ pub struct SockOffsets {
     pub rcv_saddr: u32,
     /// `sock_common.skc_daddr` (IPv4 remote, be32).
     pub daddr: u32,
-    /// `sock_common.skc_num` (local port, host order u16).
-    pub num: u32,
+    /// `inet_sock.inet_sport` (local port, be16). Not `skc_num`: the kernel zeroes that
+    /// when it releases the port, before the close transition the hooks see.
+    pub sport: u32,
     /// `sock_common.skc_dport` (remote port, be16).
     pub dport: u32,
     /// `sock_common.skc_v6_rcv_saddr` (in6_addr).
@@ -170,9 +171,14 @@ pub struct SockOffsets {
     pub sk_flags: u32,
     /// `sock.sk_err` (int; non-zero after a reset or a timeout).
     pub sk_err: u32,
+    /// `tcp_sock.bpf_sock_ops_cb_flags` (u8): which sock_ops callbacks a socket asked for.
+    pub ops_cb_flags: u32,
+    /// 1: the tracepoint is the second view beside `sock_ops` and reports only the closes
+    /// `sock_ops` will not (sockets without its state callback: older than the sensor).
+    pub untracked_closes_only: u32,
 }
 
-const _: () = assert!(size_of::<SockOffsets>() == 68);
+const _: () = assert!(size_of::<SockOffsets>() == 76);
 
 /// `enum sock_flags`: SOCK_DONE, set when a FIN arrives (and after `tcp_done`, which runs
 /// after the state change the hooks see).

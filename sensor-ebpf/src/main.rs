@@ -308,7 +308,7 @@ fn btf_set_state(ctx: &BtfTracePointContext, sk: *const u8, old: u32, new: u32) 
         }
         Ends {
             family,
-            local_port: read_at(sk, off.num)?,
+            local_port: u16::from_be(read_at(sk, off.sport)?),
             remote_port: u16::from_be(read_at(sk, off.dport)?),
             local,
             remote,
@@ -381,6 +381,17 @@ fn classic_set_state(ctx: &TracePointContext) -> Option<()> {
 /// Emits a tracepoint-seen transition; at close, reads the counters when `off` is valid.
 #[inline(always)]
 fn emit_transition(sk: *const u8, old: u32, event_kind: u32, ends: &Ends, off: &SockOffsets) {
+    if off.untracked_closes_only != 0 {
+        // Beside sock_ops: only closes of sockets it does not follow.
+        if event_kind != kind::CLOSE {
+            return;
+        }
+        // SAFETY: bpf_probe_read_kernel at an offset from the running kernel's BTF.
+        let cb: u8 = unsafe { read_at(sk, off.ops_cb_flags) }.unwrap_or(0);
+        if u32::from(cb) & BPF_SOCK_OPS_STATE_CB_FLAG != 0 {
+            return;
+        }
+    }
     let mut counters = [0u64; 2];
     let mut small = [0u32; 4];
     let mut close = 0;

@@ -327,3 +327,95 @@ fn open_connection_is_flushed_at_shutdown() {
     assert_eq!(row, ("shutdown".to_string(), None, me, me));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A connection opened before the sensor started is still one row when it closes: the
+/// tracepoint, beside sock_ops, reports the closes sock_ops never hears about, with the
+/// kernel's counters for the whole connection and the owners found in /proc at start.
+#[test]
+fn connection_older_than_the_sensor_is_recorded_at_close() {
+    use std::{
+        io::{Read, Write},
+        net::{Shutdown, TcpListener, TcpStream},
+    };
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !is_root() {
+        skip(
+            "connection_older_than_the_sensor_is_recorded_at_close",
+            "needs root to load eBPF programs (CI runs as root)",
+        );
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (mut server, _) = listener.accept().expect("accept");
+    let mut buf = [0u8; 64];
+    client.write_all(b"before").expect("write");
+    server.read_exact(&mut buf[..6]).expect("read");
+
+    let dir = temp_dir("older");
+    let db = dir.join("flows.db");
+    let sensor = Sensor::start(&["--db", db.to_str().expect("utf-8")]);
+    assert!(
+        sensor.log.iter().any(|l| l.contains("second view")),
+        "auto mode runs the tracepoint beside sock_ops"
+    );
+    client.write_all(b"after!!").expect("write");
+    server.read_exact(&mut buf[..7]).expect("read");
+    server.write_all(b"ack").expect("write");
+    client.read_exact(&mut buf[..3]).expect("read");
+    let (src, dst) = (
+        client.local_addr().expect("addr"),
+        client.peer_addr().expect("addr"),
+    );
+    client.shutdown(Shutdown::Write).expect("shutdown");
+    assert_eq!(server.read(&mut buf).expect("read EOF"), 0);
+    drop(server);
+    assert_eq!(client.read(&mut buf).expect("read EOF"), 0);
+    drop(client);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (status, _) = sensor.stop();
+    assert!(status.success());
+
+    let conn = rusqlite::Connection::open(&db).expect("open db");
+    let mut stmt = conn
+        .prepare(
+            "SELECT src_ip, src_port, dst_ip, dst_port, src_payload_bytes, dst_payload_bytes,
+                    src_pid, dst_pid, end_reason FROM flows WHERE dst_port = ?1 OR src_port = ?1",
+        )
+        .expect("prepare");
+    type Row = (String, u16, String, u16, i64, i64, u32, u32, String);
+    let rows: Vec<Row> = stmt
+        .query_map([dst.port()], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+            ))
+        })
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect();
+    let me = std::process::id();
+    assert_eq!(
+        rows,
+        vec![(
+            src.ip().to_string(),
+            src.port(),
+            dst.ip().to_string(),
+            dst.port(),
+            13,
+            3,
+            me,
+            me,
+            "fin".to_string()
+        )],
+        "one row, initiator as source, bytes over the whole connection"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4,11 +4,12 @@
 //! whoever happened to be running. The process that called `listen()` on the local address
 //! and port is the one that accepts, so the table maps (address, port) to it: filled from
 //! `listen()` events as they happen and, for listeners older than the sensor, from
-//! `/proc/net/tcp{,6}` and `/proc/<pid>/fd`.
+//! `/proc/net/tcp{,6}` and `/proc/<pid>/fd`. The same scan remembers who owns the
+//! connections already open when the sensor starts, whose closes arrive with no history.
 use std::{
     collections::HashMap,
     fs,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use super::record::Owner;
@@ -16,6 +17,8 @@ use super::record::Owner;
 #[derive(Debug, Default)]
 pub struct Listeners {
     by_addr: HashMap<(IpAddr, u16), Owner>,
+    /// (local, remote) of connections open at the scan, to their owner.
+    connections: HashMap<(SocketAddr, SocketAddr), Owner>,
 }
 
 impl Listeners {
@@ -54,14 +57,24 @@ impl Listeners {
             .find_map(|a| self.by_addr.get(&(*a, port)))
     }
 
-    /// Adds the listeners that exist now, from /proc. Errors reading single processes are
+    /// The owner of a connection that was open when /proc was scanned; forgotten once asked,
+    /// since the connection is closing.
+    pub fn take_connection_owner(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Option<Owner> {
+        self.connections.remove(&(local, remote))
+    }
+
+    /// Adds the listeners (and open connections) that exist now, from /proc. Errors reading single processes are
     /// skipped (they exit while we look); returns how many listeners were found.
     pub fn scan_proc(&mut self) -> usize {
-        let mut inodes: HashMap<u64, (IpAddr, u16)> = HashMap::new();
+        let mut inodes: HashMap<u64, ProcSock> = HashMap::new();
         for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
             if let Ok(text) = fs::read_to_string(file) {
-                for (inode, addr, port) in parse_proc_net_listeners(&text, v6) {
-                    inodes.insert(inode, (addr, port));
+                for row in parse_proc_net(&text, v6) {
+                    inodes.insert(row.inode, row);
                 }
             }
         }
@@ -91,21 +104,22 @@ impl Listeners {
                 let Some(inode) = socket_inode(target.to_str().unwrap_or("")) else {
                     continue;
                 };
-                if let Some(&(addr, port)) = inodes.get(&inode) {
+                if let Some(row) = inodes.get(&inode) {
                     let comm = comm.get_or_insert_with(|| {
                         fs::read_to_string(entry.path().join("comm"))
                             .map(|s| s.trim_end().to_string())
                             .unwrap_or_default()
                     });
-                    self.insert_if_absent(
-                        addr,
-                        port,
-                        Owner {
-                            pid,
-                            comm: comm.clone(),
-                        },
-                    );
-                    found += 1;
+                    let owner = Owner {
+                        pid,
+                        comm: comm.clone(),
+                    };
+                    if row.listening {
+                        self.insert_if_absent(row.local.ip(), row.local.port(), owner);
+                        found += 1;
+                    } else {
+                        self.connections.insert((row.local, row.remote), owner);
+                    }
                 }
             }
         }
@@ -120,25 +134,50 @@ fn socket_inode(link: &str) -> Option<u64> {
         .ok()
 }
 
-/// Parses `/proc/net/tcp` or `tcp6`, returning (inode, local address, port) of LISTEN rows.
-fn parse_proc_net_listeners(text: &str, v6: bool) -> Vec<(u64, IpAddr, u16)> {
+/// One row of `/proc/net/tcp{,6}`.
+#[derive(Debug, PartialEq, Eq)]
+struct ProcSock {
+    inode: u64,
+    local: SocketAddr,
+    remote: SocketAddr,
+    listening: bool,
+}
+
+/// Parses `/proc/net/tcp` or `tcp6`: listeners, and connections with a peer. IPv4-mapped
+/// addresses become IPv4, as in the flows.
+fn parse_proc_net(text: &str, v6: bool) -> Vec<ProcSock> {
     const TCP_LISTEN: &str = "0A";
+    let endpoint = |col: &str| -> Option<SocketAddr> {
+        let (addr_hex, port_hex) = col.split_once(':')?;
+        let port = u16::from_str_radix(port_hex, 16).ok()?;
+        let ip = match parse_proc_addr(addr_hex, v6)? {
+            IpAddr::V6(a) => a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4),
+            v4 => v4,
+        };
+        Some(SocketAddr::new(ip, port))
+    };
     let mut out = Vec::new();
     for line in text.lines().skip(1) {
         let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.len() < 10 || cols[3] != TCP_LISTEN {
+        if cols.len() < 10 {
             continue;
         }
-        let Some((addr_hex, port_hex)) = cols[1].split_once(':') else {
-            continue;
-        };
-        let (Ok(port), Ok(inode)) = (u16::from_str_radix(port_hex, 16), cols[9].parse::<u64>())
+        let (Some(local), Some(remote), Ok(inode)) =
+            (endpoint(cols[1]), endpoint(cols[2]), cols[9].parse::<u64>())
         else {
             continue;
         };
-        if let Some(addr) = parse_proc_addr(addr_hex, v6) {
-            out.push((inode, addr, port));
+        let listening = cols[3] == TCP_LISTEN;
+        // inode 0: TIME_WAIT and other sockets no process owns.
+        if inode == 0 || (!listening && remote.port() == 0) {
+            continue;
         }
+        out.push(ProcSock {
+            inode,
+            local,
+            remote,
+            listening,
+        });
     }
     out
 }
@@ -169,8 +208,19 @@ mod tests {
     #[test]
     fn parses_proc_net_tcp_listen_rows() {
         let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:1F91 0100007F:A000 01 00000000:00000000 00:00000000 00000000     0        0 999 1 0000000000000000 100 0 0 10 0\n";
-        let rows = parse_proc_net_listeners(text, false);
-        assert_eq!(rows, vec![(12345, IpAddr::V4(Ipv4Addr::LOCALHOST), 8080)]);
+        let rows = parse_proc_net(text, false);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            rows[0],
+            ProcSock {
+                inode: 12345,
+                local: "127.0.0.1:8080".parse().unwrap(),
+                remote: "0.0.0.0:0".parse().unwrap(),
+                listening: true,
+            }
+        );
+        assert!(!rows[1].listening);
+        assert_eq!(rows[1].remote, "127.0.0.1:40960".parse().unwrap());
     }
 
     #[test]
@@ -202,5 +252,28 @@ mod tests {
         assert!(l.scan_proc() >= 1);
         let owner = l.owner_of(IpAddr::V4(Ipv4Addr::LOCALHOST), port).unwrap();
         assert_eq!(owner.pid, std::process::id());
+    }
+}
+
+#[cfg(test)]
+mod scan_connections {
+    use super::*;
+
+    #[test]
+    fn scan_finds_our_own_connection() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (_s, _) = l.accept().unwrap();
+        let mut t = Listeners::default();
+        t.scan_proc();
+        let owner = t
+            .take_connection_owner(c.local_addr().unwrap(), c.peer_addr().unwrap())
+            .expect("client end found");
+        assert_eq!(owner.pid, std::process::id());
+        assert!(
+            t.take_connection_owner(c.peer_addr().unwrap(), c.local_addr().unwrap())
+                .is_some(),
+            "server end found"
+        );
     }
 }

@@ -52,6 +52,8 @@ struct OpenFlow {
     src_owner: Option<Owner>,
     dst_owner: Option<Owner>,
     ends: [End; 2],
+    /// Finished only when both ends have closed, even if one has not been seen yet.
+    wait_both: bool,
 }
 
 /// A local socket we have seen.
@@ -217,6 +219,7 @@ impl TcpTracker {
                         src_owner: None,
                         dst_owner: None,
                         ends: [End::default(); 2],
+                        wait_both: false,
                     },
                 );
                 self.by_tuple.insert((src, dst), id);
@@ -240,6 +243,39 @@ impl TcpTracker {
         }
     }
 
+    /// A close of a socket opened before we attached. The role comes from the listener
+    /// table, the owner from the /proc scan at start; its start is unknown, so first_seen is
+    /// this close.
+    fn bind_orphan(&mut self, key: (u32, u64), local: SocketAddr, remote: SocketAddr, ts: u64) {
+        self.stats.orphan_closes += 1;
+        let listening = self.listeners.owner_of(local.ip(), local.port()).is_some();
+        let role = if listening { RESPONDER } else { INITIATOR };
+        let owner = self.listeners.take_connection_owner(local, remote);
+        let (sock_owner, exact_dst) = if role == INITIATOR {
+            (owner, None)
+        } else {
+            (None, owner)
+        };
+        self.socks.insert(
+            key,
+            Sock {
+                flow: None,
+                role,
+                owner: sock_owner,
+                first_ns: ts,
+            },
+        );
+        self.bind(key, local, remote, ts);
+        let id = self.socks.get(&key).and_then(|s| s.flow);
+        if let Some(flow) = id.and_then(|id| self.flows.get_mut(&id)) {
+            if exact_dst.is_some() {
+                flow.dst_owner = exact_dst;
+            }
+            // Over loopback the other end is ours too: wait for its close as well.
+            flow.wait_both |= remote.ip().is_loopback();
+        }
+    }
+
     fn on_close(
         &mut self,
         ev: &SockEvent,
@@ -248,30 +284,20 @@ impl TcpTracker {
         remote: SocketAddr,
         out: &mut impl FnMut(FlowRecord),
     ) {
+        tracing::trace!(
+            %local, %remote, old_state = ev.old_state, flags = ev.flags, source = ev.source,
+            acked = ev.bytes_acked, received = ev.bytes_received, "close"
+        );
         if ev.old_state == tcp_state::LISTEN {
             self.socks.remove(&key);
             self.listeners.remove(local.ip(), local.port());
             return;
         }
-        if !self.socks.contains_key(&key) {
-            // Opened before we attached: guess the role from the listener table.
-            self.stats.orphan_closes += 1;
-            let role = if self.listeners.owner_of(local.ip(), local.port()).is_some() {
-                RESPONDER
-            } else {
-                INITIATOR
-            };
-            self.socks.insert(
-                key,
-                Sock {
-                    flow: None,
-                    role,
-                    owner: None,
-                    first_ns: ev.ts_ns,
-                },
-            );
+        if self.socks.contains_key(&key) {
+            self.bind(key, local, remote, ev.ts_ns);
+        } else {
+            self.bind_orphan(key, local, remote, ev.ts_ns);
         }
-        self.bind(key, local, remote, ev.ts_ns);
         let Some(sock) = self.socks.remove(&key) else {
             return;
         };
@@ -283,15 +309,20 @@ impl TcpTracker {
         };
         flow.last_ns = flow.last_ns.max(ev.ts_ns);
         let fin = |bit| u64::from(ev.flags & bit != 0);
+        // The active opener's bytes_acked also counts its SYN, acknowledged by the SYN-ACK.
+        let syn = u64::from(sock.role == INITIATOR && ev.bytes_acked > 0);
         flow.ends[sock.role].close = Some(CloseStats {
             counted: ev.flags & flags::NO_COUNTERS == 0,
-            bytes_acked: ev.bytes_acked.saturating_sub(fin(flags::FIN_ACKED)),
+            bytes_acked: ev.bytes_acked.saturating_sub(fin(flags::FIN_ACKED) + syn),
             bytes_received: ev.bytes_received.saturating_sub(fin(flags::FIN_IN)),
             srtt_us: ev.srtt_us,
             total_retrans: ev.total_retrans,
             old_state: ev.old_state,
         });
-        let done = flow.ends.iter().all(|e| !e.present || e.close.is_some());
+        let done = flow
+            .ends
+            .iter()
+            .all(|e| e.close.is_some() || (!e.present && !flow.wait_both));
         if done {
             let flow = self.flows.remove(&id).expect("present");
             if self.by_tuple.get(&(flow.src, flow.dst)) == Some(&id) {
@@ -472,6 +503,7 @@ mod tests {
         assert_eq!(t.open_flows(), 0);
     }
 
+    /// The connecting end's bytes_acked counts its SYN too (51 = 50 payload + SYN).
     #[test]
     fn reset_and_remote_peer() {
         let mut t = tracker();
@@ -485,7 +517,7 @@ mod tests {
             "curl",
         );
         t.on_event(&c, &mut |r| out.push(r));
-        t.on_event(&close(c, tcp_state::ESTABLISHED, 50, 60), &mut |r| {
+        t.on_event(&close(c, tcp_state::ESTABLISHED, 51, 60), &mut |r| {
             out.push(r)
         });
         assert_eq!(out.len(), 1);
@@ -532,5 +564,34 @@ mod tests {
         t.on_event(&c, &mut |r| out.push(r));
         t.on_event(&close(c, tcp_state::SYN_SENT, 0, 0), &mut |r| out.push(r));
         assert_eq!(out[0].end_reason, EndReason::Failed);
+    }
+
+    #[test]
+    fn connection_older_than_the_sensor_is_one_flow_at_its_close() {
+        let mut t = tracker();
+        t.listeners_mut().insert(
+            "127.0.0.1".parse().unwrap(),
+            80,
+            Owner {
+                pid: 10,
+                comm: "srv".into(),
+            },
+        );
+        let mut out = Vec::new();
+        let mut c = ev(kind::CLOSE, 2, "127.0.0.1:5000", "127.0.0.1:80", 0, "");
+        c.source = source::TRACEPOINT;
+        let mut s = ev(kind::CLOSE, 3, "127.0.0.1:80", "127.0.0.1:5000", 0, "");
+        s.source = source::TRACEPOINT;
+        t.on_event(&close(c, tcp_state::FIN_WAIT2, 11, 6), &mut |r| out.push(r));
+        assert!(out.is_empty(), "loopback: waits for the other end");
+        t.on_event(&close(s, tcp_state::LAST_ACK, 6, 11), &mut |r| out.push(r));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].src, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(
+            (out[0].src_payload_bytes, out[0].dst_payload_bytes),
+            (Some(10), Some(5))
+        );
+        assert_eq!(out[0].dst_owner.as_ref().unwrap().comm, "srv");
+        assert_eq!(t.stats().orphan_closes, 2);
     }
 }

@@ -370,7 +370,7 @@ pub fn sock_offsets(btf: &KernelBtf) -> Result<SockOffsets, BtfError> {
         protocol: sk("sk_protocol", 2)?,
         rcv_saddr: sk("__sk_common.skc_rcv_saddr", 4)?,
         daddr: sk("__sk_common.skc_daddr", 4)?,
-        num: sk("__sk_common.skc_num", 2)?,
+        sport: get("inet_sock", "inet_sport", 2)?,
         dport: sk("__sk_common.skc_dport", 2)?,
         v6_rcv_saddr: sk("__sk_common.skc_v6_rcv_saddr", 16)?,
         v6_daddr: sk("__sk_common.skc_v6_daddr", 16)?,
@@ -382,6 +382,8 @@ pub fn sock_offsets(btf: &KernelBtf) -> Result<SockOffsets, BtfError> {
         total_retrans: tp("total_retrans", 4)?,
         sk_flags: sk("__sk_common.skc_flags", 8)?,
         sk_err: sk("sk_err", 4)?,
+        ops_cb_flags: tp("bpf_sock_ops_cb_flags", 1)?,
+        untracked_closes_only: 0,
     })
 }
 
@@ -576,13 +578,13 @@ mod tests {
         assert_eq!(o.valid, 1);
         // sock_common opens with addrpair (8), hash (4), portpair (4) unions, then skc_family.
         assert_eq!(o.family, 16);
-        assert_eq!((o.daddr, o.rcv_saddr, o.dport, o.num), (0, 4, 12, 14));
+        assert_eq!((o.daddr, o.rcv_saddr, o.dport), (0, 4, 12));
         let all = [
             o.family,
             o.protocol,
             o.rcv_saddr,
             o.daddr,
-            o.num,
+            o.sport,
             o.dport,
             o.v6_rcv_saddr,
             o.v6_daddr,

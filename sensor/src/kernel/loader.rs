@@ -70,8 +70,10 @@ impl Probe {
             hooks.push(attach_sock_ops(&mut ebpf, cfg.cgroup_path.clone()));
         }
         let sock_ops_ok = hooks.iter().any(|h| h.attached);
-        if cfg.hooks == HookMode::Tracepoint || (cfg.hooks == HookMode::Auto && !sock_ops_ok) {
-            hooks.push(attach_tracepoint(&mut ebpf));
+        if cfg.hooks == HookMode::Tracepoint || cfg.hooks == HookMode::Auto {
+            // Beside sock_ops, the tracepoint is the second view: it reports the closes of
+            // connections older than the sensor, which sock_ops never hears about.
+            hooks.push(attach_tracepoint(&mut ebpf, sock_ops_ok));
         }
         let tracepoint_ok = hooks
             .iter()
@@ -190,9 +192,10 @@ fn attach_sock_ops(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> HookStatus {
 }
 
 /// Gives the tracepoint programs the kernel struct offsets from the running kernel's BTF.
-fn load_sock_offsets(ebpf: &mut Ebpf) -> Result<(), String> {
+fn load_sock_offsets(ebpf: &mut Ebpf, untracked_closes_only: bool) -> Result<(), String> {
     let kbtf = KernelBtf::from_sys_fs().map_err(|e| e.to_string())?;
-    let offsets = sock_offsets(&kbtf).map_err(|e| e.to_string())?;
+    let mut offsets = sock_offsets(&kbtf).map_err(|e| e.to_string())?;
+    offsets.untracked_closes_only = u32::from(untracked_closes_only);
     let mut map: Array<_, sensor_common::SockOffsets> = ebpf
         .map_mut("OFFSETS")
         .ok_or("map OFFSETS missing from the object")?
@@ -213,7 +216,7 @@ fn attach_classic_tracepoint(ebpf: &mut Ebpf) -> HookStatus {
         map.set(0, format, 0)
             .map_err(|e| format!("writing the format: {}", error_chain(&e)))?;
         // Without BTF the hook still sees connections, but not their byte counters.
-        let counters = match load_sock_offsets(ebpf) {
+        let counters = match load_sock_offsets(ebpf, false) {
             Ok(()) => "with counters (offsets from kernel BTF)".to_string(),
             Err(e) => {
                 tracing::warn!("classic tracepoint without byte counters: {e}");
@@ -234,9 +237,9 @@ fn attach_classic_tracepoint(ebpf: &mut Ebpf) -> HookStatus {
     status(HOOK_TRACEPOINT_CLASSIC, r)
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf) -> HookStatus {
+fn attach_tracepoint(ebpf: &mut Ebpf, second_view: bool) -> HookStatus {
     let r = (|| {
-        load_sock_offsets(ebpf)?;
+        load_sock_offsets(ebpf, second_view)?;
         let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {}", error_chain(&e)))?;
         let prog: &mut BtfTracePoint = ebpf
             .program_mut("sensor_set_state")
@@ -247,7 +250,11 @@ fn attach_tracepoint(ebpf: &mut Ebpf) -> HookStatus {
             .map_err(|e| format!("load: {}", error_chain(&e)))?;
         prog.attach()
             .map_err(|e| format!("attach: {}", error_chain(&e)))?;
-        Ok("struct offsets from kernel BTF".to_string())
+        Ok(if second_view {
+            "second view: closes of connections older than the sensor".to_string()
+        } else {
+            "struct offsets from kernel BTF".to_string()
+        })
     })();
     status(HOOK_TRACEPOINT, r)
 }
