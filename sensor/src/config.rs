@@ -37,7 +37,9 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum HookMode {
-    /// `sock_ops` on the cgroup v2 root; the tracepoint only if `sock_ops` cannot attach.
+    /// `sock_ops` on the cgroup v2 root, with the BTF tracepoint beside it reporting the
+    /// closes of connections older than the sensor; the tracepoints alone where `sock_ops`
+    /// cannot attach.
     #[default]
     Auto,
     /// Only the cgroup `sock_ops` program.
