@@ -70,6 +70,14 @@ pub struct Config {
     pub flush_ms: u64,
     /// cgroup v2 mount to attach `sock_ops` to; found in /proc/self/mountinfo when unset.
     pub cgroup_path: Option<PathBuf>,
+    /// A packet flow ends after this long without packets.
+    pub idle_timeout_ms: u64,
+    /// A flow open this long is written out and goes on in a new record.
+    pub active_timeout_ms: u64,
+    /// After FIN both ways or RST, a flow ends once quiet this long.
+    pub tcp_close_linger_ms: u64,
+    /// Most packet flows held at once; beyond it the least recently active are evicted.
+    pub max_flows: usize,
 }
 
 impl Default for Config {
@@ -82,6 +90,10 @@ impl Default for Config {
             batch_rows: 1_000,
             flush_ms: 1_000,
             cgroup_path: None,
+            idle_timeout_ms: 60_000,
+            active_timeout_ms: 300_000,
+            tcp_close_linger_ms: 2_000,
+            max_flows: 1 << 20,
         }
     }
 }
@@ -125,6 +137,9 @@ impl Config {
         }
         if self.batch_rows == 0 {
             return Err(bad("batch_rows", "0".into(), "must be at least 1"));
+        }
+        if self.max_flows == 0 {
+            return Err(bad("max_flows", "0".into(), "must be at least 1"));
         }
         if self.store_queue_rows == 0 {
             return Err(bad("store_queue_rows", "0".into(), "must be at least 1"));
@@ -183,5 +198,9 @@ mod example_file {
         assert_eq!(c.batch_rows, d.batch_rows);
         assert_eq!(c.flush_ms, d.flush_ms);
         assert_eq!(c.cgroup_path, d.cgroup_path);
+        assert_eq!(c.idle_timeout_ms, d.idle_timeout_ms);
+        assert_eq!(c.active_timeout_ms, d.active_timeout_ms);
+        assert_eq!(c.tcp_close_linger_ms, d.tcp_close_linger_ms);
+        assert_eq!(c.max_flows, d.max_flows);
     }
 }

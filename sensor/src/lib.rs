@@ -1,8 +1,10 @@
 //! `sensor`: a network flow sensor. The modules follow the data:
 //! [`kernel`] (eBPF ingest) → [`flow`] (aggregate) → [`store`] (SQLite) → [`export`].
+pub mod capture;
 pub mod config;
 pub mod export;
 pub mod flow;
 pub mod kernel;
+pub mod replay;
 pub mod run;
 pub mod store;

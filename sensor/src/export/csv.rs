@@ -5,25 +5,37 @@ use rusqlite::types::ValueRef;
 
 use super::ExportError;
 
-/// Column order of the CSV; the first fourteen are the interface scripts rely on.
-pub const COLUMNS: &[&str] = &[
-    "first_seen_ms",
-    "last_seen_ms",
-    "proto",
-    "src_ip",
-    "src_port",
-    "dst_ip",
-    "dst_port",
-    "src_payload_bytes",
-    "dst_payload_bytes",
-    "src_pid",
-    "src_comm",
-    "dst_pid",
-    "dst_comm",
-    "end_reason",
-    "srtt_us",
-    "retransmits",
-    "sources",
+/// The CSV's columns, in order, with the SQL that reads each from `flows`. Scripts rely on
+/// the names and the order; new columns go at the end.
+pub const COLUMNS: &[(&str, &str)] = &[
+    ("first_seen_ms", "first_seen_ms"),
+    ("last_seen_ms", "last_seen_ms"),
+    ("proto", "proto"),
+    ("src_ip", "src_ip"),
+    ("src_port", "src_port"),
+    ("dst_ip", "dst_ip"),
+    ("dst_port", "dst_port"),
+    ("src_payload_bytes", "src_payload_bytes"),
+    ("dst_payload_bytes", "dst_payload_bytes"),
+    ("src_pid", "src_pid"),
+    ("src_comm", "src_comm"),
+    ("dst_pid", "dst_pid"),
+    ("dst_comm", "dst_comm"),
+    ("end_reason", "end_reason"),
+    ("srtt_us", "srtt_us"),
+    ("retransmits", "retransmits"),
+    ("src_packets", "src_packets"),
+    ("dst_packets", "dst_packets"),
+    ("src_bytes", "src_bytes"),
+    ("dst_bytes", "dst_bytes"),
+    (
+        "tcp_flags",
+        "CASE WHEN src_tcp_flags IS NULL AND dst_tcp_flags IS NULL THEN NULL \
+         ELSE ifnull(src_tcp_flags, 0) | ifnull(dst_tcp_flags, 0) END",
+    ),
+    ("src_tcp_flags", "src_tcp_flags"),
+    ("dst_tcp_flags", "dst_tcp_flags"),
+    ("capture", "sources"),
 ];
 
 /// Writes every flow in `db` to `out`, oldest first. Returns the number of rows.
@@ -33,14 +45,15 @@ pub fn export(db: &Path, out: impl Write) -> Result<u64, ExportError> {
         path: db.to_path_buf(),
         source,
     };
+    let select: Vec<&str> = COLUMNS.iter().map(|(_, sql)| *sql).collect();
     let sql = format!(
         "SELECT {} FROM flows ORDER BY first_seen_ms, id",
-        COLUMNS.join(", ")
+        select.join(", ")
     );
     let mut stmt = conn.prepare(&sql).map_err(query_err)?;
     let mut rows = stmt.query([]).map_err(query_err)?;
     let mut w = ::csv::Writer::from_writer(out);
-    w.write_record(COLUMNS)?;
+    w.write_record(COLUMNS.iter().map(|(name, _)| *name))?;
     let mut n = 0u64;
     let mut fields: Vec<String> = Vec::with_capacity(COLUMNS.len());
     while let Some(row) = rows.next().map_err(query_err)? {

@@ -16,3 +16,17 @@ pub enum ExportError {
     #[error("writing output: {0}")]
     Io(#[from] std::io::Error),
 }
+
+impl ExportError {
+    /// The reader went away (`| head`): not an error worth reporting.
+    pub fn is_broken_pipe(&self) -> bool {
+        match self {
+            Self::Io(e) => e.kind() == std::io::ErrorKind::BrokenPipe,
+            Self::Write(e) => match e.kind() {
+                ::csv::ErrorKind::Io(io) => io.kind() == std::io::ErrorKind::BrokenPipe,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}

@@ -2,9 +2,11 @@
 pub mod clock;
 pub mod listeners;
 pub mod record;
+pub mod table;
 pub mod tcp;
 
 pub use clock::BootClock;
 pub use listeners::Listeners;
 pub use record::{EndReason, FlowRecord, Owner};
+pub use table::{FlowTable, TableConfig};
 pub use tcp::TcpTracker;

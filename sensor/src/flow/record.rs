@@ -29,8 +29,15 @@ pub enum EndReason {
     Rst,
     /// The connection never established (refused, timed out, aborted during the handshake).
     Failed,
-    /// Still open when the sensor stopped; counters are those seen so far.
+    /// Still open when the sensor stopped (or the capture file ended); counters are those
+    /// seen so far.
     Shutdown,
+    /// No packet for `idle_timeout_ms`.
+    IdleTimeout,
+    /// Open for `active_timeout_ms`: this record ends, the flow goes on in a new one.
+    ActiveTimeout,
+    /// Pushed out of a full flow table (`max_flows`).
+    Evicted,
 }
 
 impl EndReason {
@@ -40,6 +47,36 @@ impl EndReason {
             Self::Rst => "rst",
             Self::Failed => "failed",
             Self::Shutdown => "shutdown",
+            Self::IdleTimeout => "idle",
+            Self::ActiveTimeout => "active",
+            Self::Evicted => "evicted",
+        }
+    }
+}
+
+impl FlowRecord {
+    /// A record with only what the kernel's connection view knows.
+    pub fn kernel(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> Self {
+        Self {
+            first_seen_ms: 0,
+            last_seen_ms: 0,
+            proto: PROTO_TCP,
+            src,
+            dst,
+            src_payload_bytes: None,
+            dst_payload_bytes: None,
+            src_owner: None,
+            dst_owner: None,
+            srtt_us: None,
+            retransmits: None,
+            end_reason: EndReason::Shutdown,
+            sources: "kernel",
+            src_packets: None,
+            dst_packets: None,
+            src_bytes: None,
+            dst_bytes: None,
+            src_tcp_flags: None,
+            dst_tcp_flags: None,
         }
     }
 }
@@ -67,6 +104,15 @@ pub struct FlowRecord {
     /// Segments retransmitted, both local ends added.
     pub retransmits: Option<u32>,
     pub end_reason: EndReason,
-    /// Which views saw the flow, comma-separated (`kernel` here; capture and file later).
+    /// Which views saw the flow, comma-separated: `kernel`, `capture`, `file`.
     pub sources: &'static str,
+    /// Packets each way (packet views only).
+    pub src_packets: Option<u64>,
+    pub dst_packets: Option<u64>,
+    /// IP-layer bytes each way: IP header + payload (IPFIX octetDeltaCount).
+    pub src_bytes: Option<u64>,
+    pub dst_bytes: Option<u64>,
+    /// Union of the TCP flags each way sent.
+    pub src_tcp_flags: Option<u8>,
+    pub dst_tcp_flags: Option<u8>,
 }

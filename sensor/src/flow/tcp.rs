@@ -18,7 +18,7 @@ use sensor_common::{AF_INET, SockEvent, flags, kind, tcp_state};
 use super::{
     clock::BootClock,
     listeners::Listeners,
-    record::{EndReason, FlowRecord, Owner, PROTO_TCP},
+    record::{EndReason, FlowRecord, Owner},
 };
 
 /// Initiator's end, responder's end.
@@ -379,9 +379,6 @@ impl TcpTracker {
         FlowRecord {
             first_seen_ms: self.clock.unix_ms(flow.first_ns),
             last_seen_ms: self.clock.unix_ms(flow.last_ns),
-            proto: PROTO_TCP,
-            src: flow.src,
-            dst: flow.dst,
             src_payload_bytes: src_payload,
             dst_payload_bytes: dst_payload,
             src_owner: flow.src_owner,
@@ -389,7 +386,7 @@ impl TcpTracker {
             srtt_us,
             retransmits,
             end_reason,
-            sources: "kernel",
+            ..FlowRecord::kernel(flow.src, flow.dst)
         }
     }
 }

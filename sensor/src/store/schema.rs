@@ -4,7 +4,7 @@ use rusqlite::Connection;
 
 use super::StoreError;
 
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const V1: &str = "
 CREATE TABLE flows (
@@ -42,6 +42,19 @@ CREATE TABLE runs (
 );
 ";
 
+/// Version 2: what packet views (live capture, capture files) count.
+const V2: &str = "
+ALTER TABLE flows ADD COLUMN src_packets   INTEGER;
+ALTER TABLE flows ADD COLUMN dst_packets   INTEGER;
+ALTER TABLE flows ADD COLUMN src_bytes     INTEGER;
+ALTER TABLE flows ADD COLUMN dst_bytes     INTEGER;
+ALTER TABLE flows ADD COLUMN src_tcp_flags INTEGER;
+ALTER TABLE flows ADD COLUMN dst_tcp_flags INTEGER;
+";
+
+/// Each step takes the schema from its index (plus one) to the next version.
+const MIGRATIONS: &[(&str, &str)] = &[("creating schema v1", V1), ("upgrading to schema v2", V2)];
+
 /// Creates or upgrades the schema.
 pub fn migrate(conn: &mut Connection, path: &std::path::Path) -> Result<(), StoreError> {
     let version: i64 = conn
@@ -54,14 +67,14 @@ pub fn migrate(conn: &mut Connection, path: &std::path::Path) -> Result<(), Stor
             supported: SCHEMA_VERSION,
         });
     }
-    if version < 1 {
+    for (i, (what, sql)) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
         let tx = conn
             .transaction()
             .map_err(|e| StoreError::sqlite(path, "starting migration", e))?;
-        tx.execute_batch(V1)
-            .and_then(|()| tx.pragma_update(None, "user_version", 1))
+        tx.execute_batch(sql)
+            .and_then(|()| tx.pragma_update(None, "user_version", i as i64 + 1))
             .and_then(|()| tx.commit())
-            .map_err(|e| StoreError::sqlite(path, "creating schema v1", e))?;
+            .map_err(|e| StoreError::sqlite(path, what, e))?;
     }
     Ok(())
 }

@@ -46,8 +46,10 @@ pub struct Writer {
 
 const INSERT: &str = "INSERT INTO flows (first_seen_ms, last_seen_ms, proto, src_ip, src_port,
     dst_ip, dst_port, src_payload_bytes, dst_payload_bytes, src_pid, src_comm, dst_pid,
-    dst_comm, srtt_us, retransmits, end_reason, sources)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)";
+    dst_comm, srtt_us, retransmits, end_reason, sources, src_packets, dst_packets, src_bytes,
+    dst_bytes, src_tcp_flags, dst_tcp_flags)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+    ?19, ?20, ?21, ?22, ?23)";
 
 impl Writer {
     /// Starts the thread on an open connection (see [`super::open_for_writing`]).
@@ -78,6 +80,15 @@ impl Writer {
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.stats.queue_dropped.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Queues a flow, waiting while the queue is full: for sources that can wait (replay of
+    /// a file), so nothing is dropped.
+    pub fn send_blocking(&self, flow: FlowRecord) {
+        let Some(tx) = &self.tx else { return };
+        if tx.send(flow).is_err() {
+            self.stats.queue_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -174,6 +185,12 @@ fn insert_all(conn: &mut Connection, batch: &[FlowRecord]) -> rusqlite::Result<(
                 f.retransmits,
                 f.end_reason.as_str(),
                 f.sources,
+                f.src_packets.map(|v| v as i64),
+                f.dst_packets.map(|v| v as i64),
+                f.src_bytes.map(|v| v as i64),
+                f.dst_bytes.map(|v| v as i64),
+                f.src_tcp_flags,
+                f.dst_tcp_flags,
             ])?;
         }
     }
@@ -189,20 +206,18 @@ mod tests {
         FlowRecord {
             first_seen_ms: 1,
             last_seen_ms: 2,
-            proto: 6,
-            src: format!("127.0.0.1:{i}").parse().unwrap(),
-            dst: "[::1]:80".parse().unwrap(),
             src_payload_bytes: Some(10),
-            dst_payload_bytes: None,
             src_owner: Some(Owner {
                 pid: 1,
                 comm: "a,b".into(),
             }),
-            dst_owner: None,
             srtt_us: Some(5),
             retransmits: Some(0),
             end_reason: EndReason::Fin,
-            sources: "kernel",
+            ..FlowRecord::kernel(
+                format!("127.0.0.1:{i}").parse().unwrap(),
+                "[::1]:80".parse().unwrap(),
+            )
         }
     }
 

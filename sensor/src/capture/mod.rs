@@ -1,0 +1,3 @@
+//! Packet views: live capture and capture files, through one parser.
+pub mod file;
+pub mod parse;

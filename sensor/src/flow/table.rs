@@ -1,0 +1,568 @@
+//! The packet flow table: one entry per bidirectional 5-tuple, counting packets, IP-layer
+//! bytes (IPFIX octetDeltaCount: IP header + payload) and TCP flags each way.
+//!
+//! Initiator rule: the sender of a SYN without ACK (or the receiver of a SYN-ACK, when the
+//! SYN was not captured); when neither was seen (the capture started mid-connection, or not
+//! TCP), the sender of the first packet seen.
+//!
+//! Flows end on: FIN both ways or RST, followed by `close_linger` without packets (so the last
+//! ACKs stay in the flow) or by a new SYN on the same tuple (port reuse); `idle_timeout`
+//! without packets; `active_timeout` since the record started (the record is exported and
+//! the flow goes on with fresh counters, so long flows reach the database in time and their
+//! records add up to the totals); eviction when the table is at `max_flows`.
+//!
+//! Time is the packets' own, so replaying a capture gives the same flows whatever the speed.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+};
+
+use crate::capture::parse::Packet;
+
+use super::record::{EndReason, FlowRecord};
+
+const TCP: u8 = 6;
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
+#[derive(Debug, Clone, Copy)]
+pub struct TableConfig {
+    pub idle_timeout_ns: u64,
+    pub active_timeout_ns: u64,
+    pub close_linger_ns: u64,
+    pub max_flows: usize,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout_ns: 60_000_000_000,
+            active_timeout_ns: 300_000_000_000,
+            close_linger_ns: 2_000_000_000,
+            max_flows: 1 << 20,
+        }
+    }
+}
+
+/// Canonical key: endpoint `a` sorts before `b`, so both directions find one entry.
+/// Addresses are 16 bytes (IPv4 as IPv4-mapped IPv6) to keep the key small and flat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    a: [u8; 16],
+    b: [u8; 16],
+    a_port: u16,
+    b_port: u16,
+    proto: u8,
+}
+
+/// Per-flow state. Index 0 counts packets sent by `a`, index 1 by `b`.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    first_ns: u64,
+    last_ns: u64,
+    /// Start of the current record (active timeout).
+    record_ns: u64,
+    packets: [u64; 2],
+    bytes: [u64; 2],
+    flags: [u8; 2],
+    /// 0: `a` initiated, 1: `b` did.
+    initiator: u8,
+    /// The initiator is known from a SYN (not only from the first packet).
+    by_syn: bool,
+    /// FIN seen from a (bit 0) / from b (bit 1); RST (bit 2).
+    closing: u8,
+    /// ICMP type << 8 | code of the first packet, reported as the destination port.
+    icmp: u16,
+}
+
+/// A fragmented datagram: (src, dst, proto, id).
+type FragKey = ([u8; 16], [u8; 16], u8, u32);
+/// Its flow, whether it was sent by the flow's `b` end, and when its first fragment came.
+type FragFlow = (Key, bool, u64);
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TableStats {
+    pub packets: u64,
+    pub created: u64,
+    pub ended_fin: u64,
+    pub ended_rst: u64,
+    pub ended_idle: u64,
+    pub ended_active: u64,
+    pub ended_shutdown: u64,
+    pub evicted: u64,
+    /// Non-first fragments whose first fragment was never seen.
+    pub orphan_fragments: u64,
+}
+
+pub struct FlowTable {
+    cfg: TableConfig,
+    flows: HashMap<Key, Entry>,
+    /// (src, dst, proto, id) of fragmented datagrams to their flow and the time seen.
+    fragments: HashMap<FragKey, FragFlow>,
+    next_sweep_ns: u64,
+    stats: TableStats,
+    /// Which view fed the table: "capture" or "file".
+    source: &'static str,
+}
+
+fn to16(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// IPv4 (mapped) addresses come back as IPv4, so both views of one peer agree.
+fn from16(raw: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(raw);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+const SWEEP_EVERY_NS: u64 = 1_000_000_000;
+
+impl FlowTable {
+    pub fn new(cfg: TableConfig, source: &'static str) -> Self {
+        Self {
+            cfg,
+            flows: HashMap::new(),
+            fragments: HashMap::new(),
+            next_sweep_ns: 0,
+            stats: TableStats::default(),
+            source,
+        }
+    }
+
+    pub fn stats(&self) -> TableStats {
+        self.stats
+    }
+
+    pub fn active(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Accounts one packet seen at `ts_ns`; flows that end are passed to `out`.
+    pub fn packet(&mut self, ts_ns: u64, p: &Packet, out: &mut impl FnMut(FlowRecord)) {
+        self.stats.packets += 1;
+        if ts_ns >= self.next_sweep_ns {
+            self.sweep(ts_ns, out);
+            self.next_sweep_ns = ts_ns.saturating_add(SWEEP_EVERY_NS);
+        }
+        let (src, dst) = (to16(p.src), to16(p.dst));
+        let (mut sport, mut dport) = if matches!(p.proto, ICMP | ICMPV6) {
+            (0, 0)
+        } else {
+            (p.src_port, p.dst_port)
+        };
+        if let Some(frag) = p.fragment {
+            let fkey = (src, dst, p.proto, frag.id);
+            if frag.offset != 0 {
+                // Later fragment: its flow is the first fragment's.
+                match self.fragments.get(&fkey) {
+                    Some(&(key, from_b, _)) if self.flows.contains_key(&key) => {
+                        let e = self.flows.get_mut(&key).expect("checked");
+                        let dir = usize::from(from_b);
+                        e.packets[dir] += 1;
+                        e.bytes[dir] += u64::from(p.ip_len);
+                        e.last_ns = e.last_ns.max(ts_ns);
+                        if !frag.more {
+                            self.fragments.remove(&fkey);
+                        }
+                        return;
+                    }
+                    _ => {
+                        // First fragment not seen (or out of order): a port-less flow.
+                        self.stats.orphan_fragments += 1;
+                        sport = 0;
+                        dport = 0;
+                    }
+                }
+            }
+        }
+        let src_first = (src, sport) <= (dst, dport);
+        let key = if src_first {
+            Key {
+                a: src,
+                b: dst,
+                a_port: sport,
+                b_port: dport,
+                proto: p.proto,
+            }
+        } else {
+            Key {
+                a: dst,
+                b: src,
+                a_port: dport,
+                b_port: sport,
+                proto: p.proto,
+            }
+        };
+        let dir = usize::from(!src_first);
+        if let Some(frag) = p.fragment
+            && frag.offset == 0
+            && frag.more
+        {
+            self.fragments
+                .insert((src, dst, p.proto, frag.id), (key, !src_first, ts_ns));
+        }
+        let pure_syn = p.proto == TCP && p.tcp_flags & (SYN | ACK) == SYN;
+
+        if let Some(e) = self.flows.get_mut(&key) {
+            // A new connection on a closed tuple: end the old flow first.
+            if pure_syn && e.closing != 0 {
+                let reason = if e.closing & 4 != 0 {
+                    EndReason::Rst
+                } else {
+                    EndReason::Fin
+                };
+                let old = self.flows.remove(&key).expect("present");
+                self.count_end(reason);
+                out(self.record(&key, &old, reason));
+            }
+        }
+        if !self.flows.contains_key(&key) && self.flows.len() >= self.cfg.max_flows {
+            self.evict_one(out);
+        }
+        let icmp = if matches!(p.proto, ICMP | ICMPV6) {
+            p.dst_port
+        } else {
+            0
+        };
+        let created = &mut self.stats.created;
+        let e = self.flows.entry(key).or_insert_with(|| {
+            *created += 1;
+            Entry {
+                first_ns: ts_ns,
+                last_ns: ts_ns,
+                record_ns: ts_ns,
+                packets: [0; 2],
+                bytes: [0; 2],
+                flags: [0; 2],
+                initiator: dir as u8,
+                by_syn: false,
+                closing: 0,
+                icmp,
+            }
+        });
+        if !e.by_syn && p.proto == TCP && p.tcp_flags & SYN != 0 {
+            // SYN: its sender initiated; SYN-ACK: its receiver did.
+            e.initiator = if pure_syn { dir as u8 } else { 1 - dir as u8 };
+            e.by_syn = true;
+        }
+        e.packets[dir] += 1;
+        e.bytes[dir] += u64::from(p.ip_len);
+        e.flags[dir] |= p.tcp_flags;
+        e.last_ns = e.last_ns.max(ts_ns);
+        if p.proto == TCP {
+            if p.tcp_flags & FIN != 0 {
+                e.closing |= 1 << dir;
+            }
+            if p.tcp_flags & RST != 0 {
+                e.closing |= 4;
+            }
+        }
+    }
+
+    fn count_end(&mut self, reason: EndReason) {
+        let s = &mut self.stats;
+        match reason {
+            EndReason::Fin => s.ended_fin += 1,
+            EndReason::Rst => s.ended_rst += 1,
+            EndReason::IdleTimeout => s.ended_idle += 1,
+            EndReason::ActiveTimeout => s.ended_active += 1,
+            EndReason::Evicted => s.evicted += 1,
+            EndReason::Shutdown | EndReason::Failed => s.ended_shutdown += 1,
+        }
+    }
+
+    /// Makes room: ends the least recently active of a few flows (the map's iteration order
+    /// is by hash, so this samples without bias toward any key).
+    fn evict_one(&mut self, out: &mut impl FnMut(FlowRecord)) {
+        let victim = self
+            .flows
+            .iter()
+            .take(16)
+            .min_by_key(|(_, e)| e.last_ns)
+            .map(|(k, _)| *k);
+        if let Some(k) = victim {
+            let e = self.flows.remove(&k).expect("present");
+            self.count_end(EndReason::Evicted);
+            out(self.record(&k, &e, EndReason::Evicted));
+        }
+    }
+
+    /// Ends flows that timed out by `now_ns`.
+    pub fn sweep(&mut self, now_ns: u64, out: &mut impl FnMut(FlowRecord)) {
+        let cfg = self.cfg;
+        let mut ended: Vec<(Key, EndReason)> = Vec::new();
+        let mut restarted: Vec<(Key, Entry)> = Vec::new();
+        for (k, e) in self.flows.iter_mut() {
+            let idle = now_ns.saturating_sub(e.last_ns);
+            if e.closing != 0 && idle >= cfg.close_linger_ns {
+                let both_fin = e.closing & 3 == 3;
+                let reason = if e.closing & 4 != 0 {
+                    EndReason::Rst
+                } else if both_fin {
+                    EndReason::Fin
+                } else if idle >= cfg.idle_timeout_ns {
+                    EndReason::IdleTimeout
+                } else {
+                    continue;
+                };
+                ended.push((*k, reason));
+            } else if idle >= cfg.idle_timeout_ns {
+                ended.push((*k, EndReason::IdleTimeout));
+            } else if now_ns.saturating_sub(e.record_ns) >= cfg.active_timeout_ns {
+                restarted.push((*k, *e));
+                e.record_ns = now_ns;
+                e.first_ns = now_ns;
+                e.packets = [0; 2];
+                e.bytes = [0; 2];
+                e.flags = [0; 2];
+            }
+        }
+        for (k, e) in restarted {
+            self.count_end(EndReason::ActiveTimeout);
+            out(self.record(&k, &e, EndReason::ActiveTimeout));
+        }
+        for (k, reason) in ended {
+            if let Some(e) = self.flows.remove(&k) {
+                self.count_end(reason);
+                out(self.record(&k, &e, reason));
+            }
+        }
+        let idle_timeout = cfg.idle_timeout_ns;
+        self.fragments
+            .retain(|_, (_, _, seen)| now_ns.saturating_sub(*seen) < idle_timeout);
+    }
+
+    /// Ends every flow (end of a capture file, or the sensor stopping).
+    pub fn flush_all(&mut self, out: &mut impl FnMut(FlowRecord)) {
+        let mut all: Vec<(Key, Entry)> = self.flows.drain().collect();
+        all.sort_by_key(|(_, e)| e.first_ns);
+        for (k, e) in all {
+            let reason = match e.closing {
+                0 => EndReason::Shutdown,
+                c if c & 4 != 0 => EndReason::Rst,
+                c if c & 3 == 3 => EndReason::Fin,
+                _ => EndReason::Shutdown,
+            };
+            self.count_end(reason);
+            out(self.record(&k, &e, reason));
+        }
+        self.fragments.clear();
+    }
+
+    fn record(&self, k: &Key, e: &Entry, reason: EndReason) -> FlowRecord {
+        let (i, r) = if e.initiator == 0 { (0, 1) } else { (1, 0) };
+        let ends = [
+            SocketAddr::new(from16(k.a), k.a_port),
+            SocketAddr::new(from16(k.b), k.b_port),
+        ];
+        let mut dst = ends[r];
+        if matches!(k.proto, ICMP | ICMPV6) {
+            dst.set_port(e.icmp);
+        }
+        let ms = |ns: u64| (ns / 1_000_000) as i64;
+        FlowRecord {
+            first_seen_ms: ms(e.first_ns),
+            last_seen_ms: ms(e.last_ns),
+            proto: k.proto,
+            src: ends[i],
+            dst,
+            src_payload_bytes: None,
+            dst_payload_bytes: None,
+            src_owner: None,
+            dst_owner: None,
+            srtt_us: None,
+            retransmits: None,
+            end_reason: reason,
+            sources: self.source,
+            src_packets: Some(e.packets[i]),
+            dst_packets: Some(e.packets[r]),
+            src_bytes: Some(e.bytes[i]),
+            dst_bytes: Some(e.bytes[r]),
+            src_tcp_flags: (k.proto == TCP).then_some(e.flags[i]),
+            dst_tcp_flags: (k.proto == TCP).then_some(e.flags[r]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::parse::Fragment;
+
+    const S: u64 = 1_000_000_000;
+
+    fn pkt(src: &str, dst: &str, proto: u8, flags: u8, len: u32) -> Packet {
+        let s: SocketAddr = src.parse().unwrap();
+        let d: SocketAddr = dst.parse().unwrap();
+        Packet {
+            src: s.ip(),
+            dst: d.ip(),
+            proto,
+            src_port: s.port(),
+            dst_port: d.port(),
+            ip_len: len,
+            tcp_flags: flags,
+            fragment: None,
+        }
+    }
+
+    fn table(cfg: TableConfig) -> (FlowTable, Vec<FlowRecord>) {
+        (FlowTable::new(cfg, "file"), Vec::new())
+    }
+
+    #[test]
+    fn both_directions_one_flow_initiator_from_syn_ack() {
+        let (mut t, mut out) = table(TableConfig::default());
+        // The SYN was not captured: the SYN-ACK's receiver initiated.
+        t.packet(
+            S,
+            &pkt("10.0.0.2:80", "10.0.0.1:5000", TCP, SYN | ACK, 60),
+            &mut |r| out.push(r),
+        );
+        t.packet(
+            S,
+            &pkt("10.0.0.1:5000", "10.0.0.2:80", TCP, ACK, 52),
+            &mut |r| out.push(r),
+        );
+        t.packet(
+            2 * S,
+            &pkt("10.0.0.1:5000", "10.0.0.2:80", TCP, FIN | ACK, 52),
+            &mut |r| out.push(r),
+        );
+        t.packet(
+            2 * S,
+            &pkt("10.0.0.2:80", "10.0.0.1:5000", TCP, FIN | ACK, 52),
+            &mut |r| out.push(r),
+        );
+        assert_eq!(t.active(), 1);
+        t.flush_all(&mut |r| out.push(r));
+        let f = &out[0];
+        assert_eq!(f.src, "10.0.0.1:5000".parse().unwrap());
+        assert_eq!((f.src_packets, f.dst_packets), (Some(2), Some(2)));
+        assert_eq!((f.src_bytes, f.dst_bytes), (Some(104), Some(112)));
+        assert_eq!(f.src_tcp_flags, Some(FIN | ACK));
+        assert_eq!(f.dst_tcp_flags, Some(SYN | FIN | ACK));
+        assert_eq!(f.end_reason, EndReason::Fin);
+    }
+
+    #[test]
+    fn close_linger_then_fin_and_port_reuse_starts_a_new_flow() {
+        let (mut t, mut out) = table(TableConfig::default());
+        let c = "[::ffff:10.0.0.1]:5000";
+        t.packet(S, &pkt(c, "10.0.0.2:80", TCP, SYN, 60), &mut |r| {
+            out.push(r)
+        });
+        t.packet(
+            S,
+            &pkt("10.0.0.2:80", "10.0.0.1:5000", TCP, RST | ACK, 40),
+            &mut |r| out.push(r),
+        );
+        // Same tuple again: the refused connection ends, a new one starts.
+        t.packet(2 * S, &pkt(c, "10.0.0.2:80", TCP, SYN, 60), &mut |r| {
+            out.push(r)
+        });
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].end_reason, EndReason::Rst);
+        assert!(out[0].src.is_ipv4(), "IPv4-mapped is IPv4");
+        t.packet(
+            10 * S,
+            &pkt("10.0.0.9:1", "10.0.0.8:2", 17, 0, 30),
+            &mut |r| out.push(r),
+        );
+        // The second SYN went unanswered: idle 8 s < 60 s, still open.
+        assert_eq!(t.active(), 2);
+    }
+
+    #[test]
+    fn idle_and_active_timeouts_and_totals_add_up() {
+        let cfg = TableConfig {
+            idle_timeout_ns: 10 * S,
+            active_timeout_ns: 30 * S,
+            ..TableConfig::default()
+        };
+        let (mut t, mut out) = table(cfg);
+        // A UDP stream, one packet a second for 100 s, plus a one-off that goes idle.
+        t.packet(0, &pkt("10.0.0.3:9", "10.0.0.4:9", 17, 0, 100), &mut |r| {
+            out.push(r)
+        });
+        for i in 0..100 {
+            t.packet(
+                i * S,
+                &pkt("10.0.0.1:53", "10.0.0.2:53", 17, 0, 50),
+                &mut |r| out.push(r),
+            );
+        }
+        t.flush_all(&mut |r| out.push(r));
+        let idle = out
+            .iter()
+            .filter(|f| f.end_reason == EndReason::IdleTimeout)
+            .count();
+        assert_eq!(idle, 1);
+        let stream: Vec<_> = out.iter().filter(|f| f.src.port() == 53).collect();
+        assert!(
+            stream
+                .iter()
+                .filter(|f| f.end_reason == EndReason::ActiveTimeout)
+                .count()
+                >= 3
+        );
+        let packets: u64 = stream.iter().map(|f| f.src_packets.unwrap()).sum();
+        let bytes: u64 = stream.iter().map(|f| f.src_bytes.unwrap()).sum();
+        assert_eq!((packets, bytes), (100, 5000));
+    }
+
+    #[test]
+    fn full_table_evicts_and_counts() {
+        let cfg = TableConfig {
+            max_flows: 10,
+            ..TableConfig::default()
+        };
+        let (mut t, mut out) = table(cfg);
+        for port in 1..=25u16 {
+            let src = format!("10.0.0.1:{port}");
+            t.packet(S, &pkt(&src, "10.0.0.2:80", 17, 0, 30), &mut |r| {
+                out.push(r)
+            });
+        }
+        assert_eq!(t.active(), 10);
+        assert_eq!(t.stats().evicted, 15);
+        assert_eq!(out.len(), 15);
+        assert!(out.iter().all(|f| f.end_reason == EndReason::Evicted));
+    }
+
+    #[test]
+    fn later_fragments_count_in_their_flow() {
+        let (mut t, mut out) = table(TableConfig::default());
+        let mut first = pkt("10.0.0.1:5353", "10.0.0.2:53", 17, 0, 1500);
+        first.fragment = Some(Fragment {
+            id: 7,
+            offset: 0,
+            more: true,
+        });
+        let mut last = pkt("10.0.0.1:0", "10.0.0.2:0", 17, 0, 400);
+        last.fragment = Some(Fragment {
+            id: 7,
+            offset: 185,
+            more: false,
+        });
+        t.packet(S, &first, &mut |r| out.push(r));
+        t.packet(S, &last, &mut |r| out.push(r));
+        t.flush_all(&mut |r| out.push(r));
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].src_packets, out[0].src_bytes),
+            (Some(2), Some(1900))
+        );
+        assert_eq!(t.stats().orphan_fragments, 0);
+    }
+}
