@@ -51,6 +51,11 @@ impl Probe {
     /// Loads the object and attaches according to `cfg.hooks`. Fails only when no hook at
     /// all could be attached.
     pub fn load(cfg: &Config) -> Result<Self, KernelError> {
+        if OBJECT.is_empty() {
+            return Err(KernelError::Load {
+                detail: "this binary was built without its eBPF programs (AYA_BUILD_SKIP)".into(),
+            });
+        }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", cfg.ringbuf_bytes)
             .load(OBJECT)

@@ -1,0 +1,123 @@
+//! Bad capture files: a clear error naming the file and the byte offset, and nothing that
+//! was read before the damage is lost. Malformed packets are counted and skipped.
+mod common;
+
+use std::{path::Path, process::Command};
+
+use common::{sensor_bin, temp_dir};
+
+fn replay(db: &Path, file: &Path) -> (Option<i32>, String) {
+    let out = Command::new(sensor_bin())
+        .args(["replay", "--db"])
+        .arg(db)
+        .arg(file)
+        .output()
+        .expect("run sensor replay");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn rows(db: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(db).expect("open db");
+    conn.query_row("SELECT count(*) FROM flows", [], |r| r.get(0))
+        .expect("count")
+}
+
+fn data(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join(name)
+}
+
+#[test]
+fn truncated_pcap_names_file_and_offset_and_keeps_earlier_flows() {
+    let dir = temp_dir("truncated");
+    let whole = std::fs::read(data("four_ipv6_http_streams.pcap")).expect("read");
+    let cut = dir.join("cut.pcap");
+    std::fs::write(&cut, &whole[..30_000]).expect("write");
+    let db = dir.join("f.db");
+    let (code, err) = replay(&db, &cut);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(cut.to_str().unwrap()), "names the file: {err}");
+    assert!(
+        err.contains("truncated") && err.contains("byte 29660"),
+        "{err}"
+    );
+    assert!(rows(&db) >= 1, "flows before the damage are kept");
+}
+
+#[test]
+fn damaged_pcapng_block_names_its_offset() {
+    let dir = temp_dir("damaged");
+    let mut bytes = std::fs::read(data("http_ip4and6.pcapng")).expect("read");
+    // Walk the blocks (type, length) and break the seventh one's length.
+    let mut off = 0usize;
+    for _ in 0..6 {
+        let len = u32::from_le_bytes(bytes[off + 4..off + 8].try_into().unwrap()) as usize;
+        off += len;
+    }
+    bytes[off + 4..off + 8].copy_from_slice(&13u32.to_le_bytes());
+    let bad = dir.join("bad.pcapng");
+    std::fs::write(&bad, &bytes).expect("write");
+    let db = dir.join("f.db");
+    let (code, err) = replay(&db, &bad);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("damaged at byte {off}")), "{err}");
+    assert!(rows(&db) >= 1, "flows before the damage are kept");
+}
+
+#[test]
+fn not_a_capture_is_named() {
+    let dir = temp_dir("notpcap");
+    let f = dir.join("notes.pcap");
+    std::fs::write(&f, b"this is not a capture file at all").expect("write");
+    let (code, err) = replay(&dir.join("f.db"), &f);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not a pcap or pcapng file"), "{err}");
+}
+
+/// A pcap file with one good Ethernet/IPv4/UDP packet and one whose IPv4 header is cut.
+fn pcap_with_a_malformed_packet() -> Vec<u8> {
+    let mut f = Vec::new();
+    for w in [0xa1b2_c3d4u32] {
+        f.extend_from_slice(&w.to_le_bytes());
+    }
+    f.extend_from_slice(&2u16.to_le_bytes());
+    f.extend_from_slice(&4u16.to_le_bytes());
+    f.extend_from_slice(&[0; 8]);
+    f.extend_from_slice(&65535u32.to_le_bytes());
+    f.extend_from_slice(&1u32.to_le_bytes()); // Ethernet
+    let eth = |payload: &[u8]| {
+        let mut p = vec![0u8; 12];
+        p.extend_from_slice(&[0x08, 0x00]);
+        p.extend_from_slice(payload);
+        p
+    };
+    let mut ip = vec![
+        0x45, 0, 0, 32, 0, 1, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+    ];
+    ip.extend_from_slice(&[0x13, 0x88, 0x00, 0x35, 0, 12, 0, 0, b'p', b'i', b'n', b'g']);
+    for (i, frame) in [eth(&ip), eth(&[0x45, 0, 0])].iter().enumerate() {
+        f.extend_from_slice(&(1_700_000_000u32 + i as u32).to_le_bytes());
+        f.extend_from_slice(&0u32.to_le_bytes());
+        f.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        f.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        f.extend_from_slice(frame);
+    }
+    f
+}
+
+#[test]
+fn malformed_packets_are_counted_and_skipped() {
+    let dir = temp_dir("malformed");
+    let f = dir.join("m.pcap");
+    std::fs::write(&f, pcap_with_a_malformed_packet()).expect("write");
+    let db = dir.join("f.db");
+    let (code, err) = replay(&db, &f);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("malformed=1"), "{err}");
+    assert!(err.contains("packets=2"), "{err}");
+    assert_eq!(rows(&db), 1, "the good packet's flow");
+}
