@@ -81,9 +81,7 @@ fn not_a_capture_is_named() {
 /// A pcap file with one good Ethernet/IPv4/UDP packet and one whose IPv4 header is cut.
 fn pcap_with_a_malformed_packet() -> Vec<u8> {
     let mut f = Vec::new();
-    for w in [0xa1b2_c3d4u32] {
-        f.extend_from_slice(&w.to_le_bytes());
-    }
+    f.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
     f.extend_from_slice(&2u16.to_le_bytes());
     f.extend_from_slice(&4u16.to_le_bytes());
     f.extend_from_slice(&[0; 8]);
