@@ -50,6 +50,8 @@ pub enum HookMode {
     /// Only the classic tracepoint through tracefs (what kernels without BTF-typed
     /// tracepoints get).
     TracepointClassic,
+    /// No kernel hooks: packet capture only.
+    None,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +80,12 @@ pub struct Config {
     pub tcp_close_linger_ms: u64,
     /// Most packet flows held at once; beyond it the least recently active are evicted.
     pub max_flows: usize,
+    /// Interfaces to capture packets on; `["all"]` for every interface that is up; empty
+    /// for none.
+    pub interfaces: Vec<String>,
+    /// Captured packets waiting for the flow table. When full, packets are dropped and
+    /// counted (`capture_queue_dropped`): capture never waits.
+    pub capture_queue_packets: usize,
 }
 
 impl Default for Config {
@@ -94,11 +102,23 @@ impl Default for Config {
             active_timeout_ms: 300_000,
             tcp_close_linger_ms: 2_000,
             max_flows: 1 << 20,
+            interfaces: Vec::new(),
+            capture_queue_packets: 1 << 16,
         }
     }
 }
 
 impl Config {
+    /// The packet flow table's settings.
+    pub fn table(&self) -> crate::flow::TableConfig {
+        crate::flow::TableConfig {
+            idle_timeout_ns: self.idle_timeout_ms * 1_000_000,
+            active_timeout_ns: self.active_timeout_ms * 1_000_000,
+            close_linger_ns: self.tcp_close_linger_ms * 1_000_000,
+            max_flows: self.max_flows,
+        }
+    }
+
     /// Loads `path` if given (it must exist), else the default path if it exists, else the
     /// defaults.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
@@ -202,5 +222,7 @@ mod example_file {
         assert_eq!(c.active_timeout_ms, d.active_timeout_ms);
         assert_eq!(c.tcp_close_linger_ms, d.tcp_close_linger_ms);
         assert_eq!(c.max_flows, d.max_flows);
+        assert_eq!(c.interfaces, d.interfaces);
+        assert_eq!(c.capture_queue_packets, d.capture_queue_packets);
     }
 }

@@ -32,6 +32,10 @@ enum Command {
         /// Which kernel hooks to attach [default: auto, or the config's hooks].
         #[arg(long, value_enum)]
         hooks: Option<HookMode>,
+        /// Capture packets on this interface (repeatable; `all` for every interface that is
+        /// up) [default: the config's interfaces].
+        #[arg(long = "interface", value_name = "IF")]
+        interfaces: Vec<String>,
     },
     /// Read pcap/pcapng files into flows, timed by their packets. Needs no privileges.
     Replay {
@@ -73,7 +77,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Run { db, config, hooks } => {
+        Command::Run {
+            db,
+            config,
+            hooks,
+            interfaces,
+        } => {
             let mut cfg = match Config::load(config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -86,6 +95,9 @@ fn main() -> ExitCode {
             }
             if let Some(h) = hooks {
                 cfg.hooks = h;
+            }
+            if !interfaces.is_empty() {
+                cfg.interfaces = interfaces;
             }
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()

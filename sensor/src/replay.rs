@@ -13,7 +13,7 @@ use crate::{
         parse::{self, ParseError},
     },
     config::Config,
-    flow::{FlowTable, TableConfig},
+    flow::FlowTable,
     store::{self, StoreError, Writer, WriterConfig},
 };
 
@@ -36,15 +36,6 @@ pub struct ReplaySummary {
     pub unsupported_link: u64,
     pub flows: u64,
     pub store_dropped: u64,
-}
-
-pub fn table_config(cfg: &Config) -> TableConfig {
-    TableConfig {
-        idle_timeout_ns: cfg.idle_timeout_ms * 1_000_000,
-        active_timeout_ns: cfg.active_timeout_ms * 1_000_000,
-        close_linger_ns: cfg.tcp_close_linger_ms * 1_000_000,
-        max_flows: cfg.max_flows,
-    }
 }
 
 /// Replays `files` in order into the database `cfg.db_path`.
@@ -84,7 +75,7 @@ fn replay_one(
     writer: &Writer,
     summary: &mut ReplaySummary,
 ) -> Result<(), FileError> {
-    let mut table = FlowTable::new(table_config(cfg), "file");
+    let mut table = FlowTable::new(cfg.table(), "file");
     // A file can wait for the disk: nothing is dropped.
     let mut emit = |f| writer.send_blocking(f);
     let started = Instant::now();

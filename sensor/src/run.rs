@@ -16,8 +16,9 @@ use tokio::{
 };
 
 use crate::{
-    config::Config,
-    flow::{BootClock, Listeners, TcpTracker},
+    capture::live::{self, CaptureError, LiveCapture},
+    config::{Config, HookMode},
+    flow::{self, BootClock, Listeners, TcpTracker},
     kernel::{self, KernelError, Probe},
     store::{self, StoreError, Writer, WriterConfig},
 };
@@ -28,6 +29,8 @@ pub enum RunError {
     Kernel(#[from] KernelError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }
@@ -49,6 +52,8 @@ pub struct RunSummary {
     pub events: u64,
     pub malformed_events: u64,
     pub ringbuf_dropped: u64,
+    /// Packets lost by the kernel's socket buffers or the capture queue.
+    pub capture_dropped: u64,
     pub store_dropped: u64,
     pub flows_written: u64,
 }
@@ -61,20 +66,31 @@ fn now_ms() -> i64 {
 }
 
 pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
-    kernel::require_capabilities(cfg.hooks)?;
+    kernel::require_capabilities(cfg.hooks, !cfg.interfaces.is_empty())?;
     let conn = store::open_for_writing(&cfg.db_path)?;
     let db = cfg.db_path.clone();
     let started_ms = now_ms();
+    // Interfaces are checked before anything is attached too.
+    let capture_ifaces = if cfg.interfaces.is_empty() {
+        Vec::new()
+    } else {
+        live::resolve(&cfg.interfaces)?
+    };
 
-    let mut probe = Probe::load(&cfg)?;
-    for h in &probe.hooks {
+    let mut probe = match cfg.hooks {
+        HookMode::None => None,
+        _ => Some(Probe::load(&cfg)?),
+    };
+    for h in probe.iter().flat_map(|p| &p.hooks) {
         if h.attached {
             tracing::info!(hook = h.name, "attached: {}", h.detail);
         } else {
             tracing::warn!(hook = h.name, "not attached: {}", h.detail);
         }
     }
-    let hooks = probe.attached_names();
+    let hooks = probe
+        .as_ref()
+        .map_or_else(|| "none".to_string(), Probe::attached_names);
     let run_id: i64 = conn
         .query_row(
             "INSERT INTO runs (started_ms, hooks) VALUES (?1, ?2) RETURNING id",
@@ -100,14 +116,32 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     );
     let store_stats = writer.stats();
 
-    let ring = probe
-        .take_events()
-        .ok_or(KernelError::MissingMap { name: "EVENTS" })?;
-    // SAFETY: the ring buffer and logger own their map fds, which stay open and unchanged
-    // for as long as the AsyncFd holds them.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .map_err(|e| KernelError::RingBuf(e.into()))?;
-    let mut logger = match probe.take_logger() {
+    let capture = if capture_ifaces.is_empty() {
+        None
+    } else {
+        let (tx, rx) = std::sync::mpsc::sync_channel(cfg.capture_queue_packets);
+        let handle = writer.handle().expect("writer open");
+        let flows = flow::packets::spawn(cfg.table(), rx, move |f| handle.try_send(f));
+        let live = LiveCapture::start(capture_ifaces, tx)?;
+        tracing::info!(interfaces = %live.interfaces.join(","), "capturing packets");
+        Some((live, flows))
+    };
+
+    let mut ring = match probe.as_mut() {
+        Some(p) => {
+            let ring = p
+                .take_events()
+                .ok_or(KernelError::MissingMap { name: "EVENTS" })?;
+            // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for
+            // as long as the AsyncFd holds it.
+            Some(
+                unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+                    .map_err(|e| KernelError::RingBuf(e.into()))?,
+            )
+        }
+        None => None,
+    };
+    let mut logger = match probe.as_mut().and_then(Probe::take_logger) {
         Some(l) => Some(
             // SAFETY: as above.
             unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
@@ -128,7 +162,8 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
             biased;
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            guard = ring.readable_mut() => {
+            guard = async { ring.as_mut().expect("guarded").readable_mut().await },
+                if ring.is_some() => {
                 let mut guard = guard.map_err(KernelError::RingBuf)?;
                 malformed += drain(guard.get_inner_mut(), &mut tracker, &mut emit);
                 guard.clear_ready();
@@ -140,7 +175,10 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                let drops = probe.ringbuf_drops().unwrap_or(last_drops);
+                let drops = probe
+                    .as_ref()
+                    .map_or(Ok(0), Probe::ringbuf_drops)
+                    .unwrap_or(last_drops);
                 if drops > last_drops {
                     tracing::warn!(lost = drops - last_drops, total = drops,
                         "kernel ring buffer full: events lost (raise ringbuf_bytes)");
@@ -150,11 +188,36 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         }
     }
 
-    probe.detach();
-    malformed += drain(ring.get_mut(), &mut tracker, &mut emit);
+    if let Some(p) = probe.as_mut() {
+        p.detach();
+    }
+    if let Some(ring) = ring.as_mut() {
+        malformed += drain(ring.get_mut(), &mut tracker, &mut emit);
+    }
     let open = tracker.open_flows();
     tracker.flush_all(&mut emit);
-    let ringbuf_dropped = probe.ringbuf_drops().unwrap_or(last_drops);
+    let ringbuf_dropped = probe
+        .as_ref()
+        .map_or(Ok(0), Probe::ringbuf_drops)
+        .unwrap_or(last_drops);
+    let mut capture_dropped = 0;
+    if let Some((live, flows)) = capture {
+        let stats = std::sync::Arc::clone(&live.stats);
+        live.stop();
+        let table = flows.join().unwrap_or_default();
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        capture_dropped = load(&stats.queue_dropped) + load(&stats.kernel_dropped);
+        tracing::info!(
+            packets = load(&stats.packets),
+            not_ip = load(&stats.not_ip),
+            malformed = load(&stats.malformed),
+            queue_dropped = load(&stats.queue_dropped),
+            kernel_dropped = load(&stats.kernel_dropped),
+            flows = table.created,
+            evicted = table.evicted,
+            "capture stopped"
+        );
+    }
     writer.finish();
 
     let summary = RunSummary {
@@ -162,6 +225,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         events: tracker.stats().events,
         malformed_events: malformed,
         ringbuf_dropped,
+        capture_dropped,
         store_dropped: store_stats.queue_dropped.load(Ordering::Relaxed)
             + store_stats.write_failed.load(Ordering::Relaxed),
         flows_written: store_stats.rows_written.load(Ordering::Relaxed),
@@ -172,6 +236,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         flows = summary.flows_written,
         open_at_shutdown = open,
         ringbuf_dropped = summary.ringbuf_dropped,
+        capture_dropped = summary.capture_dropped,
         store_dropped = summary.store_dropped,
         malformed_events = summary.malformed_events,
         "stopped"
@@ -204,14 +269,15 @@ fn record_run_end(db: &std::path::Path, run_id: i64, s: &RunSummary) -> Result<(
     let conn = store::open_for_writing(db)?;
     conn.execute(
         "UPDATE runs SET ended_ms = ?1, events = ?2, ringbuf_dropped = ?3, store_dropped = ?4,
-         flows = ?5 WHERE id = ?6",
+         flows = ?5, capture_dropped = ?7 WHERE id = ?6",
         rusqlite::params![
             now_ms(),
             s.events as i64,
             s.ringbuf_dropped as i64,
             s.store_dropped as i64,
             s.flows_written as i64,
-            run_id
+            run_id,
+            s.capture_dropped as i64
         ],
     )
     .map_err(|e| StoreError::sqlite(db, "recording the run's end", e))?;

@@ -1,6 +1,6 @@
 //! `sensor replay` against tshark, the independent judge: for every capture, the same set of
-//! TCP and UDP conversations (unordered 5-tuples) and, per conversation, the same packets
-//! and IP-layer bytes each way.
+//! TCP and UDP conversations (unordered 5-tuples; ICMP per address pair) and, per
+//! conversation, the same packets and IP-layer bytes each way.
 //!
 //! tshark dissects each frame (`-T fields`); this test only adds up its answers. IPv4
 //! fragments are attributed to their datagram's conversation by (src, dst, proto, id), as
@@ -8,216 +8,14 @@
 mod common;
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    net::IpAddr,
     path::{Path, PathBuf},
     process::Command,
 };
 
-use common::{sensor_bin, skip, temp_dir};
-
-/// (proto, (ip, port) lower, (ip, port) higher).
-type Conv = (u8, (IpAddr, u16), (IpAddr, u16));
-/// Packets and bytes sent by the lower endpoint, then by the higher.
-type Counts = [(u64, u64); 2];
-
-fn conv(proto: u8, a: (IpAddr, u16), b: (IpAddr, u16)) -> (Conv, usize) {
-    if a <= b {
-        ((proto, a, b), 0)
-    } else {
-        ((proto, b, a), 1)
-    }
-}
-
-/// tshark's view of `file`.
-fn tshark_convs(file: &Path) -> BTreeMap<Conv, Counts> {
-    let out = Command::new("tshark")
-        .args(["-n", "-r"])
-        .arg(file)
-        .args([
-            "-o",
-            "ip.defragment:FALSE",
-            "-o",
-            "ipv6.defragment:FALSE",
-            "-T",
-            "fields",
-            "-E",
-            "occurrence=f",
-            "-E",
-            "separator=|",
-            "-e",
-            "frame.protocols",
-            "-e",
-            "ip.src",
-            "-e",
-            "ip.dst",
-            "-e",
-            "ip.len",
-            "-e",
-            "ip.proto",
-            "-e",
-            "ip.id",
-            "-e",
-            "ip.frag_offset",
-            "-e",
-            "ipv6.src",
-            "-e",
-            "ipv6.dst",
-            "-e",
-            "ipv6.plen",
-            "-e",
-            "tcp.srcport",
-            "-e",
-            "tcp.dstport",
-            "-e",
-            "udp.srcport",
-            "-e",
-            "udp.dstport",
-            "-e",
-            "ipv6.fraghdr.ident",
-            "-e",
-            "ipv6.fraghdr.offset",
-        ])
-        .output()
-        .expect("run tshark");
-    assert!(
-        out.status.success(),
-        "tshark failed on {}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut convs: BTreeMap<Conv, Counts> = BTreeMap::new();
-    // First fragments' conversations, by (src, dst, proto, id).
-    let mut frags: HashMap<(String, String, String, String), (Conv, usize)> = HashMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let f: Vec<&str> = line.split('|').collect();
-        if f.len() < 16 {
-            continue;
-        }
-        let protos: Vec<&str> = f[0].split(':').collect();
-        // The outermost IP layer and the transport right after it (a tunnel or an ICMP
-        // error's quoted header comes later and is not this packet's flow).
-        let Some(ip_at) = protos.iter().position(|p| *p == "ip" || *p == "ipv6") else {
-            continue;
-        };
-        let v6 = protos[ip_at] == "ipv6";
-        let transport = protos[ip_at + 1..]
-            .iter()
-            .find(|p| !p.starts_with("ipv6.") && **p != "ipv6.fraghdr")
-            .copied()
-            .unwrap_or("");
-        let (src, dst, len) = if v6 {
-            let plen: u64 = f[9].parse().unwrap_or(0);
-            (f[7], f[8], 40 + plen)
-        } else {
-            (f[1], f[2], f[3].parse().unwrap_or(0))
-        };
-        let (Ok(src), Ok(dst)) = (src.parse::<IpAddr>(), dst.parse::<IpAddr>()) else {
-            continue;
-        };
-        // A fragment's identity: IPv4 (src, dst, proto, id); IPv6 (src, dst, ident).
-        let (frag_offset, frag_key): (u64, Option<(String, String, String, String)>) = if v6 {
-            let ident = f[14];
-            (
-                f[15].parse().unwrap_or(0),
-                (!ident.is_empty()).then(|| (f[7].into(), f[8].into(), "v6".into(), ident.into())),
-            )
-        } else {
-            (
-                f[6].parse().unwrap_or(0),
-                Some((f[1].into(), f[2].into(), f[4].into(), f[5].into())),
-            )
-        };
-        let key = match transport {
-            "tcp" | "udp" => {
-                let (sp, dp, proto) = if transport == "tcp" {
-                    (f[10], f[11], 6)
-                } else {
-                    (f[12], f[13], 17)
-                };
-                let (Ok(sp), Ok(dp)) = (sp.parse::<u16>(), dp.parse::<u16>()) else {
-                    continue;
-                };
-                let c = conv(proto, (src, sp), (dst, dp));
-                if let Some(fk) = frag_key {
-                    frags.insert(fk, c);
-                }
-                c
-            }
-            _ if frag_offset > 0 => match frag_key.and_then(|fk| frags.get(&fk).copied()) {
-                Some(c) => c,
-                None => continue,
-            },
-            _ => continue,
-        };
-        let (k, dir) = key;
-        let e = convs.entry(k).or_default();
-        e[dir].0 += 1;
-        e[dir].1 += len;
-    }
-    convs
-}
-
-/// The sensor's view of `file`, summed per conversation (a reused tuple may be several
-/// flows, as it may be several tshark streams).
-fn sensor_convs(file: &Path, dir: &Path) -> BTreeMap<Conv, Counts> {
-    let db = dir.join(format!(
-        "{}.db",
-        file.file_name().expect("name").to_string_lossy()
-    ));
-    let out = Command::new(sensor_bin())
-        .args(["replay", "--db"])
-        .arg(&db)
-        .arg(file)
-        .output()
-        .expect("run sensor replay");
-    assert!(
-        out.status.success(),
-        "sensor replay failed on {}: {}",
-        file.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let conn = rusqlite::Connection::open(&db).expect("open db");
-    let mut stmt = conn
-        .prepare(
-            "SELECT proto, src_ip, src_port, dst_ip, dst_port, src_packets, src_bytes,
-                    dst_packets, dst_bytes FROM flows WHERE proto IN (6, 17)",
-        )
-        .expect("prepare");
-    let mut convs: BTreeMap<Conv, Counts> = BTreeMap::new();
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, u8>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, u16>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, u16>(4)?,
-                [
-                    (r.get::<_, i64>(5)? as u64, r.get::<_, i64>(6)? as u64),
-                    (r.get::<_, i64>(7)? as u64, r.get::<_, i64>(8)? as u64),
-                ],
-            ))
-        })
-        .expect("query");
-    for row in rows {
-        let (proto, sip, sp, dip, dp, counts) = row.expect("row");
-        // Port-less flows (fragments whose first fragment was never seen) are not
-        // conversations to tshark either.
-        if sp == 0 && dp == 0 {
-            continue;
-        }
-        let s: IpAddr = sip.parse().expect("src ip");
-        let d: IpAddr = dip.parse().expect("dst ip");
-        let (k, dir) = conv(proto, (s, sp), (d, dp));
-        let e = convs.entry(k).or_default();
-        for (side, c) in [(dir, counts[0]), (1 - dir, counts[1])] {
-            e[side].0 += c.0;
-            e[side].1 += c.1;
-        }
-    }
-    convs
-}
+use common::{
+    sensor_bin, skip, temp_dir,
+    tshark::{sensor_convs, tshark_convs},
+};
 
 fn captures_under(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -243,7 +41,23 @@ fn compare_all(root: &Path, name: &str) -> usize {
     let mut failures = Vec::new();
     for file in &files {
         let want = tshark_convs(file);
-        let got = sensor_convs(file, &dir);
+        let db = dir.join(format!(
+            "{}.db",
+            file.file_name().expect("name").to_string_lossy()
+        ));
+        let out = Command::new(sensor_bin())
+            .args(["replay", "--db"])
+            .arg(&db)
+            .arg(file)
+            .output()
+            .expect("run sensor replay");
+        assert!(
+            out.status.success(),
+            "sensor replay failed on {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = sensor_convs(&db);
         if want != got {
             let missing: Vec<_> = want
                 .keys()

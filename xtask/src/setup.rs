@@ -22,7 +22,13 @@ const LLVM_MAJOR: &str = "22";
 const BPF_LINKER_DIR: &str = "bpf-linker-0.13.0-llvm22";
 
 /// Debian packages the tests drive, by the command they provide.
-const TEST_PACKAGES: &[(&str, &str)] = &[("setpriv", "util-linux"), ("tshark", "tshark")];
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("setpriv", "util-linux"),
+    ("tshark", "tshark"),
+    ("tcpdump", "tcpdump"),
+    ("ping", "iputils-ping"),
+    ("ip", "iproute2"),
+];
 
 pub struct Tools {
     bpf_linker_bin: PathBuf,

@@ -1,3 +1,4 @@
 //! Packet views: live capture and capture files, through one parser.
 pub mod file;
+pub mod live;
 pub mod parse;

@@ -9,6 +9,10 @@ pub struct Cap {
     pub name: &'static str,
 }
 
+pub const CAP_NET_RAW: Cap = Cap {
+    bit: 13,
+    name: "CAP_NET_RAW",
+};
 pub const CAP_NET_ADMIN: Cap = Cap {
     bit: 12,
     name: "CAP_NET_ADMIN",

@@ -48,18 +48,25 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Checks the capabilities the chosen hooks need; names every missing one.
-pub fn require_capabilities(mode: crate::config::HookMode) -> Result<(), KernelError> {
-    use caps::{CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CapSet};
+pub fn require_capabilities(
+    mode: crate::config::HookMode,
+    capture: bool,
+) -> Result<(), KernelError> {
+    use crate::config::HookMode;
+    use caps::{CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW, CAP_PERFMON, CapSet};
     // sock_ops attaches to a cgroup (CAP_NET_ADMIN); the tracepoint reads kernel memory
-    // (CAP_PERFMON); both create maps and programs (CAP_BPF).
-    let needed: &[caps::Cap] = match mode {
-        crate::config::HookMode::Tracepoint | crate::config::HookMode::TracepointClassic => {
-            &[CAP_BPF, CAP_PERFMON]
-        }
-        _ => &[CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN],
+    // (CAP_PERFMON); both create maps and programs (CAP_BPF); packet sockets need
+    // CAP_NET_RAW.
+    let mut needed: Vec<caps::Cap> = match mode {
+        HookMode::Tracepoint | HookMode::TracepointClassic => vec![CAP_BPF, CAP_PERFMON],
+        HookMode::None => vec![],
+        HookMode::Auto | HookMode::SockOps => vec![CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN],
     };
+    if capture {
+        needed.push(CAP_NET_RAW);
+    }
     let have = CapSet::current().map_err(KernelError::Capabilities)?;
-    let missing = have.missing(needed);
+    let missing = have.missing(&needed);
     if missing.is_empty() {
         return Ok(());
     }

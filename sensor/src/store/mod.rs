@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 
-pub use writer::{StoreStats, Writer, WriterConfig};
+pub use writer::{StoreStats, Writer, WriterConfig, WriterHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

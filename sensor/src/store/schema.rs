@@ -50,6 +50,7 @@ ALTER TABLE flows ADD COLUMN src_bytes     INTEGER;
 ALTER TABLE flows ADD COLUMN dst_bytes     INTEGER;
 ALTER TABLE flows ADD COLUMN src_tcp_flags INTEGER;
 ALTER TABLE flows ADD COLUMN dst_tcp_flags INTEGER;
+ALTER TABLE runs ADD COLUMN capture_dropped INTEGER;
 ";
 
 /// Each step takes the schema from its index (plus one) to the next version.

@@ -44,6 +44,23 @@ pub struct Writer {
     stats: Arc<StoreStats>,
 }
 
+/// A sender for other threads (the packet flow table); the writer ends when the `Writer`
+/// and every handle are gone.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: SyncSender<FlowRecord>,
+    stats: Arc<StoreStats>,
+}
+
+impl WriterHandle {
+    /// Queues without waiting; counts the flow as dropped when the queue is full.
+    pub fn try_send(&self, flow: FlowRecord) {
+        if self.tx.try_send(flow).is_err() {
+            self.stats.queue_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 const INSERT: &str = "INSERT INTO flows (first_seen_ms, last_seen_ms, proto, src_ip, src_port,
     dst_ip, dst_port, src_payload_bytes, dst_payload_bytes, src_pid, src_comm, dst_pid,
     dst_comm, srtt_us, retransmits, end_reason, sources, src_packets, dst_packets, src_bytes,
@@ -70,6 +87,13 @@ impl Writer {
 
     pub fn stats(&self) -> Arc<StoreStats> {
         Arc::clone(&self.stats)
+    }
+
+    pub fn handle(&self) -> Option<WriterHandle> {
+        self.tx.as_ref().map(|tx| WriterHandle {
+            tx: tx.clone(),
+            stats: Arc::clone(&self.stats),
+        })
     }
 
     /// Queues a flow without waiting; counts it as dropped when the queue is full.

@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests: finding the binaries, running the sensor.
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
+pub mod tshark;
+
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
@@ -71,7 +73,12 @@ pub struct Sensor {
 impl Sensor {
     /// Starts `sensor run ARGS` and waits for its "sensor ready" line.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(sensor_bin())
+        Self::start_with(Command::new(sensor_bin()), args)
+    }
+
+    /// The same through a prepared command (e.g. `ip netns exec NS sensor`).
+    pub fn start_with(mut cmd: Command, args: &[&str]) -> Self {
+        let mut child = cmd
             .arg("run")
             .args(args)
             .env("SENSOR_LOG", "info")

@@ -1,0 +1,38 @@
+//! The live packet flow table's thread: captured packets in, flows out; sweeps timeouts on
+//! wall-clock time when packets are scarce; flushes every flow when its input closes.
+use std::{
+    sync::mpsc::{Receiver, RecvTimeoutError},
+    thread::JoinHandle,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use super::{FlowRecord, FlowTable, TableConfig, table::TableStats};
+use crate::capture::live::Captured;
+
+pub fn spawn(
+    cfg: TableConfig,
+    rx: Receiver<Captured>,
+    mut emit: impl FnMut(FlowRecord) + Send + 'static,
+) -> JoinHandle<TableStats> {
+    std::thread::Builder::new()
+        .name("sensor-flows".into())
+        .spawn(move || {
+            let mut table = FlowTable::new(cfg, "capture");
+            loop {
+                match rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok((ts, p)) => table.packet(ts, &p, &mut emit),
+                    Err(RecvTimeoutError::Timeout) => {
+                        let now = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .map(|d| d.as_nanos() as u64)
+                            .unwrap_or(0);
+                        table.sweep(now, &mut emit);
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            table.flush_all(&mut emit);
+            table.stats()
+        })
+        .expect("spawning the flow table thread")
+}
