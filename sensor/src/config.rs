@@ -86,6 +86,8 @@ pub struct Config {
     /// Captured packets waiting for the flow table. When full, packets are dropped and
     /// counted (`capture_queue_dropped`): capture never waits.
     pub capture_queue_packets: usize,
+    /// Kernel receive buffer of each capture socket: bursts wait there, not dropped.
+    pub capture_buffer_bytes: usize,
 }
 
 impl Default for Config {
@@ -104,6 +106,7 @@ impl Default for Config {
             max_flows: 1 << 20,
             interfaces: Vec::new(),
             capture_queue_packets: 1 << 16,
+            capture_buffer_bytes: 8 << 20,
         }
     }
 }
@@ -224,5 +227,6 @@ mod example_file {
         assert_eq!(c.max_flows, d.max_flows);
         assert_eq!(c.interfaces, d.interfaces);
         assert_eq!(c.capture_queue_packets, d.capture_queue_packets);
+        assert_eq!(c.capture_buffer_bytes, d.capture_buffer_bytes);
     }
 }

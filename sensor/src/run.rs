@@ -18,7 +18,10 @@ use tokio::{
 use crate::{
     capture::live::{self, CaptureError, LiveCapture},
     config::{Config, HookMode},
-    flow::{self, BootClock, Listeners, TcpTracker},
+    flow::{
+        self, BootClock, Listeners, TcpTracker,
+        merge::{self, MergeSender},
+    },
     kernel::{self, KernelError, Probe},
     store::{self, StoreError, Writer, WriterConfig},
 };
@@ -116,13 +119,25 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     );
     let store_stats = writer.stats();
 
+    // With packets captured, both views' records meet in the merge stage before the writer.
+    let merge = if capture_ifaces.is_empty() {
+        None
+    } else {
+        let (tx, rx) = std::sync::mpsc::sync_channel(cfg.store_queue_rows);
+        let handle = writer.handle().expect("writer open");
+        let wait = Duration::from_millis(cfg.tcp_close_linger_ms + 2_000);
+        let thread = merge::spawn(wait, rx, move |f| handle.try_send(f));
+        Some((MergeSender::new(tx), thread))
+    };
     let capture = if capture_ifaces.is_empty() {
         None
     } else {
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.capture_queue_packets);
-        let handle = writer.handle().expect("writer open");
-        let flows = flow::packets::spawn(cfg.table(), rx, move |f| handle.try_send(f));
-        let live = LiveCapture::start(capture_ifaces, tx)?;
+        let sender = merge.as_ref().expect("merge with capture").0.clone();
+        let flows = flow::packets::spawn(cfg.table(), rx, move |f| {
+            sender.send(merge::Input::Packets(f));
+        });
+        let live = LiveCapture::start(capture_ifaces, cfg.capture_buffer_bytes, tx)?;
         tracing::info!(interfaces = %live.interfaces.join(","), "capturing packets");
         Some((live, flows))
     };
@@ -156,7 +171,11 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     let mut last_drops = 0u64;
 
     tracing::info!(db = %db.display(), hooks = %hooks, "sensor ready");
-    let mut emit = |f| writer.try_send(f);
+    let kernel_sink = merge.as_ref().map(|(s, _)| s.clone());
+    let mut emit = |f| match &kernel_sink {
+        Some(s) => s.send(merge::Input::Kernel(f)),
+        None => writer.try_send(f),
+    };
     loop {
         tokio::select! {
             biased;
@@ -218,6 +237,19 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
             "capture stopped"
         );
     }
+    drop(kernel_sink);
+    let mut merge_dropped = 0;
+    if let Some((sender, thread)) = merge {
+        merge_dropped = sender.dropped();
+        drop(sender);
+        let m = thread.join().unwrap_or_default();
+        tracing::info!(
+            merged = m.merged,
+            kernel_alone = m.kernel_alone,
+            packets_alone = m.packets_alone,
+            "merge stopped"
+        );
+    }
     writer.finish();
 
     let summary = RunSummary {
@@ -227,7 +259,8 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         ringbuf_dropped,
         capture_dropped,
         store_dropped: store_stats.queue_dropped.load(Ordering::Relaxed)
-            + store_stats.write_failed.load(Ordering::Relaxed),
+            + store_stats.write_failed.load(Ordering::Relaxed)
+            + merge_dropped,
         flows_written: store_stats.rows_written.load(Ordering::Relaxed),
     };
     record_run_end(&db, run_id, &summary)?;

@@ -33,16 +33,25 @@ struct Expected {
     mode: u32,
 }
 
-fn run_traffic(hooks: &str) {
+/// Runs the traffic with the kernel `hooks`; with `capture_lo`, the sensor also captures
+/// packets on `lo` (and tcpdump records the same for tshark to judge), and every row must
+/// be the merge of both views.
+fn run_traffic(hooks: &str, capture_lo: bool) {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let name = format!("flows-{hooks}");
+    let name = format!("flows-{hooks}{}", if capture_lo { "-lo" } else { "" });
     if !is_root() {
         skip(&name, "needs root to load eBPF programs (CI runs as root)");
         return;
     }
     let dir = temp_dir(&name);
     let db = dir.join("flows.db");
-    let sensor = Sensor::start(&["--db", db.to_str().expect("utf-8 path"), "--hooks", hooks]);
+    let pcap = dir.join("lo.pcap");
+    let tcpdump = capture_lo.then(|| common::tcpdump(&[], "lo", &pcap));
+    let mut args = vec!["--db", db.to_str().expect("utf-8 path"), "--hooks", hooks];
+    if capture_lo {
+        args.extend(["--interface", "lo"]);
+    }
+    let sensor = Sensor::start(&args);
 
     let per_family = per_family();
     let mut server = Command::new(tcpload_bin())
@@ -79,6 +88,9 @@ fn run_traffic(hooks: &str) {
 
     let (status, log) = sensor.stop();
     assert!(status.success(), "sensor exit status {status}");
+    if let Some(t) = tcpdump {
+        common::stop(t);
+    }
 
     let text = String::from_utf8(client.stdout).expect("utf-8");
     let mut expected = Vec::new();
@@ -226,17 +238,52 @@ fn run_traffic(hooks: &str) {
             .any(|l| l.contains("stopped") && l.contains("ringbuf_dropped=0")),
         "shutdown summary logged"
     );
+    if capture_lo {
+        // Every row is both views merged, and its packet counts are tshark's.
+        let ports = [port(&v4), port(&v6)];
+        let ours = |k: &common::tshark::Conv| ports.contains(&k.1.1) || ports.contains(&k.2.1);
+        let mut want = common::tshark::tshark_convs(&pcap);
+        want.retain(|k, _| ours(k));
+        let mut got = common::tshark::sensor_convs(&db);
+        got.retain(|k, _| ours(k));
+        assert_eq!(want.len(), expected.len(), "tshark saw every connection");
+        let differ: Vec<String> = want
+            .iter()
+            .filter(|(k, v)| got.get(k) != Some(v))
+            .take(5)
+            .map(|(k, v)| format!("{k:?}: tshark {v:?} sensor {:?}", got.get(k)))
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "packets and bytes as tshark counts them:\n{}",
+            differ.join("\n")
+        );
+        let unmerged: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM flows WHERE dst_port IN (?1, ?2)
+                 AND (sources != 'kernel,capture' OR src_packets IS NULL)",
+                [ports[0], ports[1]],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(unmerged, 0, "every row carries both views");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
+fn sock_ops_and_loopback_capture_merge_into_one_row() {
+    run_traffic("sock-ops", true);
+}
+
+#[test]
 fn sock_ops_records_every_connection_exactly() {
-    run_traffic("sock-ops");
+    run_traffic("sock-ops", false);
 }
 
 #[test]
 fn tracepoint_fallback_records_every_connection_exactly() {
-    run_traffic("tracepoint");
+    run_traffic("tracepoint", false);
 }
 
 /// The classic tracepoint needs tracefs, which a fresh machine of this kind does not mount:
@@ -265,7 +312,7 @@ fn classic_tracepoint_records_every_connection_exactly() {
         }
         eprintln!("mounted tracefs on /sys/kernel/tracing for this test");
     }
-    run_traffic("tracepoint-classic");
+    run_traffic("tracepoint-classic", false);
 }
 
 /// A connection still open at SIGTERM is flushed as one `shutdown` row, with both ends'

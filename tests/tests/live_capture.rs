@@ -5,8 +5,8 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    time::Duration,
 };
 
 use common::{
@@ -65,22 +65,6 @@ impl Drop for Netns {
     }
 }
 
-fn wait_for_line(child: &mut Child, needle: &str) {
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for line in lines.by_ref() {
-        let line = line.expect("read");
-        if line.contains(needle) {
-            // Keep draining so the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return;
-        }
-        assert!(Instant::now() < deadline, "no '{needle}' line");
-    }
-    panic!("exited before '{needle}'");
-}
-
 #[test]
 fn veth_capture_matches_tcpdump() {
     if !is_root() {
@@ -93,25 +77,7 @@ fn veth_capture_matches_tcpdump() {
     let dir = temp_dir("veth");
     let net = Netns::new();
     let pcap = dir.join("tcpdump.pcap");
-    let mut tcpdump = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &net.a,
-            "tcpdump",
-            "-n",
-            "-U",
-            "--immediate-mode",
-            "-i",
-            "veth-a",
-            "-w",
-        ])
-        .arg(&pcap)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("tcpdump");
-    wait_for_line(&mut tcpdump, "listening on");
+    let tcpdump = common::tcpdump(&["ip", "netns", "exec", &net.a], "veth-a", &pcap);
 
     let db = dir.join("flows.db");
     // The sensor runs inside namespace a, capturing only (the kernel hooks are tested
@@ -188,9 +154,7 @@ fn veth_capture_matches_tcpdump() {
     std::thread::sleep(Duration::from_millis(500));
     let (status, log) = sensor.stop();
     assert!(status.success(), "sensor: {status}");
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(tcpdump.id() as i32, libc::SIGTERM) };
-    let _ = tcpdump.wait();
+    common::stop(tcpdump);
 
     // The traffic this test made: both ends on the veth's own prefixes. (The kernel's own
     // link-local chatter, router and multicast listener messages, comes at times of its

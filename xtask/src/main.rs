@@ -3,6 +3,7 @@
 //! The ordinary build is plain cargo (`cargo build --release`): `sensor/build.rs` builds the
 //! eBPF object with the nightly. What cargo cannot do is install the tools that build needs,
 //! and the programs the tests drive; `setup` does that, idempotently and quickly when done.
+mod bench;
 mod setup;
 
 use std::{
@@ -38,6 +39,18 @@ enum Cmd {
     Lint,
     /// Set up, lint, build, and run every test (privileged ones need root).
     Test,
+    /// Benchmarks: the flow table alone, and replay against tshark on one large capture.
+    Bench {
+        /// Copies of the dev captures in the large capture.
+        #[arg(long, default_value_t = 3)]
+        copies: usize,
+    },
+    /// Fuzz the packet parser with libFuzzer (cargo-fuzz, nightly).
+    Fuzz {
+        /// How long to run.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -67,6 +80,14 @@ fn main() -> Result<()> {
             lint(&tools)?;
             test()
         }
+        Cmd::Bench { copies } => {
+            setup::setup()?;
+            bench::bench(copies)
+        }
+        Cmd::Fuzz { seconds } => {
+            setup::setup()?;
+            fuzz(seconds)
+        }
     }
 }
 
@@ -90,7 +111,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
@@ -126,6 +147,34 @@ fn lint(tools: &setup::Tools) -> Result<()> {
     .env_remove("RUSTC_WORKSPACE_WRAPPER")
     .env_remove("CARGO");
     run(&mut ebpf)
+}
+
+fn fuzz(seconds: u64) -> Result<()> {
+    if Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_or(true, |s| !s.success())
+    {
+        run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    // The fuzzer never loads eBPF: skip building the object (an empty one is embedded).
+    run(Command::new("rustup")
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "fuzz",
+            "run",
+            "parse_packet",
+            "--",
+        ])
+        .arg(format!("-max_total_time={seconds}"))
+        .current_dir("fuzz")
+        .env("AYA_BUILD_SKIP", "1")
+        .env_remove("RUSTC")
+        .env_remove("CARGO"))
 }
 
 fn test() -> Result<()> {

@@ -77,19 +77,81 @@ pub fn resolve(names: &[String]) -> Result<Vec<NetworkInterface>, CaptureError> 
         .collect()
 }
 
-/// What a capture on this interface delivers: Ethernet framing, or bare IP on tunnels
-/// (ARPHRD_NONE and friends), from /sys/class/net/IF/type.
-fn link_type(name: &str) -> LinkType {
-    const ARPHRD_ETHER: u32 = 1;
-    const ARPHRD_LOOPBACK: u32 = 772;
-    let t: u32 = std::fs::read_to_string(format!("/sys/class/net/{name}/type"))
+const ARPHRD_ETHER: u32 = 1;
+const ARPHRD_LOOPBACK: u32 = 772;
+
+/// The interface's ARPHRD_ type, from /sys/class/net/IF/type.
+fn hw_type(name: &str) -> u32 {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/type"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(ARPHRD_ETHER);
-    match t {
+        .unwrap_or(ARPHRD_ETHER)
+}
+
+/// What a capture on this interface delivers: Ethernet framing, or bare IP on tunnels
+/// (ARPHRD_NONE and friends).
+fn link_type(hw: u32) -> LinkType {
+    match hw {
         ARPHRD_ETHER | ARPHRD_LOOPBACK => LinkType::Ethernet,
         _ => LinkType::Raw,
     }
+}
+
+/// On loopback every packet passes a packet socket twice, going out and coming back in:
+/// a classic BPF filter keeps only the incoming copy (what tcpdump shows too).
+fn drop_outgoing(fd: i32, name: &str) -> Result<(), CaptureError> {
+    const SKF_AD_OFF: u32 = (-0x1000i32) as u32;
+    const SKF_AD_PKTTYPE: u32 = 4;
+    const PACKET_OUTGOING: u32 = 4;
+    let code = [
+        // A = skb->pkt_type
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: SKF_AD_OFF + SKF_AD_PKTTYPE,
+        },
+        // if A == PACKET_OUTGOING drop, else accept
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: PACKET_OUTGOING,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: u32::MAX,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_ptr().cast_mut(),
+    };
+    // SAFETY: SO_ATTACH_FILTER copies the program; `code` outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(CaptureError::Open {
+            name: name.to_string(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
 }
 
 fn now_ns() -> u64 {
@@ -99,8 +161,9 @@ fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Opens a raw packet socket for all protocols; pnet binds it to the interface.
-fn packet_socket(name: &str) -> Result<i32, CaptureError> {
+/// Opens a raw packet socket for all protocols, with a receive buffer of `buffer_bytes`
+/// (bursts wait there rather than being dropped); pnet binds it to the interface.
+fn packet_socket(name: &str, buffer_bytes: usize) -> Result<i32, CaptureError> {
     let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
     // SAFETY: plain socket(2) call.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
@@ -109,6 +172,22 @@ fn packet_socket(name: &str) -> Result<i32, CaptureError> {
             name: name.to_string(),
             source: std::io::Error::last_os_error(),
         });
+    }
+    let size = buffer_bytes.min(i32::MAX as usize) as libc::c_int;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt with a c_int value. FORCE (CAP_NET_ADMIN) passes rmem_max.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
     }
     Ok(fd)
 }
@@ -137,6 +216,7 @@ impl LiveCapture {
     /// Starts one capture thread per interface.
     pub fn start(
         interfaces: Vec<NetworkInterface>,
+        buffer_bytes: usize,
         tx: SyncSender<Captured>,
     ) -> Result<Self, CaptureError> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -144,7 +224,15 @@ impl LiveCapture {
         let mut threads = Vec::new();
         let mut names = Vec::new();
         for iface in interfaces {
-            let fd = packet_socket(&iface.name)?;
+            let fd = packet_socket(&iface.name, buffer_bytes)?;
+            let hw = hw_type(&iface.name);
+            if hw == ARPHRD_LOOPBACK
+                && let Err(e) = drop_outgoing(fd, &iface.name)
+            {
+                // SAFETY: our own fd, not yet handed to pnet.
+                unsafe { libc::close(fd) };
+                return Err(e);
+            }
             let config = datalink::Config {
                 read_timeout: Some(Duration::from_millis(100)),
                 read_buffer_size: 1 << 16,
@@ -166,7 +254,7 @@ impl LiveCapture {
                     });
                 }
             };
-            let link = link_type(&iface.name);
+            let link = link_type(hw);
             let (stop, stats, tx) = (Arc::clone(&stop), Arc::clone(&stats), tx.clone());
             names.push(iface.name.clone());
             let name = iface.name.clone();

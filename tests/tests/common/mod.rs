@@ -5,10 +5,10 @@ pub mod tshark;
 
 use std::{
     io::{BufRead, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// The `sensor` binary: `$SENSOR_BIN`, else beside `tcpload` in the same target directory
@@ -141,4 +141,59 @@ impl Sensor {
         }
         (status, self.log)
     }
+}
+
+/// Reads the child's stderr until a line contains `needle` (30 s at most), then keeps
+/// draining it in the background so the child never blocks on a full pipe.
+pub fn wait_for_line(child: &mut Child, needle: &str) {
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for line in lines.by_ref() {
+        let line = line.expect("read");
+        if line.contains(needle) {
+            // Keep draining so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return;
+        }
+        assert!(Instant::now() < deadline, "no '{needle}' line");
+    }
+    panic!("exited before '{needle}'");
+}
+
+/// tcpdump writing everything on `iface` to `pcap`, each packet as it comes
+/// (`--immediate-mode`: without it packets wait in the kernel's ring and are lost at exit).
+pub fn tcpdump(prefix: &[&str], iface: &str, pcap: &Path) -> Child {
+    let mut cmd = if prefix.is_empty() {
+        Command::new("tcpdump")
+    } else {
+        let mut c = Command::new(prefix[0]);
+        c.args(&prefix[1..]).arg("tcpdump");
+        c
+    };
+    let mut child = cmd
+        .args([
+            "-n",
+            "-U",
+            "--immediate-mode",
+            "-B",
+            "65536",
+            "-i",
+            iface,
+            "-w",
+        ])
+        .arg(pcap)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    wait_for_line(&mut child, "listening on");
+    child
+}
+
+/// SIGTERM and wait.
+pub fn stop(mut child: Child) {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
 }
