@@ -80,8 +80,8 @@ pub struct Config {
     pub tcp_close_linger_ms: u64,
     /// Most packet flows held at once; beyond it the least recently active are evicted.
     pub max_flows: usize,
-    /// Interfaces to capture packets on; `["all"]` for every interface that is up; empty
-    /// for none.
+    /// Interfaces to capture packets on; `["all"]` (the default) for every interface that
+    /// is up; empty for none (the kernel's connection view only).
     pub interfaces: Vec<String>,
     /// Captured packets waiting for the flow table. When full, packets are dropped and
     /// counted (`capture_queue_dropped`): capture never waits.
@@ -104,7 +104,7 @@ impl Default for Config {
             active_timeout_ms: 300_000,
             tcp_close_linger_ms: 2_000,
             max_flows: 1 << 20,
-            interfaces: Vec::new(),
+            interfaces: vec!["all".to_string()],
             capture_queue_packets: 1 << 16,
             capture_buffer_bytes: 8 << 20,
         }

@@ -34,8 +34,11 @@ enum Command {
         hooks: Option<HookMode>,
         /// Capture packets on this interface (repeatable; `all` for every interface that is
         /// up) [default: the config's interfaces].
-        #[arg(long = "interface", value_name = "IF")]
+        #[arg(long = "interface", value_name = "IF", conflicts_with = "no_capture")]
         interfaces: Vec<String>,
+        /// No packet capture: the kernel's connection view only.
+        #[arg(long)]
+        no_capture: bool,
     },
     /// Read pcap/pcapng files into flows, timed by their packets. Needs no privileges.
     Replay {
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
             config,
             hooks,
             interfaces,
+            no_capture,
         } => {
             let mut cfg = match Config::load(config.as_deref()) {
                 Ok(c) => c,
@@ -98,6 +102,9 @@ fn main() -> ExitCode {
             }
             if !interfaces.is_empty() {
                 cfg.interfaces = interfaces;
+            }
+            if no_capture {
+                cfg.interfaces.clear();
             }
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -2,10 +2,13 @@
 //! capture, timed by the packets' own timestamps, every flow flushed at the end of each
 //! file. Needs no privileges.
 use std::{
+    io::IsTerminal,
     path::{Path, PathBuf},
     sync::atomic::Ordering,
     time::{Duration, Instant},
 };
+
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{
     capture::{
@@ -79,28 +82,56 @@ fn replay_one(
     // A file can wait for the disk: nothing is dropped.
     let mut emit = |f| writer.send_blocking(f);
     let started = Instant::now();
-    let mut last_log = Instant::now();
+    let mut last_report = Instant::now();
     let mut bytes = 0u64;
+    // A progress bar on a terminal, plain log lines otherwise (journald, CI, pipes).
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let bar = ProgressBar::new(size);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {bytes}/{total_bytes} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    });
     let r = file::read(path, |ts_ns, link, frame| {
-        bytes += frame.len() as u64;
+        bytes += frame.len() as u64 + 16;
         match parse::parse(link, frame) {
             Ok(p) => table.packet(ts_ns, &p, &mut emit),
             Err(ParseError::NotIp { .. }) => summary.not_ip += 1,
             Err(_) => summary.malformed += 1,
         }
-        if last_log.elapsed() >= Duration::from_secs(2) {
-            last_log = Instant::now();
+        let every = if bar.is_some() {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(2)
+        };
+        if last_report.elapsed() >= every {
+            last_report = Instant::now();
             let s = table.stats();
             let secs = started.elapsed().as_secs_f64();
-            tracing::info!(
-                file = %path.display(),
-                packets = s.packets,
-                mbytes = bytes / 1_000_000,
-                flows_per_s = ((s.created as f64) / secs) as u64,
-                "replaying"
-            );
+            let flows_per_s = ((s.created as f64) / secs) as u64;
+            match &bar {
+                Some(bar) => {
+                    bar.set_position(bytes);
+                    bar.set_message(format!(
+                        "{} packets, {} flows, {flows_per_s} flows/s",
+                        s.packets, s.created
+                    ));
+                }
+                None => tracing::info!(
+                    file = %path.display(),
+                    packets = s.packets,
+                    mbytes = bytes / 1_000_000,
+                    flows_per_s,
+                    "replaying"
+                ),
+            }
         }
     });
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     // Whatever happened, the flows read so far are kept.
     table.flush_all(&mut emit);
     let stats = r?;

@@ -50,6 +50,9 @@ fn run_traffic(hooks: &str, capture_lo: bool) {
     let mut args = vec!["--db", db.to_str().expect("utf-8 path"), "--hooks", hooks];
     if capture_lo {
         args.extend(["--interface", "lo"]);
+    } else {
+        // The kernel's view alone (the merged path has its own test).
+        args.push("--no-capture");
     }
     let sensor = Sensor::start(&args);
 
