@@ -4,22 +4,12 @@
 use libfuzzer_sys::fuzz_target;
 use sensor::capture::parse::{LinkType, parse};
 
-const LINKS: [LinkType; 8] = [
-    LinkType::Ethernet,
-    LinkType::Raw,
-    LinkType::Ipv4,
-    LinkType::Ipv6,
-    LinkType::LinuxSll,
-    LinkType::LinuxSll2,
-    LinkType::Null,
-    LinkType::Loop,
-];
 
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, frame)) = data.split_first() else {
         return;
     };
-    let link = LINKS[usize::from(pick) % LINKS.len()];
+    let link = LinkType::ALL[usize::from(pick) % LinkType::ALL.len()];
     if let Ok(p) = parse(link, frame) {
         // A fact the flow table relies on: later fragments carry no ports.
         if p.fragment.is_some_and(|f| f.offset != 0) {

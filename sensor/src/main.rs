@@ -76,6 +76,18 @@ fn init_logging() {
         .init();
 }
 
+/// The config file, then `--db` over it; a bad config is exit status 2.
+fn load_config(path: Option<&std::path::Path>, db: Option<PathBuf>) -> Result<Config, ExitCode> {
+    let mut cfg = Config::load(path).map_err(|e| {
+        tracing::error!("{e}");
+        ExitCode::from(2)
+    })?;
+    if let Some(db) = db {
+        cfg.db_path = db;
+    }
+    Ok(cfg)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -87,16 +99,10 @@ fn main() -> ExitCode {
             interfaces,
             no_capture,
         } => {
-            let mut cfg = match Config::load(config.as_deref()) {
+            let mut cfg = match load_config(config.as_deref(), db) {
                 Ok(c) => c,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
-            if let Some(db) = db {
-                cfg.db_path = db;
-            }
             if let Some(h) = hooks {
                 cfg.hooks = h;
             }
@@ -125,16 +131,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Replay { db, config, files } => {
-            let mut cfg = match Config::load(config.as_deref()) {
+            let cfg = match load_config(config.as_deref(), db) {
                 Ok(c) => c,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
-            if let Some(db) = db {
-                cfg.db_path = db;
-            }
             match sensor::replay::replay(&cfg, &files) {
                 Ok(s) => {
                     tracing::info!(

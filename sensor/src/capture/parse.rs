@@ -33,6 +33,18 @@ pub enum LinkType {
 }
 
 impl LinkType {
+    /// Every link type this parser decodes.
+    pub const ALL: [LinkType; 8] = [
+        LinkType::Ethernet,
+        LinkType::Raw,
+        LinkType::Ipv4,
+        LinkType::Ipv6,
+        LinkType::LinuxSll,
+        LinkType::LinuxSll2,
+        LinkType::Null,
+        LinkType::Loop,
+    ];
+
     /// From a pcap/pcapng link type number; None for ones we do not decode.
     #[inline]
     pub fn from_linktype(n: u32) -> Option<Self> {
@@ -613,21 +625,10 @@ mod tests {
         )
     }
 
-    const ALL_LINKS: [LinkType; 8] = [
-        LinkType::Ethernet,
-        LinkType::Raw,
-        LinkType::Ipv4,
-        LinkType::Ipv6,
-        LinkType::LinuxSll,
-        LinkType::LinuxSll2,
-        LinkType::Null,
-        LinkType::Loop,
-    ];
-
     /// Every prefix of `frame`, under every link type: Ok or Err, never a panic.
     fn every_prefix(frame: &[u8]) {
         for n in 0..=frame.len() {
-            for link in ALL_LINKS {
+            for link in LinkType::ALL {
                 let _ = parse(link, &frame[..n]);
             }
         }
@@ -1191,7 +1192,7 @@ mod tests {
                 }
                 _ => {}
             }
-            for link in ALL_LINKS {
+            for link in LinkType::ALL {
                 let _ = parse(link, &buf[..len]);
             }
         }
