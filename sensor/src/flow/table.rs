@@ -14,7 +14,8 @@
 //! Time is the packets' own, so replaying a capture gives the same flows whatever the speed.
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv6Addr, SocketAddr},
+    hash::{Hash, Hasher},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 // foldhash, seeded per process: several times faster than SipHash on these small keys,
@@ -52,26 +53,83 @@ impl Default for TableConfig {
     }
 }
 
+/// An address as the flow table keys it: 4 bytes for IPv4, 16 for IPv6, so the common IPv4
+/// entry is a quarter smaller (the table's speed is mostly cache misses).
+trait Addr: Copy + Ord + Eq + std::fmt::Debug {
+    fn ip(self) -> IpAddr;
+}
+
+impl Addr for [u8; 4] {
+    fn ip(self) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(self))
+    }
+}
+
+impl Addr for [u8; 16] {
+    fn ip(self) -> IpAddr {
+        IpAddr::V6(Ipv6Addr::from(self))
+    }
+}
+
 /// Canonical key: endpoint `a` sorts before `b`, so both directions find one entry.
-/// Addresses are 16 bytes (IPv4 as IPv4-mapped IPv6) to keep the key small and flat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Key {
-    a: [u8; 16],
-    b: [u8; 16],
+struct Key<A> {
+    a: A,
+    b: A,
     a_port: u16,
     b_port: u16,
     proto: u8,
 }
 
-/// Three word-sized writes instead of the derive's field-by-field (and length-prefixed
-/// array) ones: the hash is a good part of the per-packet cost.
-impl std::hash::Hash for Key {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+impl<A: Addr> Key<A> {
+    /// The key of a packet from `src` to `dst`, and whether it was sent by `b`.
+    fn of(src: A, dst: A, sport: u16, dport: u16, proto: u8) -> (Self, bool) {
+        if (src, sport) <= (dst, dport) {
+            (
+                Self {
+                    a: src,
+                    b: dst,
+                    a_port: sport,
+                    b_port: dport,
+                    proto,
+                },
+                false,
+            )
+        } else {
+            (
+                Self {
+                    a: dst,
+                    b: src,
+                    a_port: dport,
+                    b_port: sport,
+                    proto,
+                },
+                true,
+            )
+        }
+    }
+
+    fn ports_proto(&self) -> u64 {
+        u64::from(self.a_port) | u64::from(self.b_port) << 16 | u64::from(self.proto) << 32
+    }
+}
+
+/// Word-sized writes instead of the derive's field-by-field (and length-prefixed array)
+/// ones: hashing is a good part of the per-packet cost.
+impl Hash for Key<[u8; 4]> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(
+            u64::from(u32::from_ne_bytes(self.a)) | u64::from(u32::from_ne_bytes(self.b)) << 32,
+        );
+        state.write_u64(self.ports_proto());
+    }
+}
+
+impl Hash for Key<[u8; 16]> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u128(u128::from_ne_bytes(self.a));
         state.write_u128(u128::from_ne_bytes(self.b));
-        state.write_u64(
-            u64::from(self.a_port) | u64::from(self.b_port) << 16 | u64::from(self.proto) << 32,
-        );
+        state.write_u64(self.ports_proto());
     }
 }
 
@@ -94,10 +152,15 @@ struct Entry {
     icmp: u16,
 }
 
-/// A fragmented datagram: (src, dst, proto, id).
-type FragKey = ([u8; 16], [u8; 16], u8, u32);
-/// Its flow, whether it was sent by the flow's `b` end, and when its first fragment came.
-type FragFlow = (Key, bool, u64);
+impl Entry {
+    fn end_reason(&self) -> EndReason {
+        match self.closing {
+            c if c & 4 != 0 => EndReason::Rst,
+            c if c & 3 == 3 => EndReason::Fin,
+            _ => EndReason::Shutdown,
+        }
+    }
+}
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TableStats {
@@ -113,15 +176,54 @@ pub struct TableStats {
     pub orphan_fragments: u64,
 }
 
-pub struct FlowTable {
+impl TableStats {
+    fn count_end(&mut self, reason: EndReason) {
+        match reason {
+            EndReason::Fin => self.ended_fin += 1,
+            EndReason::Rst => self.ended_rst += 1,
+            EndReason::IdleTimeout => self.ended_idle += 1,
+            EndReason::ActiveTimeout => self.ended_active += 1,
+            EndReason::Evicted => self.evicted += 1,
+            EndReason::Shutdown | EndReason::Failed => self.ended_shutdown += 1,
+        }
+    }
+}
+
+type Map<A> = HashMap<Key<A>, Entry, RandomState>;
+
+/// A fragmented datagram: (src, dst, proto, id).
+type FragKey = (IpAddr, IpAddr, u8, u32);
+
+/// The flow a fragmented datagram belongs to.
+#[derive(Debug, Clone, Copy)]
+enum AnyKey {
+    V4(Key<[u8; 4]>),
+    V6(Key<[u8; 16]>),
+}
+
+/// What every per-family operation needs besides its map.
+struct Ctx {
     cfg: TableConfig,
-    flows: HashMap<Key, Entry, RandomState>,
-    /// (src, dst, proto, id) of fragmented datagrams to their flow and the time seen.
-    fragments: HashMap<FragKey, FragFlow, RandomState>,
-    next_sweep_ns: u64,
     stats: TableStats,
     /// Which view fed the table: "capture" or "file".
     source: &'static str,
+}
+
+pub struct FlowTable {
+    ctx: Ctx,
+    v4: Map<[u8; 4]>,
+    v6: Map<[u8; 16]>,
+    /// Fragmented datagrams to their flow, direction (sent by `b`), and when first seen.
+    fragments: HashMap<FragKey, (AnyKey, bool, u64), RandomState>,
+    next_sweep_ns: u64,
+}
+
+/// IPv4-mapped IPv6 addresses become IPv4, so both views of one peer agree.
+fn normalise(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 fn to16(ip: IpAddr) -> [u8; 16] {
@@ -131,286 +233,325 @@ fn to16(ip: IpAddr) -> [u8; 16] {
     }
 }
 
-/// IPv4 (mapped) addresses come back as IPv4, so both views of one peer agree.
-fn from16(raw: [u8; 16]) -> IpAddr {
-    let v6 = Ipv6Addr::from(raw);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
+const SWEEP_EVERY_NS: u64 = 1_000_000_000;
+
+/// The facts of one packet the per-family code needs.
+struct Seen {
+    ts_ns: u64,
+    ip_len: u32,
+    tcp_flags: u8,
+    pure_syn: bool,
+    icmp: u16,
+}
+
+fn record<A: Addr>(ctx: &Ctx, k: &Key<A>, e: &Entry, reason: EndReason) -> FlowRecord {
+    let (i, r) = if e.initiator == 0 { (0, 1) } else { (1, 0) };
+    let ends = [
+        SocketAddr::new(normalise(k.a.ip()), k.a_port),
+        SocketAddr::new(normalise(k.b.ip()), k.b_port),
+    ];
+    let mut dst = ends[r];
+    if matches!(k.proto, ICMP | ICMPV6) {
+        dst.set_port(e.icmp);
+    }
+    let ms = |ns: u64| (ns / 1_000_000) as i64;
+    FlowRecord {
+        first_seen_ms: ms(e.first_ns),
+        last_seen_ms: ms(e.last_ns),
+        proto: k.proto,
+        src: ends[i],
+        dst,
+        src_payload_bytes: None,
+        dst_payload_bytes: None,
+        src_owner: None,
+        dst_owner: None,
+        srtt_us: None,
+        retransmits: None,
+        end_reason: reason,
+        sources: ctx.source,
+        src_packets: Some(e.packets[i]),
+        dst_packets: Some(e.packets[r]),
+        src_bytes: Some(e.bytes[i]),
+        dst_bytes: Some(e.bytes[r]),
+        src_tcp_flags: (k.proto == TCP).then_some(e.flags[i]),
+        dst_tcp_flags: (k.proto == TCP).then_some(e.flags[r]),
     }
 }
 
-const SWEEP_EVERY_NS: u64 = 1_000_000_000;
+fn end<A: Addr>(
+    ctx: &mut Ctx,
+    k: &Key<A>,
+    e: &Entry,
+    reason: EndReason,
+    out: &mut impl FnMut(FlowRecord),
+) {
+    ctx.stats.count_end(reason);
+    out(record(ctx, k, e, reason));
+}
+
+/// Accounts a packet to its flow in `map`, creating the flow if needed.
+fn account<A: Addr>(
+    map: &mut Map<A>,
+    ctx: &mut Ctx,
+    key: Key<A>,
+    from_b: bool,
+    p: &Seen,
+    out: &mut impl FnMut(FlowRecord),
+) where
+    Key<A>: Hash,
+{
+    let dir = usize::from(from_b);
+    // A new connection on a closed tuple: end the old flow first. (Only a SYN pays for
+    // this lookup; the common path below hashes the key once.)
+    if p.pure_syn
+        && let Some(e) = map.get(&key)
+        && e.closing != 0
+    {
+        let reason = e.end_reason();
+        let old = map.remove(&key).expect("present");
+        end(ctx, &key, &old, reason, out);
+    }
+    let created = &mut ctx.stats.created;
+    let e = map.entry(key).or_insert_with(|| {
+        *created += 1;
+        Entry {
+            first_ns: p.ts_ns,
+            last_ns: p.ts_ns,
+            packets: [0; 2],
+            bytes: [0; 2],
+            flags: [0; 2],
+            initiator: dir as u8,
+            by_syn: false,
+            closing: 0,
+            icmp: p.icmp,
+        }
+    });
+    if !e.by_syn && key.proto == TCP && p.tcp_flags & SYN != 0 {
+        // SYN: its sender initiated; SYN-ACK: its receiver did.
+        e.initiator = if p.pure_syn { dir as u8 } else { 1 - dir as u8 };
+        e.by_syn = true;
+    }
+    e.packets[dir] += 1;
+    e.bytes[dir] += u64::from(p.ip_len);
+    e.flags[dir] |= p.tcp_flags;
+    e.last_ns = e.last_ns.max(p.ts_ns);
+    if key.proto == TCP {
+        if p.tcp_flags & FIN != 0 {
+            e.closing |= 1 << dir;
+        }
+        if p.tcp_flags & RST != 0 {
+            e.closing |= 4;
+        }
+    }
+}
+
+/// Adds a later fragment to its flow; false when the flow is gone.
+fn add_fragment<A: Addr>(
+    map: &mut Map<A>,
+    key: &Key<A>,
+    from_b: bool,
+    ts_ns: u64,
+    ip_len: u32,
+) -> bool
+where
+    Key<A>: Hash,
+{
+    let Some(e) = map.get_mut(key) else {
+        return false;
+    };
+    let dir = usize::from(from_b);
+    e.packets[dir] += 1;
+    e.bytes[dir] += u64::from(ip_len);
+    e.last_ns = e.last_ns.max(ts_ns);
+    true
+}
+
+/// Ends the least recently active of a few flows (the map's iteration order is by hash, so
+/// this samples without bias toward any key).
+fn evict_one<A: Addr>(map: &mut Map<A>, ctx: &mut Ctx, out: &mut impl FnMut(FlowRecord))
+where
+    Key<A>: Hash,
+{
+    let victim = map
+        .iter()
+        .take(16)
+        .min_by_key(|(_, e)| e.last_ns)
+        .map(|(k, _)| *k);
+    if let Some(k) = victim {
+        let e = map.remove(&k).expect("present");
+        end(ctx, &k, &e, EndReason::Evicted, out);
+    }
+}
+
+fn sweep_map<A: Addr>(
+    map: &mut Map<A>,
+    ctx: &mut Ctx,
+    now_ns: u64,
+    out: &mut impl FnMut(FlowRecord),
+) where
+    Key<A>: Hash,
+{
+    let cfg = ctx.cfg;
+    let mut ended: Vec<(Key<A>, EndReason)> = Vec::new();
+    let mut restarted: Vec<(Key<A>, Entry)> = Vec::new();
+    for (k, e) in map.iter_mut() {
+        let idle = now_ns.saturating_sub(e.last_ns);
+        if e.closing != 0 && idle >= cfg.close_linger_ns {
+            let reason = match e.end_reason() {
+                EndReason::Shutdown if idle >= cfg.idle_timeout_ns => EndReason::IdleTimeout,
+                EndReason::Shutdown => continue,
+                r => r,
+            };
+            ended.push((*k, reason));
+        } else if idle >= cfg.idle_timeout_ns {
+            ended.push((*k, EndReason::IdleTimeout));
+        } else if now_ns.saturating_sub(e.first_ns) >= cfg.active_timeout_ns {
+            restarted.push((*k, *e));
+            e.first_ns = now_ns;
+            e.packets = [0; 2];
+            e.bytes = [0; 2];
+            e.flags = [0; 2];
+        }
+    }
+    for (k, e) in restarted {
+        end(ctx, &k, &e, EndReason::ActiveTimeout, out);
+    }
+    for (k, reason) in ended {
+        if let Some(e) = map.remove(&k) {
+            end(ctx, &k, &e, reason, out);
+        }
+    }
+}
+
+fn flush_map<A: Addr>(map: &mut Map<A>, ctx: &mut Ctx, out: &mut impl FnMut(FlowRecord)) {
+    let mut all: Vec<(Key<A>, Entry)> = map.drain().collect();
+    all.sort_by_key(|(_, e)| e.first_ns);
+    for (k, e) in all {
+        end(ctx, &k, &e, e.end_reason(), out);
+    }
+}
 
 impl FlowTable {
     pub fn new(cfg: TableConfig, source: &'static str) -> Self {
+        // Room for a busy host's working set up front: no rehashing in the first minutes.
+        let room = cfg.max_flows.min(1 << 16);
         Self {
-            cfg,
-            // Room for a busy host's working set up front: no rehashing in the first
-            // minutes (memory grows only past this).
-            flows: HashMap::with_capacity_and_hasher(
-                cfg.max_flows.min(1 << 16),
-                RandomState::default(),
-            ),
+            ctx: Ctx {
+                cfg,
+                stats: TableStats::default(),
+                source,
+            },
+            v4: HashMap::with_capacity_and_hasher(room, RandomState::default()),
+            v6: HashMap::with_capacity_and_hasher(room / 8, RandomState::default()),
             fragments: HashMap::default(),
             next_sweep_ns: 0,
-            stats: TableStats::default(),
-            source,
         }
     }
 
     pub fn stats(&self) -> TableStats {
-        self.stats
+        self.ctx.stats
     }
 
     pub fn active(&self) -> usize {
-        self.flows.len()
+        self.v4.len() + self.v6.len()
     }
 
     /// Accounts one packet seen at `ts_ns`; flows that end are passed to `out`.
     pub fn packet(&mut self, ts_ns: u64, p: &Packet, out: &mut impl FnMut(FlowRecord)) {
-        self.stats.packets += 1;
+        self.ctx.stats.packets += 1;
         if ts_ns >= self.next_sweep_ns {
             self.sweep(ts_ns, out);
             self.next_sweep_ns = ts_ns.saturating_add(SWEEP_EVERY_NS);
         }
-        let (src, dst) = (to16(p.src), to16(p.dst));
-        let (mut sport, mut dport) = if matches!(p.proto, ICMP | ICMPV6) {
+        let (src, dst) = (normalise(p.src), normalise(p.dst));
+        let icmp = matches!(p.proto, ICMP | ICMPV6);
+        let (mut sport, mut dport) = if icmp {
             (0, 0)
         } else {
             (p.src_port, p.dst_port)
         };
-        if let Some(frag) = p.fragment {
-            let fkey = (src, dst, p.proto, frag.id);
-            if frag.offset != 0 {
-                // Later fragment: its flow is the first fragment's.
-                match self.fragments.get(&fkey) {
-                    Some(&(key, from_b, _)) if self.flows.contains_key(&key) => {
-                        let e = self.flows.get_mut(&key).expect("checked");
-                        let dir = usize::from(from_b);
-                        e.packets[dir] += 1;
-                        e.bytes[dir] += u64::from(p.ip_len);
-                        e.last_ns = e.last_ns.max(ts_ns);
-                        if !frag.more {
-                            self.fragments.remove(&fkey);
-                        }
-                        return;
-                    }
-                    _ => {
-                        // First fragment not seen (or out of order): a port-less flow.
-                        self.stats.orphan_fragments += 1;
-                        sport = 0;
-                        dport = 0;
-                    }
-                }
-            }
-        }
-        let src_first = (src, sport) <= (dst, dport);
-        let key = if src_first {
-            Key {
-                a: src,
-                b: dst,
-                a_port: sport,
-                b_port: dport,
-                proto: p.proto,
-            }
-        } else {
-            Key {
-                a: dst,
-                b: src,
-                a_port: dport,
-                b_port: sport,
-                proto: p.proto,
-            }
-        };
-        let dir = usize::from(!src_first);
         if let Some(frag) = p.fragment
-            && frag.offset == 0
-            && frag.more
+            && frag.offset != 0
         {
-            self.fragments
-                .insert((src, dst, p.proto, frag.id), (key, !src_first, ts_ns));
-        }
-        let pure_syn = p.proto == TCP && p.tcp_flags & (SYN | ACK) == SYN;
-
-        // A new connection on a closed tuple: end the old flow first. (Only a SYN pays for
-        // this lookup; the common path below hashes the key once.)
-        if pure_syn
-            && let Some(e) = self.flows.get(&key)
-            && e.closing != 0
-        {
-            let reason = if e.closing & 4 != 0 {
-                EndReason::Rst
-            } else {
-                EndReason::Fin
+            // A later fragment: its flow is the first fragment's.
+            let fkey = (src, dst, p.proto, frag.id);
+            let found = match self.fragments.get(&fkey) {
+                Some(&(AnyKey::V4(k), from_b, _)) => {
+                    add_fragment(&mut self.v4, &k, from_b, ts_ns, p.ip_len)
+                }
+                Some(&(AnyKey::V6(k), from_b, _)) => {
+                    add_fragment(&mut self.v6, &k, from_b, ts_ns, p.ip_len)
+                }
+                None => false,
             };
-            let old = self.flows.remove(&key).expect("present");
-            self.count_end(reason);
-            out(self.record(&key, &old, reason));
+            if found {
+                if !frag.more {
+                    self.fragments.remove(&fkey);
+                }
+                return;
+            }
+            // First fragment not seen (or out of order): a port-less flow.
+            self.ctx.stats.orphan_fragments += 1;
+            (sport, dport) = (0, 0);
         }
-        if self.flows.len() >= self.cfg.max_flows && !self.flows.contains_key(&key) {
-            self.evict_one(out);
-        }
-        let icmp = if matches!(p.proto, ICMP | ICMPV6) {
-            p.dst_port
-        } else {
-            0
+        let seen = Seen {
+            ts_ns,
+            ip_len: p.ip_len,
+            tcp_flags: p.tcp_flags,
+            pure_syn: p.proto == TCP && p.tcp_flags & (SYN | ACK) == SYN,
+            icmp: if icmp { p.dst_port } else { 0 },
         };
-        let created = &mut self.stats.created;
-        let e = self.flows.entry(key).or_insert_with(|| {
-            *created += 1;
-            Entry {
-                first_ns: ts_ns,
-                last_ns: ts_ns,
-                packets: [0; 2],
-                bytes: [0; 2],
-                flags: [0; 2],
-                initiator: dir as u8,
-                by_syn: false,
-                closing: 0,
-                icmp,
+        let full = self.active() >= self.ctx.cfg.max_flows;
+        let first_fragment = p.fragment.filter(|f| f.offset == 0 && f.more);
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let (key, from_b) = Key::of(s.octets(), d.octets(), sport, dport, p.proto);
+                if full && !self.v4.contains_key(&key) {
+                    self.evict_one(out);
+                }
+                if let Some(f) = first_fragment {
+                    let v = (AnyKey::V4(key), from_b, ts_ns);
+                    self.fragments.insert((src, dst, p.proto, f.id), v);
+                }
+                account(&mut self.v4, &mut self.ctx, key, from_b, &seen, out);
             }
-        });
-        if !e.by_syn && p.proto == TCP && p.tcp_flags & SYN != 0 {
-            // SYN: its sender initiated; SYN-ACK: its receiver did.
-            e.initiator = if pure_syn { dir as u8 } else { 1 - dir as u8 };
-            e.by_syn = true;
-        }
-        e.packets[dir] += 1;
-        e.bytes[dir] += u64::from(p.ip_len);
-        e.flags[dir] |= p.tcp_flags;
-        e.last_ns = e.last_ns.max(ts_ns);
-        if p.proto == TCP {
-            if p.tcp_flags & FIN != 0 {
-                e.closing |= 1 << dir;
-            }
-            if p.tcp_flags & RST != 0 {
-                e.closing |= 4;
+            _ => {
+                let (key, from_b) = Key::of(to16(src), to16(dst), sport, dport, p.proto);
+                if full && !self.v6.contains_key(&key) {
+                    self.evict_one(out);
+                }
+                if let Some(f) = first_fragment {
+                    let v = (AnyKey::V6(key), from_b, ts_ns);
+                    self.fragments.insert((src, dst, p.proto, f.id), v);
+                }
+                account(&mut self.v6, &mut self.ctx, key, from_b, &seen, out);
             }
         }
     }
 
-    fn count_end(&mut self, reason: EndReason) {
-        let s = &mut self.stats;
-        match reason {
-            EndReason::Fin => s.ended_fin += 1,
-            EndReason::Rst => s.ended_rst += 1,
-            EndReason::IdleTimeout => s.ended_idle += 1,
-            EndReason::ActiveTimeout => s.ended_active += 1,
-            EndReason::Evicted => s.evicted += 1,
-            EndReason::Shutdown | EndReason::Failed => s.ended_shutdown += 1,
-        }
-    }
-
-    /// Makes room: ends the least recently active of a few flows (the map's iteration order
-    /// is by hash, so this samples without bias toward any key).
+    /// Makes room in the larger of the two families' maps.
     fn evict_one(&mut self, out: &mut impl FnMut(FlowRecord)) {
-        let victim = self
-            .flows
-            .iter()
-            .take(16)
-            .min_by_key(|(_, e)| e.last_ns)
-            .map(|(k, _)| *k);
-        if let Some(k) = victim {
-            let e = self.flows.remove(&k).expect("present");
-            self.count_end(EndReason::Evicted);
-            out(self.record(&k, &e, EndReason::Evicted));
+        if self.v4.len() >= self.v6.len() {
+            evict_one(&mut self.v4, &mut self.ctx, out);
+        } else {
+            evict_one(&mut self.v6, &mut self.ctx, out);
         }
     }
 
     /// Ends flows that timed out by `now_ns`.
     pub fn sweep(&mut self, now_ns: u64, out: &mut impl FnMut(FlowRecord)) {
-        let cfg = self.cfg;
-        let mut ended: Vec<(Key, EndReason)> = Vec::new();
-        let mut restarted: Vec<(Key, Entry)> = Vec::new();
-        for (k, e) in self.flows.iter_mut() {
-            let idle = now_ns.saturating_sub(e.last_ns);
-            if e.closing != 0 && idle >= cfg.close_linger_ns {
-                let both_fin = e.closing & 3 == 3;
-                let reason = if e.closing & 4 != 0 {
-                    EndReason::Rst
-                } else if both_fin {
-                    EndReason::Fin
-                } else if idle >= cfg.idle_timeout_ns {
-                    EndReason::IdleTimeout
-                } else {
-                    continue;
-                };
-                ended.push((*k, reason));
-            } else if idle >= cfg.idle_timeout_ns {
-                ended.push((*k, EndReason::IdleTimeout));
-            } else if now_ns.saturating_sub(e.first_ns) >= cfg.active_timeout_ns {
-                restarted.push((*k, *e));
-                e.first_ns = now_ns;
-                e.packets = [0; 2];
-                e.bytes = [0; 2];
-                e.flags = [0; 2];
-            }
-        }
-        for (k, e) in restarted {
-            self.count_end(EndReason::ActiveTimeout);
-            out(self.record(&k, &e, EndReason::ActiveTimeout));
-        }
-        for (k, reason) in ended {
-            if let Some(e) = self.flows.remove(&k) {
-                self.count_end(reason);
-                out(self.record(&k, &e, reason));
-            }
-        }
-        let idle_timeout = cfg.idle_timeout_ns;
+        sweep_map(&mut self.v4, &mut self.ctx, now_ns, out);
+        sweep_map(&mut self.v6, &mut self.ctx, now_ns, out);
+        let idle_timeout = self.ctx.cfg.idle_timeout_ns;
         self.fragments
             .retain(|_, (_, _, seen)| now_ns.saturating_sub(*seen) < idle_timeout);
     }
 
     /// Ends every flow (end of a capture file, or the sensor stopping).
     pub fn flush_all(&mut self, out: &mut impl FnMut(FlowRecord)) {
-        let mut all: Vec<(Key, Entry)> = self.flows.drain().collect();
-        all.sort_by_key(|(_, e)| e.first_ns);
-        for (k, e) in all {
-            let reason = match e.closing {
-                0 => EndReason::Shutdown,
-                c if c & 4 != 0 => EndReason::Rst,
-                c if c & 3 == 3 => EndReason::Fin,
-                _ => EndReason::Shutdown,
-            };
-            self.count_end(reason);
-            out(self.record(&k, &e, reason));
-        }
+        flush_map(&mut self.v4, &mut self.ctx, out);
+        flush_map(&mut self.v6, &mut self.ctx, out);
         self.fragments.clear();
-    }
-
-    fn record(&self, k: &Key, e: &Entry, reason: EndReason) -> FlowRecord {
-        let (i, r) = if e.initiator == 0 { (0, 1) } else { (1, 0) };
-        let ends = [
-            SocketAddr::new(from16(k.a), k.a_port),
-            SocketAddr::new(from16(k.b), k.b_port),
-        ];
-        let mut dst = ends[r];
-        if matches!(k.proto, ICMP | ICMPV6) {
-            dst.set_port(e.icmp);
-        }
-        let ms = |ns: u64| (ns / 1_000_000) as i64;
-        FlowRecord {
-            first_seen_ms: ms(e.first_ns),
-            last_seen_ms: ms(e.last_ns),
-            proto: k.proto,
-            src: ends[i],
-            dst,
-            src_payload_bytes: None,
-            dst_payload_bytes: None,
-            src_owner: None,
-            dst_owner: None,
-            srtt_us: None,
-            retransmits: None,
-            end_reason: reason,
-            sources: self.source,
-            src_packets: Some(e.packets[i]),
-            dst_packets: Some(e.packets[r]),
-            src_bytes: Some(e.bytes[i]),
-            dst_bytes: Some(e.bytes[r]),
-            src_tcp_flags: (k.proto == TCP).then_some(e.flags[i]),
-            dst_tcp_flags: (k.proto == TCP).then_some(e.flags[r]),
-        }
     }
 }
 
