@@ -3,7 +3,7 @@
 use std::{
     sync::mpsc::{Receiver, RecvTimeoutError},
     thread::JoinHandle,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use super::{FlowRecord, FlowTable, TableConfig, table::TableStats};
@@ -18,17 +18,21 @@ pub fn spawn(
         .name("sensor-flows".into())
         .spawn(move || {
             let mut table = FlowTable::new(cfg, "capture");
+            let mut last_sweep = Instant::now();
             loop {
                 match rx.recv_timeout(Duration::from_secs(1)) {
                     Ok((ts, p)) => table.packet(ts, &p, &mut emit),
-                    Err(RecvTimeoutError::Timeout) => {
-                        let now = SystemTime::now()
-                            .duration_since(UNIX_EPOCH)
-                            .map(|d| d.as_nanos() as u64)
-                            .unwrap_or(0);
-                        table.sweep(now, &mut emit);
-                    }
+                    Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => break,
+                }
+                // Once a second of wall time, busy or not, so ended flows reach the store.
+                if last_sweep.elapsed() >= Duration::from_secs(1) {
+                    last_sweep = Instant::now();
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_nanos() as u64)
+                        .unwrap_or(0);
+                    table.sweep(now, &mut emit);
                 }
             }
             table.flush_all(&mut emit);

@@ -152,7 +152,56 @@ struct Entry {
     icmp: u16,
 }
 
+/// What the timeouts say about a flow at `now_ns`.
+enum Expiry {
+    /// The flow is over.
+    End(EndReason),
+    /// The record is over (active timeout); the flow goes on in a new one.
+    Restart,
+}
+
 impl Entry {
+    fn new(ts_ns: u64, initiator: u8, icmp: u16) -> Self {
+        Self {
+            first_ns: ts_ns,
+            last_ns: ts_ns,
+            packets: [0; 2],
+            bytes: [0; 2],
+            flags: [0; 2],
+            initiator,
+            by_syn: false,
+            closing: 0,
+            icmp,
+        }
+    }
+
+    fn expiry(&self, now_ns: u64, cfg: &TableConfig) -> Option<Expiry> {
+        let idle = now_ns.saturating_sub(self.last_ns);
+        if self.closing != 0 && idle >= cfg.close_linger_ns {
+            match self.end_reason() {
+                EndReason::Shutdown if idle >= cfg.idle_timeout_ns => {
+                    Some(Expiry::End(EndReason::IdleTimeout))
+                }
+                EndReason::Shutdown => None,
+                r => Some(Expiry::End(r)),
+            }
+        } else if idle >= cfg.idle_timeout_ns {
+            Some(Expiry::End(EndReason::IdleTimeout))
+        } else if now_ns.saturating_sub(self.first_ns) >= cfg.active_timeout_ns {
+            Some(Expiry::Restart)
+        } else {
+            None
+        }
+    }
+
+    /// Starts the next record of a flow that goes on.
+    fn restart(&mut self, now_ns: u64) {
+        self.first_ns = now_ns;
+        self.packets = [0; 2];
+        self.bytes = [0; 2];
+        self.flags = [0; 2];
+    }
+
     fn end_reason(&self) -> EndReason {
         match self.closing {
             c if c & 4 != 0 => EndReason::Rst,
@@ -216,6 +265,11 @@ pub struct FlowTable {
     /// Fragmented datagrams to their flow, direction (sent by `b`), and when first seen.
     fragments: HashMap<FragKey, (AnyKey, bool, u64), RandomState>,
     next_sweep_ns: u64,
+    /// Packets since the last sweep: a sweep walks the whole map, so packet-driven sweeps
+    /// wait for enough packets to pay for it (timeouts stay exact: `account` applies them).
+    since_sweep: u64,
+    /// The latest packet time seen.
+    latest_ns: u64,
 }
 
 /// IPv4-mapped IPv6 addresses become IPv4, so both views of one peer agree.
@@ -311,21 +365,29 @@ fn account<A: Addr>(
         let old = map.remove(&key).expect("present");
         end(ctx, &key, &old, reason, out);
     }
-    let created = &mut ctx.stats.created;
-    let e = map.entry(key).or_insert_with(|| {
-        *created += 1;
-        Entry {
-            first_ns: p.ts_ns,
-            last_ns: p.ts_ns,
-            packets: [0; 2],
-            bytes: [0; 2],
-            flags: [0; 2],
-            initiator: dir as u8,
-            by_syn: false,
-            closing: 0,
-            icmp: p.icmp,
+    let e = match map.entry(key) {
+        std::collections::hash_map::Entry::Occupied(o) => {
+            let e = o.into_mut();
+            // Timeouts are applied here too, so they are exact whenever the sweep runs.
+            match e.expiry(p.ts_ns, &ctx.cfg) {
+                Some(Expiry::End(reason)) => {
+                    let old = std::mem::replace(e, Entry::new(p.ts_ns, dir as u8, p.icmp));
+                    ctx.stats.created += 1;
+                    end(ctx, &key, &old, reason, out);
+                }
+                Some(Expiry::Restart) => {
+                    end(ctx, &key, e, EndReason::ActiveTimeout, out);
+                    e.restart(p.ts_ns);
+                }
+                None => {}
+            }
+            e
         }
-    });
+        std::collections::hash_map::Entry::Vacant(v) => {
+            ctx.stats.created += 1;
+            v.insert(Entry::new(p.ts_ns, dir as u8, p.icmp))
+        }
+    };
     if !e.by_syn && key.proto == TCP && p.tcp_flags & SYN != 0 {
         // SYN: its sender initiated; SYN-ACK: its receiver did.
         e.initiator = if p.pure_syn { dir as u8 } else { 1 - dir as u8 };
@@ -395,22 +457,13 @@ fn sweep_map<A: Addr>(
     let mut ended: Vec<(Key<A>, EndReason)> = Vec::new();
     let mut restarted: Vec<(Key<A>, Entry)> = Vec::new();
     for (k, e) in map.iter_mut() {
-        let idle = now_ns.saturating_sub(e.last_ns);
-        if e.closing != 0 && idle >= cfg.close_linger_ns {
-            let reason = match e.end_reason() {
-                EndReason::Shutdown if idle >= cfg.idle_timeout_ns => EndReason::IdleTimeout,
-                EndReason::Shutdown => continue,
-                r => r,
-            };
-            ended.push((*k, reason));
-        } else if idle >= cfg.idle_timeout_ns {
-            ended.push((*k, EndReason::IdleTimeout));
-        } else if now_ns.saturating_sub(e.first_ns) >= cfg.active_timeout_ns {
-            restarted.push((*k, *e));
-            e.first_ns = now_ns;
-            e.packets = [0; 2];
-            e.bytes = [0; 2];
-            e.flags = [0; 2];
+        match e.expiry(now_ns, &cfg) {
+            Some(Expiry::End(reason)) => ended.push((*k, reason)),
+            Some(Expiry::Restart) => {
+                restarted.push((*k, *e));
+                e.restart(now_ns);
+            }
+            None => {}
         }
     }
     for (k, e) in restarted {
@@ -423,11 +476,22 @@ fn sweep_map<A: Addr>(
     }
 }
 
-fn flush_map<A: Addr>(map: &mut Map<A>, ctx: &mut Ctx, out: &mut impl FnMut(FlowRecord)) {
+/// Ends every flow; those already past a timeout at `now_ns` (the latest packet's time)
+/// say so, the others end as they stand (`fin`, `rst` or `shutdown`).
+fn flush_map<A: Addr>(
+    map: &mut Map<A>,
+    ctx: &mut Ctx,
+    now_ns: u64,
+    out: &mut impl FnMut(FlowRecord),
+) {
     let mut all: Vec<(Key<A>, Entry)> = map.drain().collect();
     all.sort_by_key(|(_, e)| e.first_ns);
     for (k, e) in all {
-        end(ctx, &k, &e, e.end_reason(), out);
+        let reason = match e.expiry(now_ns, &ctx.cfg) {
+            Some(Expiry::End(r)) => r,
+            _ => e.end_reason(),
+        };
+        end(ctx, &k, &e, reason, out);
     }
 }
 
@@ -445,6 +509,8 @@ impl FlowTable {
             v6: HashMap::with_capacity_and_hasher(room / 8, RandomState::default()),
             fragments: HashMap::default(),
             next_sweep_ns: 0,
+            since_sweep: 0,
+            latest_ns: 0,
         }
     }
 
@@ -459,9 +525,12 @@ impl FlowTable {
     /// Accounts one packet seen at `ts_ns`; flows that end are passed to `out`.
     pub fn packet(&mut self, ts_ns: u64, p: &Packet, out: &mut impl FnMut(FlowRecord)) {
         self.ctx.stats.packets += 1;
-        if ts_ns >= self.next_sweep_ns {
+        self.since_sweep += 1;
+        self.latest_ns = self.latest_ns.max(ts_ns);
+        if ts_ns >= self.next_sweep_ns
+            && self.since_sweep >= ((self.v4.capacity() + self.v6.capacity()) / 16) as u64
+        {
             self.sweep(ts_ns, out);
-            self.next_sweep_ns = ts_ns.saturating_add(SWEEP_EVERY_NS);
         }
         let (src, dst) = (normalise(p.src), normalise(p.dst));
         let icmp = matches!(p.proto, ICMP | ICMPV6);
@@ -540,6 +609,8 @@ impl FlowTable {
 
     /// Ends flows that timed out by `now_ns`.
     pub fn sweep(&mut self, now_ns: u64, out: &mut impl FnMut(FlowRecord)) {
+        self.next_sweep_ns = now_ns.saturating_add(SWEEP_EVERY_NS);
+        self.since_sweep = 0;
         sweep_map(&mut self.v4, &mut self.ctx, now_ns, out);
         sweep_map(&mut self.v6, &mut self.ctx, now_ns, out);
         let idle_timeout = self.ctx.cfg.idle_timeout_ns;
@@ -549,8 +620,9 @@ impl FlowTable {
 
     /// Ends every flow (end of a capture file, or the sensor stopping).
     pub fn flush_all(&mut self, out: &mut impl FnMut(FlowRecord)) {
-        flush_map(&mut self.v4, &mut self.ctx, out);
-        flush_map(&mut self.v6, &mut self.ctx, out);
+        let now = self.latest_ns;
+        flush_map(&mut self.v4, &mut self.ctx, now, out);
+        flush_map(&mut self.v6, &mut self.ctx, now, out);
         self.fragments.clear();
     }
 }
@@ -725,5 +797,25 @@ mod tests {
             (Some(2), Some(1900))
         );
         assert_eq!(t.stats().orphan_fragments, 0);
+    }
+
+    #[test]
+    fn timeouts_are_exact_between_sweeps() {
+        let cfg = TableConfig {
+            idle_timeout_ns: 10 * S,
+            ..TableConfig::default()
+        };
+        let (mut t, mut out) = table(cfg);
+        let p = pkt("10.0.0.1:53", "10.0.0.2:53", 17, 0, 50);
+        t.packet(S, &p, &mut |r| out.push(r));
+        // No sweep runs between these (too few packets to pay for one), yet the gap
+        // ends the first flow.
+        t.packet(100 * S, &p, &mut |r| out.push(r));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].end_reason, EndReason::IdleTimeout);
+        assert_eq!(out[0].last_seen_ms, 1_000);
+        t.flush_all(&mut |r| out.push(r));
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].first_seen_ms, 100_000);
     }
 }
