@@ -100,7 +100,11 @@ fn workspace_root() -> PathBuf {
 
 /// Runs a command, echoing it, failing with its name when it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let shown = format!("{cmd:?}").replace('"', "");
+    let mut shown = format!("{cmd:?}").replace('"', "");
+    if shown.len() > 300 {
+        let cut = shown.char_indices().nth(300).map_or(shown.len(), |(i, _)| i);
+        shown = format!("{} ... ({} arguments)", &shown[..cut], cmd.get_args().count());
+    }
     eprintln!("xtask: $ {shown}");
     let start = Instant::now();
     let status = cmd.status().with_context(|| format!("starting {shown}"))?;
