@@ -102,8 +102,15 @@ fn workspace_root() -> PathBuf {
 pub fn run(cmd: &mut Command) -> Result<()> {
     let mut shown = format!("{cmd:?}").replace('"', "");
     if shown.len() > 300 {
-        let cut = shown.char_indices().nth(300).map_or(shown.len(), |(i, _)| i);
-        shown = format!("{} ... ({} arguments)", &shown[..cut], cmd.get_args().count());
+        let cut = shown
+            .char_indices()
+            .nth(300)
+            .map_or(shown.len(), |(i, _)| i);
+        shown = format!(
+            "{} ... ({} arguments)",
+            &shown[..cut],
+            cmd.get_args().count()
+        );
     }
     eprintln!("xtask: $ {shown}");
     let start = Instant::now();
