@@ -4,7 +4,6 @@
 use libfuzzer_sys::fuzz_target;
 use sensor::capture::parse::{LinkType, parse};
 
-
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, frame)) = data.split_first() else {
         return;
