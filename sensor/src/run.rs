@@ -106,7 +106,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     let mut listeners = Listeners::default();
     let found = listeners.scan_proc();
     tracing::debug!(found, "listeners from /proc");
-    let mut tracker = TcpTracker::new(BootClock::now(), listeners);
+    let mut tracker = TcpTracker::new(BootClock::now(), listeners).with_limit(cfg.max_flows);
 
     let writer = Writer::spawn(
         conn,
@@ -268,6 +268,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         events = summary.events,
         flows = summary.flows_written,
         open_at_shutdown = open,
+        evicted = tracker.stats().evicted,
         ringbuf_dropped = summary.ringbuf_dropped,
         capture_dropped = summary.capture_dropped,
         store_dropped = summary.store_dropped,

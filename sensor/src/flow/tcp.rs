@@ -75,6 +75,9 @@ pub struct TrackerStats {
     pub flows_finished: u64,
     /// Closes of sockets never seen opening (opened before the sensor attached).
     pub orphan_closes: u64,
+    /// Flows ended early to keep the socket table within its bound (their close was lost,
+    /// or there are more open connections than `max_flows`).
+    pub evicted: u64,
 }
 
 #[derive(Debug)]
@@ -86,6 +89,8 @@ pub struct TcpTracker {
     by_tuple: HashMap<(SocketAddr, SocketAddr), u64>,
     next_id: u64,
     stats: TrackerStats,
+    /// Most sockets followed at once.
+    max_socks: usize,
 }
 
 /// Decodes an event's address; IPv4-mapped IPv6 becomes IPv4 so both views of one peer agree.
@@ -112,6 +117,40 @@ impl TcpTracker {
             by_tuple: HashMap::new(),
             next_id: 1,
             stats: TrackerStats::default(),
+            max_socks: usize::MAX,
+        }
+    }
+
+    /// Bounds the socket table: past `max`, the oldest of a few sockets is let go and its
+    /// flow written now, as `evicted` (counted).
+    pub fn with_limit(mut self, max: usize) -> Self {
+        self.max_socks = max.max(1);
+        self
+    }
+
+    fn evict_if_full(&mut self, out: &mut impl FnMut(FlowRecord)) {
+        while self.socks.len() > self.max_socks {
+            let Some(key) = self
+                .socks
+                .iter()
+                .take(16)
+                .min_by_key(|(_, s)| s.first_ns)
+                .map(|(k, _)| *k)
+            else {
+                return;
+            };
+            let sock = self.socks.remove(&key).expect("present");
+            let Some(flow) = sock.flow.and_then(|id| self.flows.remove(&id)) else {
+                continue;
+            };
+            if let Some(id) = sock.flow
+                && self.by_tuple.get(&(flow.src, flow.dst)) == Some(&id)
+            {
+                self.by_tuple.remove(&(flow.src, flow.dst));
+            }
+            self.stats.evicted += 1;
+            self.stats.flows_finished += 1;
+            out(self.finish(flow, Some(EndReason::Evicted)));
         }
     }
 
@@ -185,6 +224,7 @@ impl TcpTracker {
             kind::CLOSE => self.on_close(ev, key, local, remote, out),
             _ => {}
         }
+        self.evict_if_full(out);
     }
 
     /// Attaches socket `key` to the flow of its 5-tuple, creating the flow if needed.
@@ -590,5 +630,27 @@ mod tests {
         );
         assert_eq!(out[0].dst_owner.as_ref().unwrap().comm, "srv");
         assert_eq!(t.stats().orphan_closes, 2);
+    }
+
+    #[test]
+    fn socket_table_is_bounded_and_evictions_counted() {
+        let mut t = tracker().with_limit(4);
+        let mut out = Vec::new();
+        for i in 0..10u16 {
+            let local = format!("10.0.0.1:{}", 5000 + i);
+            let c = ev(
+                kind::CONNECT,
+                u64::from(i) + 1,
+                &local,
+                "192.0.2.1:443",
+                1,
+                "a",
+            );
+            t.on_event(&c, &mut |r| out.push(r));
+        }
+        assert_eq!(out.len(), 6);
+        assert!(out.iter().all(|f| f.end_reason == EndReason::Evicted));
+        assert_eq!(t.stats().evicted, 6);
+        assert_eq!(t.open_flows(), 4);
     }
 }
