@@ -55,12 +55,18 @@ impl EndReason {
 }
 
 impl FlowRecord {
-    /// A record with only what the kernel's connection view knows.
-    pub fn kernel(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> Self {
+    /// A record of `proto` from `src` to `dst` seen by `sources`, every count unknown yet:
+    /// each view fills in what it knows.
+    pub fn new(
+        proto: u8,
+        src: std::net::SocketAddr,
+        dst: std::net::SocketAddr,
+        sources: &'static str,
+    ) -> Self {
         Self {
             first_seen_ms: 0,
             last_seen_ms: 0,
-            proto: PROTO_TCP,
+            proto,
             src,
             dst,
             src_payload_bytes: None,
@@ -70,7 +76,7 @@ impl FlowRecord {
             srtt_us: None,
             retransmits: None,
             end_reason: EndReason::Shutdown,
-            sources: "kernel",
+            sources,
             src_packets: None,
             dst_packets: None,
             src_bytes: None,
@@ -78,6 +84,11 @@ impl FlowRecord {
             src_tcp_flags: None,
             dst_tcp_flags: None,
         }
+    }
+
+    /// A TCP record of the kernel's connection view.
+    pub fn kernel(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> Self {
+        Self::new(PROTO_TCP, src, dst, "kernel")
     }
 }
 

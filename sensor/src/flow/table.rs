@@ -312,23 +312,14 @@ fn record<A: Addr>(ctx: &Ctx, k: &Key<A>, e: &Entry, reason: EndReason) -> FlowR
     FlowRecord {
         first_seen_ms: ms(e.first_ns),
         last_seen_ms: ms(e.last_ns),
-        proto: k.proto,
-        src: ends[i],
-        dst,
-        src_payload_bytes: None,
-        dst_payload_bytes: None,
-        src_owner: None,
-        dst_owner: None,
-        srtt_us: None,
-        retransmits: None,
         end_reason: reason,
-        sources: ctx.source,
         src_packets: Some(e.packets[i]),
         dst_packets: Some(e.packets[r]),
         src_bytes: Some(e.bytes[i]),
         dst_bytes: Some(e.bytes[r]),
         src_tcp_flags: (k.proto == TCP).then_some(e.flags[i]),
         dst_tcp_flags: (k.proto == TCP).then_some(e.flags[r]),
+        ..FlowRecord::new(k.proto, ends[i], dst, ctx.source)
     }
 }
 
