@@ -88,6 +88,9 @@ pub struct Config {
     pub capture_queue_packets: usize,
     /// Kernel receive buffer of each capture socket: bursts wait there, not dropped.
     pub capture_buffer_bytes: usize,
+    /// Where `/metrics` and `/healthz` are served; empty for nowhere. Loopback by default:
+    /// the metrics name hosts and processes.
+    pub metrics_addr: String,
 }
 
 impl Default for Config {
@@ -107,6 +110,7 @@ impl Default for Config {
             interfaces: vec!["all".to_string()],
             capture_queue_packets: 1 << 16,
             capture_buffer_bytes: 8 << 20,
+            metrics_addr: "127.0.0.1:9464".to_string(),
         }
     }
 }
@@ -160,6 +164,15 @@ impl Config {
         }
         if self.batch_rows == 0 {
             return Err(bad("batch_rows", "0".into(), "must be at least 1"));
+        }
+        if !self.metrics_addr.is_empty()
+            && self.metrics_addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(bad(
+                "metrics_addr",
+                self.metrics_addr.clone(),
+                "must be an address:port, e.g. 127.0.0.1:9464, or empty",
+            ));
         }
         if self.max_flows == 0 {
             return Err(bad("max_flows", "0".into(), "must be at least 1"));
@@ -228,5 +241,6 @@ mod example_file {
         assert_eq!(c.interfaces, d.interfaces);
         assert_eq!(c.capture_queue_packets, d.capture_queue_packets);
         assert_eq!(c.capture_buffer_bytes, d.capture_buffer_bytes);
+        assert_eq!(c.metrics_addr, d.metrics_addr);
     }
 }

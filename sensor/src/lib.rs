@@ -5,6 +5,7 @@ pub mod config;
 pub mod export;
 pub mod flow;
 pub mod kernel;
+pub mod metrics;
 pub mod replay;
 pub mod run;
 pub mod store;

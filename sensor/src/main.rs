@@ -39,6 +39,9 @@ enum Command {
         /// No packet capture: the kernel's connection view only.
         #[arg(long)]
         no_capture: bool,
+        /// Serve /metrics and /healthz here ("" for nowhere) [default: 127.0.0.1:9464].
+        #[arg(long, value_name = "ADDR")]
+        metrics_addr: Option<String>,
     },
     /// Read pcap/pcapng files into flows, timed by their packets. Needs no privileges.
     Replay {
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
             hooks,
             interfaces,
             no_capture,
+            metrics_addr,
         } => {
             let mut cfg = match load_config(config.as_deref(), db) {
                 Ok(c) => c,
@@ -111,6 +115,13 @@ fn main() -> ExitCode {
             }
             if no_capture {
                 cfg.interfaces.clear();
+            }
+            if let Some(a) = metrics_addr {
+                if !a.is_empty() && a.parse::<std::net::SocketAddr>().is_err() {
+                    tracing::error!("--metrics-addr {a}: must be an address:port, or empty");
+                    return ExitCode::from(2);
+                }
+                cfg.metrics_addr = a;
             }
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()

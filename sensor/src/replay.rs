@@ -51,6 +51,7 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplaySummary, ReplayEr
             batch_rows: cfg.batch_rows,
             flush: Duration::from_millis(cfg.flush_ms),
             queue_rows: cfg.store_queue_rows,
+            metrics: None,
         },
     );
     let store_stats = writer.stats();

@@ -4,7 +4,7 @@
 //! at SIGINT/SIGTERM the hooks are detached first, then the ring buffer is drained, every
 //! open flow is ended as `shutdown`, and the writer flushes its last batch before exit.
 use std::{
-    sync::atomic::Ordering,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -16,14 +16,15 @@ use tokio::{
 };
 
 use crate::{
-    capture::live::{self, CaptureError, LiveCapture},
+    capture::live::{self, CaptureError, CaptureStats, LiveCapture},
     config::{Config, HookMode},
     flow::{
         self, BootClock, Listeners, TcpTracker,
         merge::{self, MergeSender},
     },
     kernel::{self, KernelError, Probe},
-    store::{self, StoreError, Writer, WriterConfig},
+    metrics::{self, Metrics, add_delta},
+    store::{self, StoreError, StoreStats, Writer, WriterConfig},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,8 @@ pub enum RunError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Http(#[from] metrics::http::HttpError),
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }
@@ -73,11 +76,24 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     let conn = store::open_for_writing(&cfg.db_path)?;
     let db = cfg.db_path.clone();
     let started_ms = now_ms();
-    // Interfaces are checked before anything is attached too.
+    // Interfaces and the metrics address are checked before anything is attached too.
     let capture_ifaces = if cfg.interfaces.is_empty() {
         Vec::new()
     } else {
         live::resolve(&cfg.interfaces)?
+    };
+    let metrics = Metrics::new();
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = match cfg.metrics_addr.parse::<std::net::SocketAddr>() {
+        Ok(addr) => {
+            let (bound, h) = metrics::http::serve(addr, Arc::clone(&metrics), async {
+                let _ = http_stopped.await;
+            })
+            .await?;
+            tracing::info!(addr = %bound, "serving /metrics and /healthz");
+            Some(h)
+        }
+        Err(_) => None,
     };
 
     let mut probe = match cfg.hooks {
@@ -115,6 +131,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
             batch_rows: cfg.batch_rows,
             flush: Duration::from_millis(cfg.flush_ms),
             queue_rows: cfg.store_queue_rows,
+            metrics: Some(Arc::clone(&metrics)),
         },
     );
     let store_stats = writer.stats();
@@ -126,7 +143,9 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.store_queue_rows);
         let handle = writer.handle().expect("writer open");
         let wait = Duration::from_millis(cfg.tcp_close_linger_ms + 2_000);
-        let thread = merge::spawn(wait, rx, move |f| handle.try_send(f));
+        let thread = merge::spawn(wait, rx, Some(Arc::clone(&metrics)), move |f| {
+            handle.try_send(f);
+        });
         Some((MergeSender::new(tx), thread))
     };
     let capture = if capture_ifaces.is_empty() {
@@ -134,10 +153,15 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     } else {
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.capture_queue_packets);
         let sender = merge.as_ref().expect("merge with capture").0.clone();
-        let flows = flow::packets::spawn(cfg.table(), rx, move |f| {
+        let flows = flow::packets::spawn(cfg.table(), rx, Some(Arc::clone(&metrics)), move |f| {
             sender.send(merge::Input::Packets(f));
         });
-        let live = LiveCapture::start(capture_ifaces, cfg.capture_buffer_bytes, tx)?;
+        let live = LiveCapture::start(
+            capture_ifaces,
+            cfg.capture_buffer_bytes,
+            tx,
+            Some(metrics.heartbeat("capture")),
+        )?;
         tracing::info!(interfaces = %live.interfaces.join(","), "capturing packets");
         Some((live, flows))
     };
@@ -172,10 +196,21 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
 
     tracing::info!(db = %db.display(), hooks = %hooks, "sensor ready");
     let kernel_sink = merge.as_ref().map(|(s, _)| s.clone());
-    let mut emit = |f| match &kernel_sink {
-        Some(s) => s.send(merge::Input::Kernel(f)),
-        None => writer.try_send(f),
+    let kernel_ended = |f: &flow::FlowRecord| {
+        metrics
+            .flow_ended
+            .with_label_values(&["kernel", f.end_reason.as_str()])
+            .inc();
     };
+    let mut emit = |f| {
+        kernel_ended(&f);
+        match &kernel_sink {
+            Some(s) => s.send(merge::Input::Kernel(f)),
+            None => writer.try_send(f),
+        }
+    };
+    let ringbuf_beat = probe.as_ref().map(|_| metrics.heartbeat("ringbuf"));
+    let mut published = Published::default();
     loop {
         tokio::select! {
             biased;
@@ -203,10 +238,22 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
                         "kernel ring buffer full: events lost (raise ringbuf_bytes)");
                     last_drops = drops;
                 }
+                if let Some(h) = &ringbuf_beat {
+                    h.beat();
+                }
+                published.publish(&metrics, &Sources {
+                    tracker: &tracker,
+                    ringbuf_dropped: last_drops,
+                    malformed,
+                    capture: capture.as_ref().map(|(l, _)| &*l.stats),
+                    store: &store_stats,
+                    merge: merge.as_ref().map(|(s, _)| s),
+                });
             }
         }
     }
 
+    drop(ringbuf_beat);
     if let Some(p) = probe.as_mut() {
         p.detach();
     }
@@ -219,6 +266,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         .as_ref()
         .map_or(Ok(0), Probe::ringbuf_drops)
         .unwrap_or(last_drops);
+    let capture_stats = capture.as_ref().map(|(l, _)| Arc::clone(&l.stats));
     let mut capture_dropped = 0;
     if let Some((live, flows)) = capture {
         let stats = std::sync::Arc::clone(&live.stats);
@@ -238,6 +286,17 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         );
     }
     drop(kernel_sink);
+    published.publish(
+        &metrics,
+        &Sources {
+            tracker: &tracker,
+            ringbuf_dropped,
+            malformed,
+            capture: capture_stats.as_deref(),
+            store: &store_stats,
+            merge: merge.as_ref().map(|(s, _)| s),
+        },
+    );
     let mut merge_dropped = 0;
     if let Some((sender, thread)) = merge {
         merge_dropped = sender.dropped();
@@ -251,6 +310,11 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         );
     }
     writer.finish();
+    published.publish_store(&metrics, &store_stats);
+    let _ = http_stop.send(());
+    if let Some(h) = http {
+        let _ = h.await;
+    }
 
     let summary = RunSummary {
         hooks,
@@ -276,6 +340,93 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         "stopped"
     );
     Ok(summary)
+}
+
+/// Where the totals published as metrics come from.
+struct Sources<'a> {
+    tracker: &'a TcpTracker,
+    ringbuf_dropped: u64,
+    malformed: u64,
+    capture: Option<&'a CaptureStats>,
+    store: &'a StoreStats,
+    merge: Option<&'a MergeSender>,
+}
+
+/// The totals last published: stages keep plain running totals, the metrics get the growth.
+#[derive(Default)]
+struct Published {
+    events: u64,
+    ringbuf_dropped: u64,
+    malformed: u64,
+    created: u64,
+    capture: [u64; 6],
+    store: [u64; 4],
+    merge_dropped: u64,
+}
+
+impl Published {
+    fn publish(&mut self, m: &Metrics, s: &Sources<'_>) {
+        let t = s.tracker.stats();
+        add_delta(&m.ringbuf_events, &mut self.events, t.events);
+        add_delta(
+            &m.ringbuf_dropped,
+            &mut self.ringbuf_dropped,
+            s.ringbuf_dropped,
+        );
+        add_delta(&m.ringbuf_malformed, &mut self.malformed, s.malformed);
+        let kernel_created = m.flow_created.with_label_values(&["kernel"]);
+        add_delta(&kernel_created, &mut self.created, t.flows_started);
+        m.flow_active
+            .with_label_values(&["kernel"])
+            .set(s.tracker.open_flows() as i64);
+        if let Some(c) = s.capture {
+            let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            let now = [
+                load(&c.packets),
+                load(&c.bytes),
+                load(&c.not_ip),
+                load(&c.malformed),
+                load(&c.queue_dropped),
+                load(&c.kernel_dropped),
+            ];
+            let targets = [
+                m.capture_packets.clone(),
+                m.capture_bytes.clone(),
+                m.capture_not_ip.clone(),
+                m.capture_malformed.clone(),
+                m.capture_dropped.with_label_values(&["queue"]),
+                m.capture_dropped.with_label_values(&["kernel"]),
+            ];
+            for ((counter, last), now) in targets.iter().zip(&mut self.capture).zip(now) {
+                add_delta(counter, last, now);
+            }
+        }
+        if let Some(merge) = s.merge {
+            add_delta(&m.merge_dropped, &mut self.merge_dropped, merge.dropped());
+        }
+        self.publish_store(m, s.store);
+    }
+
+    fn publish_store(&mut self, m: &Metrics, st: &StoreStats) {
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let now = [
+            load(&st.rows_written),
+            load(&st.batches),
+            load(&st.write_failed),
+            load(&st.queue_dropped),
+        ];
+        let targets = [
+            &m.store_rows,
+            &m.store_batches,
+            &m.store_failed_rows,
+            &m.store_dropped_rows,
+        ];
+        for ((counter, last), now) in targets.iter().zip(&mut self.store).zip(now) {
+            add_delta(counter, last, now);
+        }
+        let pending = load(&st.accepted).saturating_sub(now[0] + now[2]);
+        m.store_pending_rows.set(pending as i64);
+    }
 }
 
 /// Reads every event waiting in the ring buffer. Returns how many were too short to be an

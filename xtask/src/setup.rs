@@ -28,6 +28,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),
     ("ping", "iputils-ping"),
     ("ip", "iproute2"),
+    ("promtool", "prometheus"),
 ];
 
 pub struct Tools {

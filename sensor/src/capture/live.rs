@@ -18,6 +18,7 @@ use std::{
 use pnet_datalink::{self as datalink, Channel, NetworkInterface};
 
 use super::parse::{self, LinkType, Packet, ParseError};
+use crate::metrics::Heartbeat;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -218,6 +219,7 @@ impl LiveCapture {
         interfaces: Vec<NetworkInterface>,
         buffer_bytes: usize,
         tx: SyncSender<Captured>,
+        heartbeat: Option<Heartbeat>,
     ) -> Result<Self, CaptureError> {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(CaptureStats::default());
@@ -256,13 +258,22 @@ impl LiveCapture {
             };
             let link = link_type(hw);
             let (stop, stats, tx) = (Arc::clone(&stop), Arc::clone(&stats), tx.clone());
+            let heartbeat = heartbeat.clone();
             names.push(iface.name.clone());
             let name = iface.name.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("capture-{name}"))
                 .spawn(move || {
                     let mut last_stats = Instant::now();
+                    let mut since_beat = 0u32;
                     while !stop.load(Ordering::Relaxed) {
+                        since_beat += 1;
+                        if since_beat >= 4096
+                            && let Some(h) = &heartbeat
+                        {
+                            h.beat();
+                            since_beat = 0;
+                        }
                         match rx.next() {
                             Ok(frame) => {
                                 stats.packets.fetch_add(1, Ordering::Relaxed);
@@ -283,7 +294,11 @@ impl LiveCapture {
                                     }
                                 }
                             }
-                            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                                if let Some(h) = &heartbeat {
+                                    h.beat();
+                                }
+                            }
                             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                             Err(e) => {
                                 tracing::error!(interface = %name, "capture stopped: {e}");
@@ -292,6 +307,9 @@ impl LiveCapture {
                         }
                         if last_stats.elapsed() >= Duration::from_secs(1) {
                             last_stats = Instant::now();
+                            if let Some(h) = &heartbeat {
+                                h.beat();
+                            }
                             if let Some((_, drops)) = packet_statistics(fd) {
                                 stats
                                     .kernel_dropped

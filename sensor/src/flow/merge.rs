@@ -20,6 +20,7 @@ use std::{
 };
 
 use super::record::{EndReason, FlowRecord, PROTO_TCP};
+use crate::metrics::{Metrics, add_delta};
 
 /// A record and which view made it.
 pub enum Input {
@@ -201,12 +202,24 @@ impl Merger {
 pub fn spawn(
     wait: Duration,
     rx: Receiver<Input>,
+    metrics: Option<Arc<Metrics>>,
     mut out: impl FnMut(FlowRecord) + Send + 'static,
 ) -> JoinHandle<MergeStats> {
     std::thread::Builder::new()
         .name("sensor-merge".into())
         .spawn(move || {
             let mut m = Merger::new(wait);
+            let heartbeat = metrics.as_ref().map(|m| m.heartbeat("merge"));
+            let mut published = MergeStats::default();
+            let publish = |s: MergeStats, last: &mut MergeStats| {
+                if let Some(mx) = &metrics {
+                    add_delta(&mx.merge_merged, &mut last.merged, s.merged);
+                    let kernel = mx.merge_alone.with_label_values(&["kernel"]);
+                    add_delta(&kernel, &mut last.kernel_alone, s.kernel_alone);
+                    let packets = mx.merge_alone.with_label_values(&["packets"]);
+                    add_delta(&packets, &mut last.packets_alone, s.packets_alone);
+                }
+            };
             loop {
                 match rx.recv_timeout(Duration::from_millis(250)) {
                     Ok(input) => m.input(input, Instant::now(), &mut out),
@@ -214,8 +227,13 @@ pub fn spawn(
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
                 m.expire(Instant::now(), false, &mut out);
+                if let Some(h) = &heartbeat {
+                    h.beat();
+                }
+                publish(m.stats(), &mut published);
             }
             m.expire(Instant::now(), true, &mut out);
+            publish(m.stats(), &mut published);
             m.stats()
         })
         .expect("spawning the merge thread")

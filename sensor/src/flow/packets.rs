@@ -1,23 +1,40 @@
 //! The live packet flow table's thread: captured packets in, flows out; sweeps timeouts on
 //! wall-clock time when packets are scarce; flushes every flow when its input closes.
 use std::{
-    sync::mpsc::{Receiver, RecvTimeoutError},
+    sync::{
+        Arc,
+        mpsc::{Receiver, RecvTimeoutError},
+    },
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use super::{FlowRecord, FlowTable, TableConfig, table::TableStats};
-use crate::capture::live::Captured;
+use crate::{
+    capture::live::Captured,
+    metrics::{Metrics, add_delta},
+};
 
 pub fn spawn(
     cfg: TableConfig,
     rx: Receiver<Captured>,
+    metrics: Option<Arc<Metrics>>,
     mut emit: impl FnMut(FlowRecord) + Send + 'static,
 ) -> JoinHandle<TableStats> {
     std::thread::Builder::new()
         .name("sensor-flows".into())
         .spawn(move || {
             let mut table = FlowTable::new(cfg, "capture");
+            let heartbeat = metrics.as_ref().map(|m| m.heartbeat("flow"));
+            let mut created = 0u64;
+            let mut emit = |f: FlowRecord| {
+                if let Some(m) = &metrics {
+                    m.flow_ended
+                        .with_label_values(&["packets", f.end_reason.as_str()])
+                        .inc();
+                }
+                emit(f);
+            };
             let mut last_sweep = Instant::now();
             loop {
                 match rx.recv_timeout(Duration::from_secs(1)) {
@@ -33,9 +50,28 @@ pub fn spawn(
                         .map(|d| d.as_nanos() as u64)
                         .unwrap_or(0);
                     table.sweep(now, &mut emit);
+                    if let (Some(m), Some(h)) = (&metrics, &heartbeat) {
+                        h.beat();
+                        m.flow_active
+                            .with_label_values(&["packets"])
+                            .set(table.active() as i64);
+                        add_delta(
+                            &m.flow_created.with_label_values(&["packets"]),
+                            &mut created,
+                            table.stats().created,
+                        );
+                    }
                 }
             }
             table.flush_all(&mut emit);
+            if let Some(m) = &metrics {
+                m.flow_active.with_label_values(&["packets"]).set(0);
+                add_delta(
+                    &m.flow_created.with_label_values(&["packets"]),
+                    &mut created,
+                    table.stats().created,
+                );
+            }
             table.stats()
         })
         .expect("spawning the flow table thread")

@@ -18,18 +18,22 @@ use std::{
 use rusqlite::{Connection, params};
 
 use super::StoreError;
-use crate::flow::FlowRecord;
+use crate::{flow::FlowRecord, metrics::Metrics};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WriterConfig {
     pub batch_rows: usize,
     pub flush: Duration,
     pub queue_rows: usize,
+    /// Heartbeat and write-duration histogram (`sensor run`; replay has none).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Counters shared with the rest of the agent.
 #[derive(Debug, Default)]
 pub struct StoreStats {
+    /// Flows taken into the queue.
+    pub accepted: AtomicU64,
     pub rows_written: AtomicU64,
     pub batches: AtomicU64,
     /// Flows dropped because the writer's queue was full.
@@ -57,6 +61,8 @@ impl WriterHandle {
     pub fn try_send(&self, flow: FlowRecord) {
         if self.tx.try_send(flow).is_err() {
             self.stats.queue_dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats.accepted.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -100,7 +106,9 @@ impl Writer {
     pub fn try_send(&self, flow: FlowRecord) {
         let Some(tx) = &self.tx else { return };
         match tx.try_send(flow) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+            }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.stats.queue_dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -113,6 +121,8 @@ impl Writer {
         let Some(tx) = &self.tx else { return };
         if tx.send(flow).is_err() {
             self.stats.queue_dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats.accepted.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -136,10 +146,17 @@ fn run(
 ) {
     let mut batch: Vec<FlowRecord> = Vec::with_capacity(cfg.batch_rows);
     let mut deadline: Option<Instant> = None;
+    let heartbeat = cfg.metrics.as_ref().map(|m| m.heartbeat("store"));
     loop {
-        let timeout = deadline.map_or(Duration::from_secs(3600), |d| {
-            d.saturating_duration_since(Instant::now())
-        });
+        if let Some(h) = &heartbeat {
+            h.beat();
+        }
+        // Wake at least once a second to beat the heartbeat.
+        let timeout = deadline
+            .map_or(Duration::from_secs(1), |d| {
+                d.saturating_duration_since(Instant::now())
+            })
+            .min(Duration::from_secs(1));
         let closed = match rx.recv_timeout(timeout) {
             Ok(flow) => {
                 batch.push(flow);
@@ -152,7 +169,12 @@ fn run(
         let due = deadline.is_some_and(|d| Instant::now() >= d);
         if batch.len() >= cfg.batch_rows || due || closed {
             if !batch.is_empty() {
+                let started = Instant::now();
                 write_batch(&mut conn, &path, &batch, stats);
+                if let Some(m) = &cfg.metrics {
+                    m.store_write_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                }
                 batch.clear();
             }
             deadline = None;
@@ -258,6 +280,7 @@ mod tests {
                 batch_rows: 100,
                 flush: Duration::from_secs(60),
                 queue_rows: 10_000,
+                metrics: None,
             },
         );
         for i in 0..250 {

@@ -78,9 +78,12 @@ impl Sensor {
 
     /// The same through a prepared command (e.g. `ip netns exec NS sensor`).
     pub fn start_with(mut cmd: Command, args: &[&str]) -> Self {
+        cmd.arg("run").args(args);
+        // Never the fixed default port: tests may run beside a real sensor.
+        if !args.contains(&"--metrics-addr") {
+            cmd.args(["--metrics-addr", "127.0.0.1:0"]);
+        }
         let mut child = cmd
-            .arg("run")
-            .args(args)
             .env("SENSOR_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -196,4 +199,37 @@ pub fn stop(mut child: Child) {
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
+}
+
+/// A minimal HTTP/1.0 GET: (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("response");
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+impl Sensor {
+    /// The address the sensor serves /metrics on, from its start-up log.
+    pub fn metrics_addr(&self) -> String {
+        self.log
+            .iter()
+            .find(|l| l.contains("serving /metrics"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .map(|a| a.split_whitespace().next().unwrap_or("").to_string())
+            .expect("the sensor logs its metrics address")
+    }
 }

@@ -1,0 +1,301 @@
+//! The sensor's own metrics: every stage's counters in, out and dropped, named
+//! `sensor_<stage>_<what>_<unit>[_total]`, each series created at zero so dashboards and
+//! alerts see it before the first event; and a heartbeat per stage for `/healthz`.
+pub mod http;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Stages that beat a heartbeat, and how often each must (milliseconds).
+pub const STAGES: &[(&str, u64)] = &[
+    ("ringbuf", 5_000),
+    ("capture", 5_000),
+    ("flow", 5_000),
+    ("merge", 5_000),
+    ("store", 5_000),
+];
+
+/// Flow end reasons, as labels (bounded).
+pub const END_REASONS: &[&str] = &[
+    "fin", "rst", "failed", "idle", "active", "evicted", "shutdown",
+];
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Kernel ring buffer: events read, events the kernel could not queue, short records.
+    pub ringbuf_events: IntCounter,
+    pub ringbuf_dropped: IntCounter,
+    pub ringbuf_malformed: IntCounter,
+    /// Packet capture.
+    pub capture_packets: IntCounter,
+    pub capture_bytes: IntCounter,
+    pub capture_not_ip: IntCounter,
+    pub capture_malformed: IntCounter,
+    /// `reason`: `queue` (flow table queue full) or `kernel` (PACKET_STATISTICS).
+    pub capture_dropped: IntCounterVec,
+    /// Flow tables (`table`: `kernel` connections, `packets`).
+    pub flow_active: IntGaugeVec,
+    pub flow_created: IntCounterVec,
+    /// `table`, `reason`.
+    pub flow_ended: IntCounterVec,
+    /// Merge of the two views.
+    pub merge_merged: IntCounter,
+    pub merge_alone: IntCounterVec,
+    pub merge_dropped: IntCounter,
+    /// Store.
+    pub store_rows: IntCounter,
+    pub store_batches: IntCounter,
+    pub store_failed_rows: IntCounter,
+    pub store_dropped_rows: IntCounter,
+    pub store_pending_rows: IntGauge,
+    pub store_write_seconds: Histogram,
+    heartbeats: Vec<(&'static str, u64, Arc<AtomicU64>)>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A stage's heartbeat: it calls [`Heartbeat::beat`] at least once per interval.
+#[derive(Clone)]
+pub struct Heartbeat(Arc<AtomicU64>);
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        self.0.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let r = Registry::new();
+        fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+            r.register(Box::new(c.clone()))
+                .expect("metric names are unique");
+            c
+        }
+        let counter = |name: &str, help: &str| reg(&r, IntCounter::new(name, help).expect("valid"));
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid"),
+            )
+        };
+        let m = Self {
+            ringbuf_events: counter(
+                "sensor_ringbuf_events_total",
+                "Socket events read from the kernel ring buffer.",
+            ),
+            ringbuf_dropped: counter(
+                "sensor_ringbuf_dropped_events_total",
+                "Socket events lost because the kernel ring buffer was full.",
+            ),
+            ringbuf_malformed: counter(
+                "sensor_ringbuf_malformed_events_total",
+                "Ring buffer records too short to be an event.",
+            ),
+            capture_packets: counter(
+                "sensor_capture_packets_total",
+                "Packets captured on all interfaces.",
+            ),
+            capture_bytes: counter("sensor_capture_bytes_total", "Bytes of captured frames."),
+            capture_not_ip: counter(
+                "sensor_capture_not_ip_packets_total",
+                "Captured frames that are not IP (ARP, LLDP...), skipped.",
+            ),
+            capture_malformed: counter(
+                "sensor_capture_malformed_packets_total",
+                "Captured frames that could not be parsed, skipped.",
+            ),
+            capture_dropped: counter_vec(
+                "sensor_capture_dropped_packets_total",
+                "Packets lost: reason=queue (flow table behind), reason=kernel (socket buffer).",
+                &["reason"],
+            ),
+            flow_active: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("sensor_flow_active_flows", "Flows open now."),
+                    &["table"],
+                )
+                .expect("valid"),
+            ),
+            flow_created: counter_vec(
+                "sensor_flow_created_flows_total",
+                "Flows started.",
+                &["table"],
+            ),
+            flow_ended: counter_vec(
+                "sensor_flow_ended_flows_total",
+                "Flow records written out, by why they ended.",
+                &["table", "reason"],
+            ),
+            merge_merged: counter(
+                "sensor_merge_merged_flows_total",
+                "TCP connections whose kernel and packet records became one.",
+            ),
+            merge_alone: counter_vec(
+                "sensor_merge_alone_flows_total",
+                "Records that found no partner in the other view.",
+                &["view"],
+            ),
+            merge_dropped: counter(
+                "sensor_merge_dropped_flows_total",
+                "Flow records dropped because the merge queue was full.",
+            ),
+            store_rows: counter(
+                "sensor_store_rows_total",
+                "Flow rows written to the database.",
+            ),
+            store_batches: counter(
+                "sensor_store_batches_total",
+                "Write transactions committed.",
+            ),
+            store_failed_rows: counter(
+                "sensor_store_failed_rows_total",
+                "Rows lost because their transaction failed.",
+            ),
+            store_dropped_rows: counter(
+                "sensor_store_dropped_rows_total",
+                "Rows dropped because the writer's queue was full.",
+            ),
+            store_pending_rows: reg(
+                &r,
+                IntGauge::new(
+                    "sensor_store_pending_rows",
+                    "Rows queued or batched, not yet committed.",
+                )
+                .expect("valid"),
+            ),
+            store_write_seconds: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "sensor_store_write_seconds",
+                        "Time to write and commit one batch.",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid")),
+                )
+                .expect("valid"),
+            ),
+            heartbeats: STAGES
+                .iter()
+                .map(|(name, interval)| (*name, *interval, Arc::new(AtomicU64::new(0))))
+                .collect(),
+            registry: r,
+        };
+        // Every labelled series exists from the start, at zero.
+        for reason in ["queue", "kernel"] {
+            m.capture_dropped.with_label_values(&[reason]);
+        }
+        for table in ["kernel", "packets"] {
+            m.flow_active.with_label_values(&[table]);
+            m.flow_created.with_label_values(&[table]);
+            for reason in END_REASONS {
+                m.flow_ended.with_label_values(&[table, reason]);
+            }
+        }
+        for view in ["kernel", "packets"] {
+            m.merge_alone.with_label_values(&[view]);
+        }
+        let info = IntGaugeVec::new(
+            Opts::new("sensor_build_info", "The running sensor's version."),
+            &["version"],
+        )
+        .expect("valid");
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.registry.register(Box::new(info)).expect("unique name");
+        Arc::new(m)
+    }
+
+    /// The heartbeat of `stage` (one of [`STAGES`]).
+    pub fn heartbeat(&self, stage: &str) -> Heartbeat {
+        let (_, _, beat) = self
+            .heartbeats
+            .iter()
+            .find(|(name, _, _)| *name == stage)
+            .expect("a known stage");
+        let h = Heartbeat(Arc::clone(beat));
+        h.beat();
+        h
+    }
+
+    /// Stages whose heartbeat is older than its interval: (stage, age in ms). Stages that
+    /// never started (capture off, say) are not judged.
+    pub fn stale(&self) -> Vec<(&'static str, u64)> {
+        let now = now_ms();
+        self.heartbeats
+            .iter()
+            .filter_map(|(name, interval, beat)| {
+                let last = beat.load(Ordering::Relaxed);
+                let age = now.saturating_sub(last);
+                (last != 0 && age > *interval).then_some((*name, age))
+            })
+            .collect()
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut buf = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&self.registry.gather(), &mut buf)
+            .expect("text encoding of valid metrics");
+        buf
+    }
+}
+
+/// Adds the growth of a running total to a counter (stages keep plain totals).
+pub fn add_delta(counter: &IntCounter, last: &mut u64, now: u64) {
+    if now > *last {
+        counter.inc_by(now - *last);
+        *last = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_exists_at_zero_and_names_follow_the_scheme() {
+        let m = Metrics::new();
+        let text = m.encode();
+        assert!(text.contains("sensor_capture_dropped_packets_total{reason=\"kernel\"} 0"));
+        assert!(
+            text.contains("sensor_flow_ended_flows_total{reason=\"evicted\",table=\"packets\"} 0")
+        );
+        assert!(text.contains("sensor_build_info{version="));
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let name = line.split_whitespace().nth(2).unwrap();
+            assert!(name.starts_with("sensor_"), "{name}");
+            if line.ends_with("counter") {
+                assert!(name.ends_with("_total"), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_stage_that_stops_beating_is_stale() {
+        let m = Metrics::new();
+        let h = m.heartbeat("store");
+        h.beat();
+        assert!(m.stale().is_empty());
+        h.0.store(now_ms() - 60_000, Ordering::Relaxed);
+        let stale = m.stale();
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].0, "store");
+        assert!(stale[0].1 >= 60_000);
+    }
+}

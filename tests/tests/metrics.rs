@@ -1,0 +1,169 @@
+//! The sensor's metrics, scraped for real: `promtool check metrics` on a live scrape, a real
+//! Prometheus (Debian's) scraping the sensor on loopback and answering PromQL with the
+//! counters the traffic must have moved, and `/healthz`. Needs root (the sensor attaches).
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{Sensor, http_get, is_root, skip, tcpload_bin, temp_dir};
+
+fn have(cmd: &str) -> bool {
+    Command::new(cmd)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The first sample's value of a PromQL instant query, if any.
+fn query(prom: &str, promql: &str) -> Option<f64> {
+    let q: String = promql
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (status, body) = http_get(prom, &format!("/api/v1/query?query={q}"));
+    if status != 200 {
+        return None;
+    }
+    // ..."value":[1732480000.123,"40"]...
+    let v = body.split("\"value\":[").nth(1)?;
+    let v = v.split(',').nth(1)?;
+    v.trim_start_matches('"').split('"').next()?.parse().ok()
+}
+
+#[test]
+fn prometheus_scrapes_the_sensor_and_promtool_accepts_it() {
+    let name = "prometheus_scrapes_the_sensor_and_promtool_accepts_it";
+    if !is_root() {
+        skip(name, "needs root: the sensor attaches its kernel hooks");
+        return;
+    }
+    if !have("prometheus") || !have("promtool") {
+        skip(
+            name,
+            "prometheus/promtool not installed (cargo xtask setup installs them)",
+        );
+        return;
+    }
+    let dir = temp_dir("metrics");
+    let db = dir.join("flows.db");
+    let sensor = Sensor::start(&["--db", db.to_str().unwrap(), "--interface", "lo"]);
+    let metrics = sensor.metrics_addr();
+
+    // A real Prometheus scraping the sensor every second.
+    let prom = format!("127.0.0.1:{}", free_port());
+    let cfg = dir.join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: sensor\n    \
+             static_configs:\n      - targets: ['{metrics}']\n"
+        ),
+    )
+    .unwrap();
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={prom}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(&prom).is_err() || http_get(&prom, "/-/ready").0 != 200 {
+        assert!(Instant::now() < deadline, "prometheus did not become ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Traffic: 20 connections each over 127.0.0.1 and ::1.
+    let mut server = Command::new(tcpload_bin())
+        .args(["server", "--conns", "40"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("server");
+    let mut out = BufReader::new(server.stdout.take().unwrap());
+    let mut listen = String::new();
+    out.read_line(&mut listen).unwrap();
+    let a: Vec<&str> = listen.split_whitespace().collect();
+    let client = Command::new(tcpload_bin())
+        .args(["client", "--v4", a[1], "--v6", a[2], "--per-family", "20"])
+        .output()
+        .expect("client");
+    assert!(client.status.success());
+    assert!(server.wait().unwrap().success());
+
+    // promtool on a live scrape.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, text) = http_get(&metrics, "/metrics");
+    assert_eq!(status, 200);
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    let problems = format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(
+        checked.status.success() && problems.trim().is_empty(),
+        "promtool: {problems}"
+    );
+
+    let (status, health) = http_get(&metrics, "/healthz");
+    assert_eq!((status, health.trim()), (200, "{\"status\":\"ok\"}"));
+
+    // Prometheus has the counters the traffic moved.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = (None, None);
+    while Instant::now() < deadline {
+        seen = (
+            query(&prom, "sensor_flow_created_flows_total{table=\"kernel\"}"),
+            query(&prom, "sensor_capture_packets_total"),
+        );
+        if seen.0.is_some_and(|v| v >= 40.0) && seen.1.is_some_and(|v| v > 0.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    let (status, _) = sensor.stop();
+    assert!(status.success());
+    assert!(
+        seen.0.is_some_and(|v| v >= 40.0) && seen.1.is_some_and(|v| v > 0.0),
+        "PromQL answers: kernel flows created {:?}, packets captured {:?}",
+        seen.0,
+        seen.1
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
