@@ -40,6 +40,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
 static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// Index 0: events the programs tried to send (sent + dropped), so the agent can check
+/// that what went in came out or was counted.
+#[map]
+static PRODUCED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Index 0: kernel struct offsets for the tracepoint program, filled in by the agent.
 #[map]
 static OFFSETS: Array<SockOffsets> = Array::with_max_entries(1, 0);
@@ -73,6 +78,10 @@ fn count_drop() {
 /// Reserves an event, lets `fill` write it, and submits it; counts a drop when full.
 #[inline(always)]
 fn emit(fill: impl FnOnce(&mut SockEvent)) {
+    if let Some(p) = PRODUCED.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *p += 1 };
+    }
     match EVENTS.reserve::<SockEvent>(0) {
         Some(mut entry) => {
             let ev = entry.write(SockEvent::ZERO);

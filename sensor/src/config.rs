@@ -91,6 +91,9 @@ pub struct Config {
     /// Where `/metrics` and `/healthz` are served; empty for nowhere. Loopback by default:
     /// the metrics name hosts and processes.
     pub metrics_addr: String,
+    /// Write the final value of every metric here when the sensor stops (batch runs,
+    /// checks that nothing was lost).
+    pub metrics_on_exit: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -111,6 +114,7 @@ impl Default for Config {
             capture_queue_packets: 1 << 16,
             capture_buffer_bytes: 8 << 20,
             metrics_addr: "127.0.0.1:9464".to_string(),
+            metrics_on_exit: None,
         }
     }
 }

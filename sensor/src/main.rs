@@ -42,6 +42,9 @@ enum Command {
         /// Serve /metrics and /healthz here ("" for nowhere) [default: 127.0.0.1:9464].
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<String>,
+        /// Write every metric's final value to FILE when stopping.
+        #[arg(long, value_name = "FILE")]
+        metrics_on_exit: Option<PathBuf>,
     },
     /// Read pcap/pcapng files into flows, timed by their packets. Needs no privileges.
     Replay {
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
             interfaces,
             no_capture,
             metrics_addr,
+            metrics_on_exit,
         } => {
             let mut cfg = match load_config(config.as_deref(), db) {
                 Ok(c) => c,
@@ -122,6 +126,9 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
                 cfg.metrics_addr = a;
+            }
+            if metrics_on_exit.is_some() {
+                cfg.metrics_on_exit = metrics_on_exit;
             }
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -241,8 +241,11 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
                 if let Some(h) = &ringbuf_beat {
                     h.beat();
                 }
+                let produced = probe.as_ref().map_or(Ok(0), Probe::ringbuf_produced)
+                    .unwrap_or(0);
                 published.publish(&metrics, &Sources {
                     tracker: &tracker,
+                    ringbuf_produced: produced,
                     ringbuf_dropped: last_drops,
                     malformed,
                     capture: capture.as_ref().map(|(l, _)| &*l.stats),
@@ -266,6 +269,10 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         .as_ref()
         .map_or(Ok(0), Probe::ringbuf_drops)
         .unwrap_or(last_drops);
+    let ringbuf_produced = probe
+        .as_ref()
+        .map_or(Ok(0), Probe::ringbuf_produced)
+        .unwrap_or(0);
     let capture_stats = capture.as_ref().map(|(l, _)| Arc::clone(&l.stats));
     let mut capture_dropped = 0;
     if let Some((live, flows)) = capture {
@@ -290,6 +297,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         &metrics,
         &Sources {
             tracker: &tracker,
+            ringbuf_produced,
             ringbuf_dropped,
             malformed,
             capture: capture_stats.as_deref(),
@@ -311,6 +319,11 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     }
     writer.finish();
     published.publish_store(&metrics, &store_stats);
+    if let Some(path) = &cfg.metrics_on_exit
+        && let Err(e) = std::fs::write(path, metrics.encode())
+    {
+        tracing::error!(path = %path.display(), "writing the final metrics: {e}");
+    }
     let _ = http_stop.send(());
     if let Some(h) = http {
         let _ = h.await;
@@ -345,6 +358,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
 /// Where the totals published as metrics come from.
 struct Sources<'a> {
     tracker: &'a TcpTracker,
+    ringbuf_produced: u64,
     ringbuf_dropped: u64,
     malformed: u64,
     capture: Option<&'a CaptureStats>,
@@ -355,11 +369,12 @@ struct Sources<'a> {
 /// The totals last published: stages keep plain running totals, the metrics get the growth.
 #[derive(Default)]
 struct Published {
+    produced: u64,
     events: u64,
     ringbuf_dropped: u64,
     malformed: u64,
     created: u64,
-    capture: [u64; 6],
+    capture: [u64; 7],
     store: [u64; 4],
     merge_dropped: u64,
 }
@@ -367,6 +382,7 @@ struct Published {
 impl Published {
     fn publish(&mut self, m: &Metrics, s: &Sources<'_>) {
         let t = s.tracker.stats();
+        add_delta(&m.ringbuf_produced, &mut self.produced, s.ringbuf_produced);
         add_delta(&m.ringbuf_events, &mut self.events, t.events);
         add_delta(
             &m.ringbuf_dropped,
@@ -388,6 +404,7 @@ impl Published {
                 load(&c.malformed),
                 load(&c.queue_dropped),
                 load(&c.kernel_dropped),
+                load(&c.handed_off),
             ];
             let targets = [
                 m.capture_packets.clone(),
@@ -396,6 +413,7 @@ impl Published {
                 m.capture_malformed.clone(),
                 m.capture_dropped.with_label_values(&["queue"]),
                 m.capture_dropped.with_label_values(&["kernel"]),
+                m.capture_handed_off.clone(),
             ];
             for ((counter, last), now) in targets.iter().zip(&mut self.capture).zip(now) {
                 add_delta(counter, last, now);

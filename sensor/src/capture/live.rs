@@ -36,6 +36,8 @@ pub enum CaptureError {
 #[derive(Debug, Default)]
 pub struct CaptureStats {
     pub packets: AtomicU64,
+    /// Parsed and handed to the flow table.
+    pub handed_off: AtomicU64,
     pub bytes: AtomicU64,
     pub not_ip: AtomicU64,
     pub malformed: AtomicU64,
@@ -280,7 +282,9 @@ impl LiveCapture {
                                 stats.bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
                                 match parse::parse(link, frame) {
                                     Ok(p) => match tx.try_send((now_ns(), p)) {
-                                        Ok(()) => {}
+                                        Ok(()) => {
+                                            stats.handed_off.fetch_add(1, Ordering::Relaxed);
+                                        }
                                         Err(TrySendError::Full(_)) => {
                                             stats.queue_dropped.fetch_add(1, Ordering::Relaxed);
                                         }

@@ -27,6 +27,7 @@ pub fn spawn(
             let mut table = FlowTable::new(cfg, "capture");
             let heartbeat = metrics.as_ref().map(|m| m.heartbeat("flow"));
             let mut created = 0u64;
+            let mut packets = 0u64;
             let mut emit = |f: FlowRecord| {
                 if let Some(m) = &metrics {
                     m.flow_ended
@@ -60,6 +61,7 @@ pub fn spawn(
                             &mut created,
                             table.stats().created,
                         );
+                        add_delta(&m.flow_packets, &mut packets, table.stats().packets);
                     }
                 }
             }
@@ -71,6 +73,7 @@ pub fn spawn(
                     &mut created,
                     table.stats().created,
                 );
+                add_delta(&m.flow_packets, &mut packets, table.stats().packets);
             }
             table.stats()
         })

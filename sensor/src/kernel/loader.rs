@@ -43,6 +43,7 @@ pub struct Probe {
     ebpf: Option<Ebpf>,
     events: Option<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
+    produced: PerCpuArray<MapData, u64>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub hooks: Vec<HookStatus>,
 }
@@ -102,10 +103,12 @@ impl Probe {
 
         let events = take_map(&mut ebpf, "EVENTS")?;
         let drops = take_map(&mut ebpf, "DROPS")?;
+        let produced = take_map(&mut ebpf, "PRODUCED")?;
         Ok(Self {
             ebpf: Some(ebpf),
             events: Some(events),
             drops,
+            produced,
             logger,
             hooks,
         })
@@ -124,6 +127,15 @@ impl Probe {
     pub fn ringbuf_drops(&self) -> Result<u64, KernelError> {
         let values = self.drops.get(&0, 0).map_err(|e| KernelError::Map {
             name: "DROPS",
+            detail: error_chain(&e),
+        })?;
+        Ok(values.iter().sum())
+    }
+
+    /// Events the programs tried to put in the ring buffer (read + dropped), all CPUs.
+    pub fn ringbuf_produced(&self) -> Result<u64, KernelError> {
+        let values = self.produced.get(&0, 0).map_err(|e| KernelError::Map {
+            name: "PRODUCED",
             detail: error_chain(&e),
         })?;
         Ok(values.iter().sum())

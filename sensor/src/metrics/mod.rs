@@ -32,11 +32,15 @@ pub const END_REASONS: &[&str] = &[
 pub struct Metrics {
     pub registry: Registry,
     /// Kernel ring buffer: events read, events the kernel could not queue, short records.
+    pub ringbuf_produced: IntCounter,
     pub ringbuf_events: IntCounter,
     pub ringbuf_dropped: IntCounter,
     pub ringbuf_malformed: IntCounter,
     /// Packet capture.
     pub capture_packets: IntCounter,
+    pub capture_handed_off: IntCounter,
+    /// Packets the packet flow table took in.
+    pub flow_packets: IntCounter,
     pub capture_bytes: IntCounter,
     pub capture_not_ip: IntCounter,
     pub capture_malformed: IntCounter,
@@ -58,6 +62,8 @@ pub struct Metrics {
     pub store_dropped_rows: IntCounter,
     pub store_pending_rows: IntGauge,
     pub store_write_seconds: Histogram,
+    /// From a flow's end (its last packet or its close) to its row being committed.
+    pub store_close_to_row_seconds: Histogram,
     heartbeats: Vec<(&'static str, u64, Arc<AtomicU64>)>,
 }
 
@@ -94,6 +100,10 @@ impl Metrics {
             )
         };
         let m = Self {
+            ringbuf_produced: counter(
+                "sensor_ringbuf_produced_events_total",
+                "Socket events the kernel programs tried to queue (read + dropped).",
+            ),
             ringbuf_events: counter(
                 "sensor_ringbuf_events_total",
                 "Socket events read from the kernel ring buffer.",
@@ -109,6 +119,14 @@ impl Metrics {
             capture_packets: counter(
                 "sensor_capture_packets_total",
                 "Packets captured on all interfaces.",
+            ),
+            capture_handed_off: counter(
+                "sensor_capture_handed_off_packets_total",
+                "Parsed packets handed to the flow table.",
+            ),
+            flow_packets: counter(
+                "sensor_flow_packets_total",
+                "Packets the packet flow table accounted.",
             ),
             capture_bytes: counter("sensor_capture_bytes_total", "Bytes of captured frames."),
             capture_not_ip: counter(
@@ -187,6 +205,19 @@ impl Metrics {
                         "Time to write and commit one batch.",
                     )
                     .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid")),
+                )
+                .expect("valid"),
+            ),
+            store_close_to_row_seconds: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "sensor_store_close_to_row_seconds",
+                        "From a flow's end to its row being committed.",
+                    )
+                    .buckets(vec![
+                        0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.1, 1.2, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
+                    ]),
                 )
                 .expect("valid"),
             ),

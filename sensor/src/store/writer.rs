@@ -170,10 +170,19 @@ fn run(
         if batch.len() >= cfg.batch_rows || due || closed {
             if !batch.is_empty() {
                 let started = Instant::now();
-                write_batch(&mut conn, &path, &batch, stats);
+                let ok = write_batch(&mut conn, &path, &batch, stats);
                 if let Some(m) = &cfg.metrics {
                     m.store_write_seconds
                         .observe(started.elapsed().as_secs_f64());
+                    if ok {
+                        let now_ms = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as i64);
+                        for f in &batch {
+                            let ms = (now_ms - f.last_seen_ms).max(0);
+                            m.store_close_to_row_seconds.observe(ms as f64 / 1000.0);
+                        }
+                    }
                 }
                 batch.clear();
             }
@@ -190,13 +199,14 @@ fn write_batch(
     path: &std::path::Path,
     batch: &[FlowRecord],
     stats: &StoreStats,
-) {
+) -> bool {
     match insert_all(conn, batch) {
         Ok(()) => {
             stats
                 .rows_written
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             stats.batches.fetch_add(1, Ordering::Relaxed);
+            true
         }
         Err(e) => {
             stats
@@ -204,6 +214,7 @@ fn write_batch(
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             let err = StoreError::sqlite(path, "writing a batch of flows", e);
             tracing::error!(rows = batch.len(), "{err}");
+            false
         }
     }
 }
