@@ -99,6 +99,11 @@ fn median_secs(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 
 pub fn bench(copies: usize) -> Result<()> {
     run(cargo().args(["bench", "-p", "sensor", "--bench", "flow_table"]))?;
+    if crate::setup::is_root() {
+        latency()?;
+    } else {
+        eprintln!("xtask: *** SKIPPED close-to-row latency: needs root (the sensor attaches) ***");
+    }
     run(cargo().args(["build", "--release", "-p", "sensor"]))?;
     let big = big_capture(copies)?;
     let size = std::fs::metadata(&big)?.len();
@@ -138,5 +143,120 @@ pub fn bench(copies: usize) -> Result<()> {
         size as f64 / 1e6 / sensor,
         tshark / sensor
     );
+    Ok(())
+}
+
+/// HTTP/1.0 GET of `path` on `addr`; the body.
+fn http_get(addr: &str, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    Ok(raw
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string())
+}
+
+/// The `q` quantile's bucket bound of a Prometheus histogram in `text`, and the count.
+fn quantile(text: &str, name: &str, q: f64) -> (f64, f64) {
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}_bucket{{")))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let n: f64 = l.rsplit_once(' ')?.1.parse().ok()?;
+            Some((le, n))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let bound = buckets
+        .iter()
+        .find(|(_, n)| *n >= q * total)
+        .map_or(f64::NAN, |b| b.0);
+    (bound, total)
+}
+
+/// Close-to-row latency at a sustained connection rate: the sensor (release, as root)
+/// with and without packet capture, `rounds` bursts of `per_round` connections a second.
+pub fn latency() -> Result<()> {
+    run(cargo().args(["build", "--release", "-p", "sensor", "-p", "sensor-tests"]))?;
+    let (rounds, per_round) = (20usize, 200usize);
+    for (label, extra) in [
+        ("kernel only (--no-capture)", vec!["--no-capture"]),
+        ("kernel + capture on lo, merged", vec!["--interface", "lo"]),
+    ] {
+        let db = PathBuf::from("target/bench/latency.db");
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut sensor = Command::new("target/release/sensor")
+            .args(["run", "--db"])
+            .arg(&db)
+            .args(["--metrics-addr", &addr])
+            .args(&extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the sensor (needs root)")?;
+        let stderr = sensor.stderr.take().context("stderr")?;
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains("sensor ready") => break,
+                Some(Ok(_)) => {}
+                _ => bail!("the sensor stopped before it was ready"),
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let total = rounds * per_round;
+        let mut server = Command::new("target/release/tcpload")
+            .args(["server", "--conns", &total.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut out = std::io::BufReader::new(server.stdout.take().context("stdout")?);
+        let mut listen = String::new();
+        std::io::BufRead::read_line(&mut out, &mut listen)?;
+        let a: Vec<String> = listen.split_whitespace().map(String::from).collect();
+        let started = Instant::now();
+        for _ in 0..rounds {
+            let t = Instant::now();
+            let st = Command::new("target/release/tcpload")
+                .args(["client", "--v4", &a[1], "--v6", &a[2]])
+                .args(["--per-family", &(per_round / 2).to_string()])
+                .stdout(Stdio::null())
+                .status()?;
+            if !st.success() {
+                bail!("tcpload client failed");
+            }
+            if let Some(rest) = std::time::Duration::from_secs(1).checked_sub(t.elapsed()) {
+                std::thread::sleep(rest);
+            }
+        }
+        let rate = total as f64 / started.elapsed().as_secs_f64();
+        server.wait()?;
+        // Let the last flows through (merge wait + flush), then read the histogram.
+        std::thread::sleep(std::time::Duration::from_secs(6));
+        let text = http_get(&addr, "/metrics")?;
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(sensor.id() as i32, libc::SIGTERM) };
+        sensor.wait()?;
+        let name = "sensor_store_close_to_row_seconds";
+        let (p50, n) = quantile(&text, name, 0.5);
+        let (p99, _) = quantile(&text, name, 0.99);
+        println!(
+            "close_to_row [{label}]: p50 <= {p50} s, p99 <= {p99} s over {n} rows at {rate:.0} \
+             connections/s sustained for {rounds} s (flush_ms 1000: target p99 <= 1.2 s)"
+        );
+    }
     Ok(())
 }
