@@ -330,3 +330,38 @@ mod tests {
         assert!(stale[0].1 >= 60_000);
     }
 }
+
+#[cfg(test)]
+mod deploy_files {
+    use super::*;
+
+    /// Every metric the Grafana dashboard and the scrape example name exists.
+    #[test]
+    fn dashboard_names_only_real_metrics() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let known = Metrics::new().encode();
+        for file in ["grafana-dashboard.json", "prometheus.yml"] {
+            let text = std::fs::read_to_string(dir.join(file)).unwrap();
+            let mut names = 0;
+            for (i, _) in text.match_indices("sensor_") {
+                let name: String = text[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let base = name
+                    .strip_suffix("_bucket")
+                    .unwrap_or(&name)
+                    .to_string();
+                if base == "sensor_flows" {
+                    continue; // the dashboard's uid
+                }
+                assert!(
+                    known.contains(&format!("# TYPE {base} ")),
+                    "{file} names {name}, which the sensor does not export"
+                );
+                names += 1;
+            }
+            assert!(names > 0, "{file} names no metric");
+        }
+    }
+}
