@@ -110,6 +110,12 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     let hooks = probe
         .as_ref()
         .map_or_else(|| "none".to_string(), Probe::attached_names);
+    if probe.is_some() && !kernel::progstats::enabled() {
+        tracing::info!(
+            "kernel.bpf_stats_enabled is 0: per-program run counts and times stay 0 \
+             (sysctl -w kernel.bpf_stats_enabled=1 to count them)"
+        );
+    }
     let run_id: i64 = conn
         .query_row(
             "INSERT INTO runs (started_ms, hooks) VALUES (?1, ?2) RETURNING id",
@@ -240,6 +246,9 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
                 }
                 if let Some(h) = &ringbuf_beat {
                     h.beat();
+                }
+                if let Some(p) = &probe {
+                    published.publish_programs(&metrics, &p.program_stats());
                 }
                 let produced = probe.as_ref().map_or(Ok(0), Probe::ringbuf_produced)
                     .unwrap_or(0);
@@ -377,6 +386,8 @@ struct Published {
     capture: [u64; 7],
     store: [u64; 4],
     merge_dropped: u64,
+    /// Per program: (runs, run time ns).
+    programs: std::collections::HashMap<String, (u64, u64)>,
 }
 
 impl Published {
@@ -423,6 +434,20 @@ impl Published {
             add_delta(&m.merge_dropped, &mut self.merge_dropped, merge.dropped());
         }
         self.publish_store(m, s.store);
+    }
+
+    fn publish_programs(&mut self, m: &Metrics, stats: &[(String, u64, u64)]) {
+        for (name, runs, ns) in stats {
+            let last = self.programs.entry(name.clone()).or_default();
+            let c = m.ebpf_runs.with_label_values(&[name.as_str()]);
+            add_delta(&c, &mut last.0, *runs);
+            if *ns > last.1 {
+                m.ebpf_run_seconds
+                    .with_label_values(&[name.as_str()])
+                    .inc_by((*ns - last.1) as f64 / 1e9);
+                last.1 = *ns;
+            }
+        }
     }
 
     fn publish_store(&mut self, m: &Metrics, st: &StoreStats) {

@@ -63,6 +63,10 @@ fn prometheus_scrapes_the_sensor_and_promtool_accepts_it() {
     }
     let dir = temp_dir("metrics");
     let db = dir.join("flows.db");
+    // Per-program run counts need the kernel's BPF statistics on; restored at the end.
+    let stats_knob = "/proc/sys/kernel/bpf_stats_enabled";
+    let stats_before = std::fs::read_to_string(stats_knob).unwrap_or_default();
+    std::fs::write(stats_knob, "1").expect("enable kernel.bpf_stats_enabled");
     let sensor = Sensor::start(&["--db", db.to_str().unwrap(), "--interface", "lo"]);
     let metrics = sensor.metrics_addr();
 
@@ -139,6 +143,15 @@ fn prometheus_scrapes_the_sensor_and_promtool_accepts_it() {
         "promtool: {problems}"
     );
 
+    let runs: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("sensor_ebpf_program_runs_total{program=\"sensor_sock_ops\"} ")
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(runs > 0.0, "sock_ops run count published: {runs}");
+
     let (status, health) = http_get(&metrics, "/healthz");
     assert_eq!((status, health.trim()), (200, "{\"status\":\"ok\"}"));
 
@@ -157,6 +170,7 @@ fn prometheus_scrapes_the_sensor_and_promtool_accepts_it() {
     }
     let _ = prometheus.kill();
     let _ = prometheus.wait();
+    let _ = std::fs::write(stats_knob, stats_before.trim());
     let (status, _) = sensor.stop();
     assert!(status.success());
     assert!(

@@ -141,6 +141,21 @@ impl Probe {
         Ok(values.iter().sum())
     }
 
+    /// (program, run count, run time ns) of every loaded program; zeros unless
+    /// `kernel.bpf_stats_enabled` is on.
+    pub fn program_stats(&self) -> Vec<(String, u64, u64)> {
+        let Some(ebpf) = &self.ebpf else {
+            return Vec::new();
+        };
+        ebpf.programs()
+            .filter_map(|(name, prog)| {
+                let fd = prog.fd().ok()?;
+                let (runs, ns) = super::progstats::run_stats(fd).ok()?;
+                Some((name.to_string(), runs, ns))
+            })
+            .collect()
+    }
+
     /// Detaches every program; the maps stay readable so the last events can be drained.
     pub fn detach(&mut self) {
         self.ebpf.take();

@@ -3,6 +3,7 @@ pub mod btf;
 pub mod caps;
 pub mod cgroup;
 pub mod loader;
+pub mod progstats;
 pub mod tracefs;
 
 pub use loader::{HookStatus, Probe};

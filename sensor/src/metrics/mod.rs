@@ -24,6 +24,13 @@ pub const STAGES: &[(&str, u64)] = &[
     ("store", 5_000),
 ];
 
+/// The sensor's eBPF programs, as labels.
+pub const PROGRAMS: &[&str] = &[
+    "sensor_sock_ops",
+    "sensor_set_state",
+    "sensor_set_state_classic",
+];
+
 /// Flow end reasons, as labels (bounded).
 pub const END_REASONS: &[&str] = &[
     "fin", "rst", "failed", "idle", "active", "evicted", "shutdown",
@@ -32,6 +39,9 @@ pub const END_REASONS: &[&str] = &[
 pub struct Metrics {
     pub registry: Registry,
     /// Kernel ring buffer: events read, events the kernel could not queue, short records.
+    /// Per eBPF program (`program`), while `kernel.bpf_stats_enabled` is 1.
+    pub ebpf_runs: IntCounterVec,
+    pub ebpf_run_seconds: prometheus::CounterVec,
     pub ringbuf_produced: IntCounter,
     pub ringbuf_events: IntCounter,
     pub ringbuf_dropped: IntCounter,
@@ -100,6 +110,22 @@ impl Metrics {
             )
         };
         let m = Self {
+            ebpf_runs: counter_vec(
+                "sensor_ebpf_program_runs_total",
+                "Runs of each eBPF program (counted while kernel.bpf_stats_enabled=1).",
+                &["program"],
+            ),
+            ebpf_run_seconds: reg(
+                &r,
+                prometheus::CounterVec::new(
+                    Opts::new(
+                        "sensor_ebpf_program_run_seconds_total",
+                        "Time spent in each eBPF program (while kernel.bpf_stats_enabled=1).",
+                    ),
+                    &["program"],
+                )
+                .expect("valid"),
+            ),
             ringbuf_produced: counter(
                 "sensor_ringbuf_produced_events_total",
                 "Socket events the kernel programs tried to queue (read + dropped).",
@@ -241,6 +267,10 @@ impl Metrics {
         for view in ["kernel", "packets"] {
             m.merge_alone.with_label_values(&[view]);
         }
+        for program in PROGRAMS {
+            m.ebpf_runs.with_label_values(&[program]);
+            m.ebpf_run_seconds.with_label_values(&[program]);
+        }
         let info = IntGaugeVec::new(
             Opts::new("sensor_build_info", "The running sensor's version."),
             &["version"],
@@ -348,10 +378,7 @@ mod deploy_files {
                     .chars()
                     .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                     .collect();
-                let base = name
-                    .strip_suffix("_bucket")
-                    .unwrap_or(&name)
-                    .to_string();
+                let base = name.strip_suffix("_bucket").unwrap_or(&name).to_string();
                 if base == "sensor_flows" {
                     continue; // the dashboard's uid
                 }
