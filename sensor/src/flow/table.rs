@@ -148,6 +148,9 @@ struct Entry {
     by_syn: bool,
     /// FIN seen from a (bit 0) / from b (bit 1); RST (bit 2).
     closing: u8,
+    /// Which side sent the first FIN (0 `a`, 1 `b`, 2 none yet): its ACK of the other
+    /// side's FIN is the connection's last packet.
+    first_fin: u8,
     /// ICMP type << 8 | code of the first packet, reported as the destination port.
     icmp: u16,
 }
@@ -171,6 +174,7 @@ impl Entry {
             initiator,
             by_syn: false,
             closing: 0,
+            first_fin: 2,
             icmp,
         }
     }
@@ -389,11 +393,27 @@ fn account<A: Addr>(
     e.flags[dir] |= p.tcp_flags;
     e.last_ns = e.last_ns.max(p.ts_ns);
     if key.proto == TCP {
+        // The last packet of an orderly close (the first closer's ACK of the second FIN)
+        // or a reset ends the flow now, so it reaches the store (and its kernel twin in
+        // the merge) without waiting for `close_linger`; later stray packets would only
+        // start a flow of their own.
+        let last_ack = e.closing & 3 == 3
+            && e.first_fin == dir as u8
+            && p.tcp_flags & (FIN | SYN | RST) == 0
+            && p.tcp_flags & ACK != 0;
         if p.tcp_flags & FIN != 0 {
+            if e.first_fin == 2 {
+                e.first_fin = dir as u8;
+            }
             e.closing |= 1 << dir;
         }
         if p.tcp_flags & RST != 0 {
             e.closing |= 4;
+        }
+        if last_ack || p.tcp_flags & RST != 0 {
+            let reason = e.end_reason();
+            let old = map.remove(&key).expect("present");
+            end(ctx, &key, &old, reason, out);
         }
     }
 }
