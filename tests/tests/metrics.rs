@@ -20,6 +20,27 @@ fn have(cmd: &str) -> bool {
         .is_ok()
 }
 
+/// `per_family` tcpload connections over each of 127.0.0.1 and ::1, `threads` at a time.
+fn traffic(per_family: usize, threads: usize) {
+    let mut server = Command::new(tcpload_bin())
+        .args(["server", "--conns", &(2 * per_family).to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("server");
+    let mut out = BufReader::new(server.stdout.take().unwrap());
+    let mut listen = String::new();
+    out.read_line(&mut listen).unwrap();
+    let a: Vec<&str> = listen.split_whitespace().collect();
+    let client = Command::new(tcpload_bin())
+        .args(["client", "--v4", a[1], "--v6", a[2]])
+        .args(["--per-family", &per_family.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .output()
+        .expect("client");
+    assert!(client.status.success(), "{client:?}");
+    assert!(server.wait().unwrap().success());
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -99,21 +120,7 @@ fn prometheus_scrapes_the_sensor_and_promtool_accepts_it() {
     }
 
     // Traffic: 20 connections each over 127.0.0.1 and ::1.
-    let mut server = Command::new(tcpload_bin())
-        .args(["server", "--conns", "40"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("server");
-    let mut out = BufReader::new(server.stdout.take().unwrap());
-    let mut listen = String::new();
-    out.read_line(&mut listen).unwrap();
-    let a: Vec<&str> = listen.split_whitespace().collect();
-    let client = Command::new(tcpload_bin())
-        .args(["client", "--v4", a[1], "--v6", a[2], "--per-family", "20"])
-        .output()
-        .expect("client");
-    assert!(client.status.success());
-    assert!(server.wait().unwrap().success());
+    traffic(20, 4);
 
     // promtool on a live scrape.
     std::thread::sleep(Duration::from_millis(1500));
@@ -228,31 +235,7 @@ fn every_stage_accounts_for_everything_under_overflow() {
         "--metrics-on-exit",
         final_metrics.to_str().unwrap(),
     ]);
-    let mut server = Command::new(tcpload_bin())
-        .args(["server", "--conns", "4000"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("server");
-    let mut out = BufReader::new(server.stdout.take().unwrap());
-    let mut listen = String::new();
-    out.read_line(&mut listen).unwrap();
-    let a: Vec<&str> = listen.split_whitespace().collect();
-    let client = Command::new(tcpload_bin())
-        .args([
-            "client",
-            "--v4",
-            a[1],
-            "--v6",
-            a[2],
-            "--per-family",
-            "2000",
-            "--threads",
-            "8",
-        ])
-        .output()
-        .expect("client");
-    assert!(client.status.success());
-    assert!(server.wait().unwrap().success());
+    traffic(2000, 8);
     let (status, _) = sensor.stop();
     assert!(status.success());
     let m = std::fs::read_to_string(&final_metrics).expect("final metrics");

@@ -125,20 +125,12 @@ impl Probe {
 
     /// Events the kernel could not put in the ring buffer (it was full), all CPUs.
     pub fn ringbuf_drops(&self) -> Result<u64, KernelError> {
-        let values = self.drops.get(&0, 0).map_err(|e| KernelError::Map {
-            name: "DROPS",
-            detail: error_chain(&e),
-        })?;
-        Ok(values.iter().sum())
+        per_cpu_total(&self.drops, "DROPS")
     }
 
     /// Events the programs tried to put in the ring buffer (read + dropped), all CPUs.
     pub fn ringbuf_produced(&self) -> Result<u64, KernelError> {
-        let values = self.produced.get(&0, 0).map_err(|e| KernelError::Map {
-            name: "PRODUCED",
-            detail: error_chain(&e),
-        })?;
-        Ok(values.iter().sum())
+        per_cpu_total(&self.produced, "PRODUCED")
     }
 
     /// (program, run count, run time ns) of every loaded program; zeros unless
@@ -170,6 +162,15 @@ impl Probe {
             .collect();
         names.join(",")
     }
+}
+
+/// Slot 0 of a per-CPU counter map, added up over the CPUs.
+fn per_cpu_total(map: &PerCpuArray<MapData, u64>, name: &'static str) -> Result<u64, KernelError> {
+    let values = map.get(&0, 0).map_err(|e| KernelError::Map {
+        name,
+        detail: error_chain(&e),
+    })?;
+    Ok(values.iter().sum())
 }
 
 /// Takes a map out of the object as its typed wrapper, so it outlives the programs.
