@@ -35,14 +35,6 @@ impl Listeners {
         self.by_addr.remove(&(addr, port));
     }
 
-    pub fn len(&self) -> usize {
-        self.by_addr.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_addr.is_empty()
-    }
-
     /// The owner of a listener that accepts on `addr:port`: an exact bind first, then a
     /// wildcard bind of the same family, then a dual-stack `[::]` bind for IPv4.
     pub fn owner_of(&self, addr: IpAddr, port: u16) -> Option<&Owner> {
