@@ -2,6 +2,7 @@
 //! [`kernel`] (eBPF ingest) → [`flow`] (aggregate) → [`store`] (SQLite) → [`export`].
 pub mod capture;
 pub mod config;
+pub mod enrich;
 pub mod export;
 pub mod flow;
 pub mod kernel;
