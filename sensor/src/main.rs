@@ -58,6 +58,36 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Enrich a list of IP addresses (one a line, FILE or - for stdin): geo, ASN, hostname
+    /// and threat lists, one JSON object a line on stdout.
+    Enrich {
+        /// MaxMind-format database (City/Country/ASN), repeatable [default: the config's
+        /// enrich.mmdb_paths, else every .mmdb in /var/lib/GeoIP and /usr/share/GeoIP].
+        #[arg(long = "mmdb", value_name = "PATH")]
+        mmdb: Vec<PathBuf>,
+        /// Directory of threat lists (FireHOL .netset/.ipset, plain IP/CIDR files).
+        #[arg(long, value_name = "DIR")]
+        threat_dir: Option<PathBuf>,
+        /// No reverse DNS.
+        #[arg(long)]
+        no_rdns: bool,
+        /// DNS server for reverse lookups, address:port (repeatable) [default: resolv.conf's].
+        #[arg(long = "dns", value_name = "ADDR")]
+        dns: Vec<String>,
+        /// Ask Team Cymru's bulk whois at ADDR (host:port, e.g. whois.cymru.com:43) for
+        /// addresses the databases have no ASN for. Sends the addresses to that server.
+        #[arg(long, value_name = "ADDR")]
+        cymru: Option<String>,
+        /// TOML config file (its [enrich] section) [default: /etc/sensor/sensor.toml if it
+        /// exists].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Write every metric's final value to FILE when done.
+        #[arg(long, value_name = "FILE")]
+        metrics_on_exit: Option<PathBuf>,
+        /// The list of addresses, or - for stdin.
+        file: PathBuf,
+    },
     /// Print the flows in a database.
     Export {
         #[arg(long, default_value = DEFAULT_DB_PATH)]
@@ -163,8 +193,98 @@ fn main() -> ExitCode {
                         malformed = s.malformed,
                         unsupported_link = s.unsupported_link,
                         store_dropped = s.store_dropped,
+                        enriched = s.enriched,
+                        enrich_shed = s.enrich_shed,
                         "replay done"
                     );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Enrich {
+            mmdb,
+            threat_dir,
+            no_rdns,
+            dns,
+            cymru,
+            config,
+            metrics_on_exit,
+            file,
+        } => {
+            let mut cfg = match load_config(config.as_deref(), None) {
+                Ok(c) => c.enrich,
+                Err(code) => return code,
+            };
+            if !mmdb.is_empty() {
+                cfg.mmdb_paths = mmdb;
+            }
+            if threat_dir.is_some() {
+                cfg.threat_dir = threat_dir;
+            }
+            if no_rdns {
+                cfg.rdns = false;
+            }
+            if !dns.is_empty() {
+                for d in &dns {
+                    if d.parse::<std::net::SocketAddr>().is_err() {
+                        tracing::error!("--dns {d}: must be an address:port, e.g. 127.0.0.1:53");
+                        return ExitCode::from(2);
+                    }
+                }
+                cfg.dns_servers = dns;
+            }
+            if let Some(server) = cymru {
+                cfg.cymru = true;
+                cfg.cymru_server = server;
+            }
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("starting the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let metrics = sensor::metrics::Metrics::new();
+            let out = std::io::stdout().lock();
+            let result = rt.block_on(sensor::enrich::batch::run(
+                &cfg,
+                &file,
+                out,
+                std::sync::Arc::clone(&metrics),
+            ));
+            if let Some(path) = &metrics_on_exit
+                && let Err(e) = std::fs::write(path, metrics.encode())
+            {
+                tracing::error!(path = %path.display(), "writing the final metrics: {e}");
+            }
+            match result {
+                Ok(s) => {
+                    tracing::info!(
+                        lines = s.lines,
+                        distinct = s.distinct,
+                        bad_lines = s.bad_lines,
+                        seconds = format!("{:.3}", s.seconds),
+                        "enrich done"
+                    );
+                    if s.bad_lines > 0 {
+                        // EX_DATAERR: the good lines were enriched, some lines were not
+                        // addresses.
+                        ExitCode::from(65)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+                Err(sensor::enrich::batch::BatchError::Write(e))
+                    if e.kind() == std::io::ErrorKind::BrokenPipe =>
+                {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -27,6 +27,8 @@ pub enum ReplayError {
     /// The flows read before the damage were kept.
     #[error("{0} (flows read before it were kept)")]
     File(#[from] FileError),
+    #[error(transparent)]
+    Enrich(#[from] crate::enrich::EnrichError),
 }
 
 /// What a replay saw.
@@ -39,11 +41,17 @@ pub struct ReplaySummary {
     pub unsupported_link: u64,
     pub flows: u64,
     pub store_dropped: u64,
+    /// Addresses enriched, and shed (queue full, or still queued at the end).
+    pub enriched: u64,
+    pub enrich_shed: u64,
 }
 
 /// Replays `files` in order into the database `cfg.db_path`.
 pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplaySummary, ReplayError> {
     let conn = store::open_for_writing(&cfg.db_path)?;
+    let metrics = crate::metrics::Metrics::new();
+    let enrich =
+        crate::enrich::Prepared::new(&cfg.enrich, &cfg.db_path, std::sync::Arc::clone(&metrics))?;
     let writer = Writer::spawn(
         conn,
         cfg.db_path.clone(),
@@ -52,9 +60,17 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplaySummary, ReplayEr
             flush: Duration::from_millis(cfg.flush_ms),
             queue_rows: cfg.store_queue_rows,
             metrics: None,
+            enrich: enrich.as_ref().map(|e| e.queue.clone()),
         },
     );
     let store_stats = writer.stats();
+    let pool = match enrich {
+        Some(e) => {
+            let handle = writer.handle().expect("writer open");
+            Some(e.spawn(move |infos| handle.send_ip_info(infos))?)
+        }
+        None => None,
+    };
     let mut summary = ReplaySummary::default();
     let mut result = Ok(());
     for path in files {
@@ -66,7 +82,18 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplaySummary, ReplayEr
             }
         }
     }
+    if let Some(pool) = pool {
+        pool.finish_blocking(Duration::from_millis(cfg.enrich.drain_ms));
+        summary.enriched = metrics.enrich_done.get();
+        summary.enrich_shed = metrics.enrich_shed.with_label_values(&["queue_full"]).get()
+            + metrics.enrich_shed.with_label_values(&["shutdown"]).get();
+    }
     writer.finish();
+    if let Some(path) = &cfg.metrics_on_exit
+        && let Err(e) = std::fs::write(path, metrics.encode())
+    {
+        tracing::error!(path = %path.display(), "writing the final metrics: {e}");
+    }
     summary.flows = store_stats.rows_written.load(Ordering::Relaxed);
     summary.store_dropped = store_stats.queue_dropped.load(Ordering::Relaxed)
         + store_stats.write_failed.load(Ordering::Relaxed);

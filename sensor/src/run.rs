@@ -37,6 +37,8 @@ pub enum RunError {
     Capture(#[from] CaptureError),
     #[error(transparent)]
     Http(#[from] metrics::http::HttpError),
+    #[error(transparent)]
+    Enrich(#[from] crate::enrich::EnrichError),
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }
@@ -96,6 +98,9 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         Err(_) => None,
     };
 
+    // Databases and lists are opened before anything is attached: a bad file stops here.
+    let enrich = crate::enrich::Prepared::new(&cfg.enrich, &db, Arc::clone(&metrics))?;
+
     let mut probe = match cfg.hooks {
         HookMode::None => None,
         _ => Some(Probe::load(&cfg)?),
@@ -138,9 +143,17 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
             flush: Duration::from_millis(cfg.flush_ms),
             queue_rows: cfg.store_queue_rows,
             metrics: Some(Arc::clone(&metrics)),
+            enrich: enrich.as_ref().map(|e| e.queue.clone()),
         },
     );
     let store_stats = writer.stats();
+    let enrich_pool = match enrich {
+        Some(e) => {
+            let handle = writer.handle().expect("writer open");
+            Some(e.spawn(move |infos| handle.send_ip_info(infos))?)
+        }
+        None => None,
+    };
 
     // With packets captured, both views' records meet in the merge stage before the writer.
     let merge = if capture_ifaces.is_empty() {
@@ -325,6 +338,12 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
             packets_alone = m.packets_alone,
             "merge stopped"
         );
+    }
+    // Every flow has offered its addresses: the pool looks up what is queued (bounded by
+    // enrich.drain_ms) and hands its last answers to the writer before the writer stops.
+    if let Some(pool) = enrich_pool {
+        pool.finish(Duration::from_millis(cfg.enrich.drain_ms))
+            .await;
     }
     writer.finish();
     published.publish_store(&metrics, &store_stats);

@@ -22,6 +22,7 @@ pub const STAGES: &[(&str, u64)] = &[
     ("flow", 5_000),
     ("merge", 5_000),
     ("store", 5_000),
+    ("enrich", 5_000),
 ];
 
 /// The sensor's eBPF programs, as labels.
@@ -74,8 +75,52 @@ pub struct Metrics {
     pub store_write_seconds: Histogram,
     /// From a flow's end (its last packet or its close) to its row being committed.
     pub store_close_to_row_seconds: Histogram,
+    /// Enrichment: addresses offered, answered from the cache, not public, queued, shed
+    /// (`reason`: `queue_full`, `shutdown`), written to `ip_info`; lookups per source.
+    pub enrich_offered: IntCounter,
+    pub enrich_cache_hits: IntCounter,
+    pub enrich_skipped: IntCounter,
+    pub enrich_queued: IntCounter,
+    pub enrich_shed: IntCounterVec,
+    pub enrich_done: IntCounter,
+    pub enrich_queue: IntGauge,
+    /// `source` (mmdb, cymru, rdns, threat), `result`.
+    pub enrich_lookups: IntCounterVec,
+    pub enrich_lookup_seconds: prometheus::HistogramVec,
+    /// `source` (mmdb, threat), `result` (ok, failed).
+    pub enrich_reloads: IntCounterVec,
     heartbeats: Vec<(&'static str, u64, Arc<AtomicU64>)>,
 }
+
+/// Results of each enrichment source, as labels (bounded).
+pub const ENRICH_RESULTS: &[(&str, &[&str])] = &[
+    ("mmdb", &["found", "not_found"]),
+    ("threat", &["hit", "miss"]),
+    (
+        "rdns",
+        &[
+            "found",
+            "not_found",
+            "timeout",
+            "servfail",
+            "refused",
+            "error",
+        ],
+    ),
+    (
+        "cymru",
+        &[
+            "found",
+            "not_found",
+            "cached",
+            "timeout",
+            "closed",
+            "garbage",
+            "connect",
+            "error",
+        ],
+    ),
+];
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -247,6 +292,62 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
+            enrich_offered: counter(
+                "sensor_enrich_offered_addresses_total",
+                "Flow addresses offered to enrichment (in).",
+            ),
+            enrich_cache_hits: counter(
+                "sensor_enrich_cache_hits_total",
+                "Offered addresses already known or in progress.",
+            ),
+            enrich_skipped: counter(
+                "sensor_enrich_skipped_addresses_total",
+                "Offered addresses that are not public (private, loopback, ...): never looked up.",
+            ),
+            enrich_queued: counter(
+                "sensor_enrich_queued_addresses_total",
+                "Addresses taken into the enrichment queue.",
+            ),
+            enrich_shed: counter_vec(
+                "sensor_enrich_shed_addresses_total",
+                "Addresses not enriched: reason=queue_full (offered while the queue was full), \
+                 reason=shutdown (queued when the sensor stopped).",
+                &["reason"],
+            ),
+            enrich_done: counter(
+                "sensor_enrich_done_addresses_total",
+                "Addresses enriched and handed to the store (out).",
+            ),
+            enrich_queue: reg(
+                &r,
+                IntGauge::new(
+                    "sensor_enrich_queue_addresses",
+                    "Addresses queued or being looked up now.",
+                )
+                .expect("valid"),
+            ),
+            enrich_lookups: counter_vec(
+                "sensor_enrich_lookups_total",
+                "Lookups by source and result.",
+                &["source", "result"],
+            ),
+            enrich_lookup_seconds: reg(
+                &r,
+                prometheus::HistogramVec::new(
+                    HistogramOpts::new(
+                        "sensor_enrich_lookup_seconds",
+                        "Time of one lookup (Cymru: of its bulk request).",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.000_001, 4.0, 13).expect("valid")),
+                    &["source"],
+                )
+                .expect("valid"),
+            ),
+            enrich_reloads: counter_vec(
+                "sensor_enrich_reloads_total",
+                "Reloads of changed MaxMind databases and threat lists.",
+                &["source", "result"],
+            ),
             heartbeats: STAGES
                 .iter()
                 .map(|(name, interval)| (*name, *interval, Arc::new(AtomicU64::new(0))))
@@ -266,6 +367,20 @@ impl Metrics {
         }
         for view in ["kernel", "packets"] {
             m.merge_alone.with_label_values(&[view]);
+        }
+        for reason in ["queue_full", "shutdown"] {
+            m.enrich_shed.with_label_values(&[reason]);
+        }
+        for (source, results) in ENRICH_RESULTS {
+            m.enrich_lookup_seconds.with_label_values(&[source]);
+            for result in *results {
+                m.enrich_lookups.with_label_values(&[source, result]);
+            }
+        }
+        for source in ["mmdb", "threat"] {
+            for result in ["ok", "failed"] {
+                m.enrich_reloads.with_label_values(&[source, result]);
+            }
         }
         for program in PROGRAMS {
             m.ebpf_runs.with_label_values(&[program]);

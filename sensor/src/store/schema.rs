@@ -4,7 +4,7 @@ use rusqlite::Connection;
 
 use super::StoreError;
 
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const V1: &str = "
 CREATE TABLE flows (
@@ -53,8 +53,34 @@ ALTER TABLE flows ADD COLUMN dst_tcp_flags INTEGER;
 ALTER TABLE runs ADD COLUMN capture_dropped INTEGER;
 ";
 
+/// Version 3: what enrichment knows per address, joined with flows at query time.
+const V3: &str = "
+CREATE TABLE ip_info (
+    ip             TEXT    PRIMARY KEY,
+    country        TEXT,
+    city           TEXT,
+    lat            REAL,
+    lon            REAL,
+    asn            INTEGER,
+    as_org         TEXT,
+    asn_source     TEXT,
+    bgp_prefix     TEXT,
+    hostname       TEXT,
+    rdns_status    TEXT,
+    threat         TEXT,
+    threat_detail  TEXT,
+    checked_ms     INTEGER NOT NULL,
+    cymru_due_ms   INTEGER,
+    rdns_due_ms    INTEGER
+) WITHOUT ROWID;
+";
+
 /// Each step takes the schema from its index (plus one) to the next version.
-const MIGRATIONS: &[(&str, &str)] = &[("creating schema v1", V1), ("upgrading to schema v2", V2)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("creating schema v1", V1),
+    ("upgrading to schema v2", V2),
+    ("upgrading to schema v3", V3),
+];
 
 /// Creates or upgrades the schema.
 pub fn migrate(conn: &mut Connection, path: &std::path::Path) -> Result<(), StoreError> {

@@ -18,7 +18,17 @@ use std::{
 use rusqlite::{Connection, params};
 
 use super::StoreError;
-use crate::{flow::FlowRecord, metrics::Metrics};
+use crate::{
+    enrich::{cascade::IpInfo, queue::EnrichQueue},
+    flow::FlowRecord,
+    metrics::Metrics,
+};
+
+/// What the writer takes in: flows, and enrichment answers for `ip_info`.
+enum Row {
+    Flow(FlowRecord),
+    Ip(Vec<IpInfo>),
+}
 
 #[derive(Clone)]
 pub struct WriterConfig {
@@ -27,6 +37,9 @@ pub struct WriterConfig {
     pub queue_rows: usize,
     /// Heartbeat and write-duration histogram (`sensor run`; replay has none).
     pub metrics: Option<Arc<Metrics>>,
+    /// Where each flow's addresses are offered for enrichment, on the sender's thread and
+    /// without waiting.
+    pub enrich: Option<EnrichQueue>,
 }
 
 /// Counters shared with the rest of the agent.
@@ -40,10 +53,14 @@ pub struct StoreStats {
     pub queue_dropped: AtomicU64,
     /// Flows lost because a transaction failed.
     pub write_failed: AtomicU64,
+    /// `ip_info` rows written, and lost (queue full or a failed transaction).
+    pub ip_rows_written: AtomicU64,
+    pub ip_rows_dropped: AtomicU64,
 }
 
 pub struct Writer {
-    tx: Option<SyncSender<FlowRecord>>,
+    tx: Option<SyncSender<Row>>,
+    enrich: Option<EnrichQueue>,
     handle: Option<JoinHandle<()>>,
     stats: Arc<StoreStats>,
 }
@@ -52,17 +69,35 @@ pub struct Writer {
 /// and every handle are gone.
 #[derive(Clone)]
 pub struct WriterHandle {
-    tx: SyncSender<FlowRecord>,
+    tx: SyncSender<Row>,
+    enrich: Option<EnrichQueue>,
     stats: Arc<StoreStats>,
+}
+
+fn offer(enrich: &Option<EnrichQueue>, flow: &FlowRecord) {
+    if let Some(q) = enrich {
+        q.offer(flow.src.ip());
+        q.offer(flow.dst.ip());
+    }
 }
 
 impl WriterHandle {
     /// Queues without waiting; counts the flow as dropped when the queue is full.
     pub fn try_send(&self, flow: FlowRecord) {
-        if self.tx.try_send(flow).is_err() {
+        offer(&self.enrich, &flow);
+        if self.tx.try_send(Row::Flow(flow)).is_err() {
             self.stats.queue_dropped.fetch_add(1, Ordering::Relaxed);
         } else {
             self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues enrichment answers without waiting; counted as dropped when the queue is
+    /// full (the addresses are looked up again when next seen).
+    pub fn send_ip_info(&self, infos: Vec<IpInfo>) {
+        let n = infos.len() as u64;
+        if self.tx.try_send(Row::Ip(infos)).is_err() {
+            self.stats.ip_rows_dropped.fetch_add(n, Ordering::Relaxed);
         }
     }
 }
@@ -79,6 +114,7 @@ impl Writer {
     pub fn spawn(conn: Connection, path: PathBuf, cfg: WriterConfig) -> Self {
         let (tx, rx) = mpsc::sync_channel(cfg.queue_rows);
         let stats = Arc::new(StoreStats::default());
+        let enrich = cfg.enrich.clone();
         let thread_stats = Arc::clone(&stats);
         let handle = std::thread::Builder::new()
             .name("sensor-store".into())
@@ -86,6 +122,7 @@ impl Writer {
             .expect("spawning the store thread");
         Self {
             tx: Some(tx),
+            enrich,
             handle: Some(handle),
             stats,
         }
@@ -98,6 +135,7 @@ impl Writer {
     pub fn handle(&self) -> Option<WriterHandle> {
         self.tx.as_ref().map(|tx| WriterHandle {
             tx: tx.clone(),
+            enrich: self.enrich.clone(),
             stats: Arc::clone(&self.stats),
         })
     }
@@ -105,7 +143,8 @@ impl Writer {
     /// Queues a flow without waiting; counts it as dropped when the queue is full.
     pub fn try_send(&self, flow: FlowRecord) {
         let Some(tx) = &self.tx else { return };
-        match tx.try_send(flow) {
+        offer(&self.enrich, &flow);
+        match tx.try_send(Row::Flow(flow)) {
             Ok(()) => {
                 self.stats.accepted.fetch_add(1, Ordering::Relaxed);
             }
@@ -119,7 +158,8 @@ impl Writer {
     /// a file), so nothing is dropped.
     pub fn send_blocking(&self, flow: FlowRecord) {
         let Some(tx) = &self.tx else { return };
-        if tx.send(flow).is_err() {
+        offer(&self.enrich, &flow);
+        if tx.send(Row::Flow(flow)).is_err() {
             self.stats.queue_dropped.fetch_add(1, Ordering::Relaxed);
         } else {
             self.stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -140,11 +180,12 @@ impl Writer {
 fn run(
     mut conn: Connection,
     path: PathBuf,
-    rx: mpsc::Receiver<FlowRecord>,
+    rx: mpsc::Receiver<Row>,
     cfg: WriterConfig,
     stats: &StoreStats,
 ) {
     let mut batch: Vec<FlowRecord> = Vec::with_capacity(cfg.batch_rows);
+    let mut infos: Vec<IpInfo> = Vec::new();
     let mut deadline: Option<Instant> = None;
     let heartbeat = cfg.metrics.as_ref().map(|m| m.heartbeat("store"));
     loop {
@@ -158,8 +199,13 @@ fn run(
             })
             .min(Duration::from_secs(1));
         let closed = match rx.recv_timeout(timeout) {
-            Ok(flow) => {
+            Ok(Row::Flow(flow)) => {
                 batch.push(flow);
+                deadline.get_or_insert_with(|| Instant::now() + cfg.flush);
+                false
+            }
+            Ok(Row::Ip(more)) => {
+                infos.extend(more);
                 deadline.get_or_insert_with(|| Instant::now() + cfg.flush);
                 false
             }
@@ -167,6 +213,10 @@ fn run(
             Err(RecvTimeoutError::Disconnected) => true,
         };
         let due = deadline.is_some_and(|d| Instant::now() >= d);
+        if !infos.is_empty() && (infos.len() >= cfg.batch_rows || due || closed) {
+            write_infos(&mut conn, &path, &infos, stats);
+            infos.clear();
+        }
         if batch.len() >= cfg.batch_rows || due || closed {
             if !batch.is_empty() {
                 let started = Instant::now();
@@ -215,6 +265,32 @@ fn write_batch(
             let err = StoreError::sqlite(path, "writing a batch of flows", e);
             tracing::error!(rows = batch.len(), "{err}");
             false
+        }
+    }
+}
+
+fn write_infos(
+    conn: &mut Connection,
+    path: &std::path::Path,
+    infos: &[IpInfo],
+    stats: &StoreStats,
+) {
+    let result = conn.transaction().and_then(|tx| {
+        super::ip_info::upsert(&tx, infos)?;
+        tx.commit()
+    });
+    match result {
+        Ok(()) => {
+            stats
+                .ip_rows_written
+                .fetch_add(infos.len() as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            stats
+                .ip_rows_dropped
+                .fetch_add(infos.len() as u64, Ordering::Relaxed);
+            let err = StoreError::sqlite(path, "writing enrichment answers", e);
+            tracing::error!(rows = infos.len(), "{err}");
         }
     }
 }
@@ -292,6 +368,7 @@ mod tests {
                 flush: Duration::from_secs(60),
                 queue_rows: 10_000,
                 metrics: None,
+                enrich: None,
             },
         );
         for i in 0..250 {
