@@ -1335,28 +1335,3 @@ mod tests {
         }
     }
 }
-#[cfg(test)]
-mod tmp_e2e {
-    use super::*;
-    #[tokio::test(flavor = "current_thread")]
-    async fn tmp_against_replay_bin() {
-        let Ok(addr) = std::env::var("CYMRU_REPLAY_ADDR") else {
-            return;
-        };
-        let mut ips: Vec<IpAddr> = vec![];
-        for i in 0..1100u32 {
-            ips.push(IpAddr::V4(std::net::Ipv4Addr::from_bits(
-                0x0b00_0000 + i * 97,
-            )));
-        }
-        let c = CymruClient::new(addr, Duration::from_millis(700));
-        let t = Instant::now();
-        let (a, e) = c.lookup(&ips).await;
-        eprintln!(
-            "answers {} in {:?} errors {:?}",
-            a.len(),
-            t.elapsed(),
-            e.iter().map(|e| e.to_string()).collect::<Vec<_>>()
-        );
-    }
-}

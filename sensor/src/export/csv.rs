@@ -36,7 +36,24 @@ pub const COLUMNS: &[(&str, &str)] = &[
     ("src_tcp_flags", "src_tcp_flags"),
     ("dst_tcp_flags", "dst_tcp_flags"),
     ("capture", "sources"),
+    // Enrichment of both ends, joined from ip_info at export time.
+    ("src_country", "s.country"),
+    ("src_city", "s.city"),
+    ("src_asn", "s.asn"),
+    ("src_as_org", "s.as_org"),
+    ("src_hostname", "s.hostname"),
+    ("src_threat", "s.threat"),
+    ("dst_country", "d.country"),
+    ("dst_city", "d.city"),
+    ("dst_asn", "d.asn"),
+    ("dst_as_org", "d.as_org"),
+    ("dst_hostname", "d.hostname"),
+    ("dst_threat", "d.threat"),
 ];
+
+/// The flows with each end's enrichment (`s`, `d`); addresses never enriched get NULLs.
+pub const FROM: &str = "flows LEFT JOIN ip_info s ON s.ip = flows.src_ip \
+    LEFT JOIN ip_info d ON d.ip = flows.dst_ip";
 
 /// Writes every flow in `db` to `out`, oldest first. Returns the number of rows.
 pub fn export(db: &Path, out: impl Write) -> Result<u64, ExportError> {
@@ -47,7 +64,7 @@ pub fn export(db: &Path, out: impl Write) -> Result<u64, ExportError> {
     };
     let select: Vec<&str> = COLUMNS.iter().map(|(_, sql)| *sql).collect();
     let sql = format!(
-        "SELECT {} FROM flows ORDER BY first_seen_ms, id",
+        "SELECT {} FROM {FROM} ORDER BY flows.first_seen_ms, flows.id",
         select.join(", ")
     );
     let mut stmt = conn.prepare(&sql).map_err(query_err)?;
