@@ -54,6 +54,12 @@ enum Command {
         /// TOML config file (timeouts, max_flows...).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Don't look up the flows' addresses (geo, ASN, reverse DNS, threat lists).
+        #[arg(long)]
+        no_enrich: bool,
+        /// Write every metric's final value to FILE when done.
+        #[arg(long, value_name = "FILE")]
+        metrics_on_exit: Option<PathBuf>,
         /// Capture files, replayed in order.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -178,11 +184,23 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Replay { db, config, files } => {
-            let cfg = match load_config(config.as_deref(), db) {
+        Command::Replay {
+            db,
+            config,
+            no_enrich,
+            metrics_on_exit,
+            files,
+        } => {
+            let mut cfg = match load_config(config.as_deref(), db) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            if no_enrich {
+                cfg.enrich.enabled = false;
+            }
+            if metrics_on_exit.is_some() {
+                cfg.metrics_on_exit = metrics_on_exit;
+            }
             match sensor::replay::replay(&cfg, &files) {
                 Ok(s) => {
                     tracing::info!(

@@ -170,7 +170,7 @@ fn replay_one(
         file = %path.display(),
         packets = stats.packets,
         flows = t.created,
-        secs = format!("{:.2}", started.elapsed().as_secs_f64()),
+        secs = format!("{:.4}", started.elapsed().as_secs_f64()),
         "replayed"
     );
     if stats.unsupported_link > 0 {

@@ -8,7 +8,7 @@ use common::{sensor_bin, temp_dir};
 
 fn replay(db: &Path, file: &Path) -> (Option<i32>, String) {
     let out = Command::new(sensor_bin())
-        .args(["replay", "--db"])
+        .args(["replay", "--no-enrich", "--db"])
         .arg(db)
         .arg(file)
         .output()

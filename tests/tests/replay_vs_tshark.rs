@@ -46,7 +46,7 @@ fn compare_all(root: &Path, name: &str) -> usize {
             file.file_name().expect("name").to_string_lossy()
         ));
         let out = Command::new(sensor_bin())
-            .args(["replay", "--db"])
+            .args(["replay", "--no-enrich", "--db"])
             .arg(&db)
             .arg(file)
             .output()

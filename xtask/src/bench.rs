@@ -113,7 +113,7 @@ pub fn bench(copies: usize) -> Result<()> {
             let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
         }
         let st = Command::new("target/release/sensor")
-            .args(["replay", "--db"])
+            .args(["replay", "--no-enrich", "--db"])
             .arg(&db)
             .arg(&big)
             .env("SENSOR_LOG", "warn")

@@ -38,8 +38,9 @@ pub const MAX_CONNECTIONS: usize = 2;
 /// is not the service (and must not make us buffer without bound).
 const MAX_LINE: usize = 4096;
 
-/// Request lines before the first address (`begin`, `verbose`): the service numbers lines
-/// from 1 across the whole request, so its `Error: ... on line N.` names address N - 3.
+/// Request lines before the first address (`begin`, `verbose`). The service's
+/// `Error: no ASN or IP match on line N.` counts every request line from 1, so the first
+/// address is line 3.
 const LINES_BEFORE_ADDRESSES: usize = 2;
 
 /// What the service says about one address. `None` where it says `NA` or leaves the column

@@ -68,7 +68,8 @@ pub struct ThreatHit {
     pub list: String,
     /// How old the list's file is, in seconds (now − mtime), when looked up.
     pub age_s: u64,
-    /// The list entry that matched, as written (`1.19.0.0/16`).
+    /// The list entry that matched, normalised (`1.19.0.0/16`; a single address without
+    /// `/32` or `/128`).
     pub entry: String,
 }
 

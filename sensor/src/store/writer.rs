@@ -25,6 +25,10 @@ use crate::{
 };
 
 /// What the writer takes in: flows, and enrichment answers for `ip_info`.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "flows are nearly every row; boxing them would allocate once a flow"
+)]
 enum Row {
     Flow(FlowRecord),
     Ip(Vec<IpInfo>),

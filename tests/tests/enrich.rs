@@ -1,0 +1,395 @@
+//! Enrichment against real components: MaxMind's test databases, a dnsmasq on loopback for
+//! reverse DNS (answering, stopped, hung), the Cymru replay server (genuine answers, hanging,
+//! closing mid-answer, garbage) and the real threat lists in ../shared/data.
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::services::{Cymru, Dnsmasq, metric, shared_data};
+use serde_json::Value;
+
+fn mmdb(name: &str) -> PathBuf {
+    shared_data().join("mmdb/maxmind-test").join(name)
+}
+
+fn threat_dir() -> PathBuf {
+    shared_data().join("threat-intel")
+}
+
+/// Runs `sensor enrich ARGS LIST`; returns the JSON objects, the metrics at exit, the exit
+/// status and how long it took.
+fn enrich(dir: &Path, args: &[&str], ips: &[&str]) -> (Vec<Value>, String, i32, Duration) {
+    let list = dir.join("ips.txt");
+    std::fs::write(&list, ips.join("\n") + "\n").unwrap();
+    let metrics = dir.join("enrich.prom");
+    let started = Instant::now();
+    let out = Command::new(common::sensor_bin())
+        .arg("enrich")
+        .args(args)
+        .arg("--metrics-on-exit")
+        .arg(&metrics)
+        .arg(&list)
+        .output()
+        .expect("run sensor enrich");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let rows: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{stderr}")))
+        .collect();
+    let metrics = std::fs::read_to_string(&metrics).unwrap_or_default();
+    (rows, metrics, out.status.code().unwrap_or(-1), took)
+}
+
+fn row<'a>(rows: &'a [Value], ip: &str) -> &'a Value {
+    rows.iter()
+        .find(|r| r["ip"] == ip)
+        .unwrap_or_else(|| panic!("no row for {ip}"))
+}
+
+fn lookups(metrics: &str, source: &str, result: &str) -> f64 {
+    metric(
+        metrics,
+        &format!("sensor_enrich_lookups_total{{result=\"{result}\",source=\"{source}\"}}"),
+    )
+}
+
+const LONDON: &str = "81.2.69.142"; // GeoIP2-City-Test: London, GB
+const TELSTRA: &str = "1.128.0.0"; // GeoLite2-ASN-Test: AS1221 Telstra Pty Ltd
+const GOOGLE: &str = "74.125.225.229"; // recorded Cymru answer: AS15169, 74.125.225.0/24
+const TOR_EXIT: &str = "2.56.10.36"; // tor_exits.ipset
+const DROP_NET: &str = "1.19.2.3"; // 1.19.0.0/16 in spamhaus_drop and firehol_level1
+
+#[test]
+fn every_source_answers_and_says_so() {
+    let dir = common::temp_dir("enrich-all");
+    let dns = Dnsmasq::start(
+        &dir,
+        &[
+            (LONDON, "london.example.net"),
+            ("2001:4860:4860::8888", "dns6.example.net"),
+        ],
+    );
+    let cymru = Cymru::start("replay");
+    let city = mmdb("GeoIP2-City-Test.mmdb");
+    let asn = mmdb("GeoLite2-ASN-Test.mmdb");
+    let td = threat_dir();
+    let (rows, metrics, status, _) = enrich(
+        &dir,
+        &[
+            "--mmdb",
+            city.to_str().unwrap(),
+            "--mmdb",
+            asn.to_str().unwrap(),
+            "--threat-dir",
+            td.to_str().unwrap(),
+            "--dns",
+            &dns.addr,
+            "--cymru",
+            &cymru.addr,
+        ],
+        &[
+            LONDON,
+            TELSTRA,
+            GOOGLE,
+            TOR_EXIT,
+            DROP_NET,
+            "2001:4860:4860::8888",
+            "10.1.2.3",
+            "::ffff:81.2.69.142",
+        ],
+    );
+    assert_eq!(status, 0);
+    assert_eq!(rows.len(), 8, "one line per input line");
+
+    let london = row(&rows, LONDON);
+    assert_eq!(london["country"], "GB");
+    assert_eq!(london["city"], "London");
+    assert!((london["lat"].as_f64().unwrap() - 51.5142).abs() < 1e-3);
+    assert!((london["lon"].as_f64().unwrap() + 0.0931).abs() < 1e-3);
+    assert_eq!(london["source"]["country"], "mmdb");
+    assert_eq!(london["hostname"], "london.example.net");
+    assert_eq!(london["source"]["hostname"], "rdns");
+    assert_eq!(london["rdns"], "found");
+    // The IPv4-mapped form is the same address.
+    assert_eq!(rows[7]["ip"], LONDON);
+    assert_eq!(rows[7]["city"], "London");
+
+    let telstra = row(&rows, TELSTRA);
+    assert_eq!(telstra["asn"], 1221);
+    assert_eq!(telstra["as_org"], "Telstra Pty Ltd");
+    assert_eq!(telstra["source"]["asn"], "mmdb");
+
+    // Not in the ASN database: Cymru's genuine answer.
+    let google = row(&rows, GOOGLE);
+    assert_eq!(google["asn"], 15169);
+    assert_eq!(google["as_org"], "GOOGLE, US");
+    assert_eq!(google["bgp_prefix"], "74.125.225.0/24");
+    assert_eq!(google["source"]["asn"], "cymru");
+    assert_eq!(google["rdns"], "not_found", "no PTR in dnsmasq: NXDOMAIN");
+    assert!(google["hostname"].is_null());
+
+    let tor = row(&rows, TOR_EXIT);
+    assert!(
+        tor["threat"].as_array().unwrap().contains(&"tor_exits".into()),
+        "{tor}"
+    );
+    assert_eq!(tor["source"]["threat"], "threat");
+    let drop = row(&rows, DROP_NET);
+    let lists: Vec<&str> = drop["threat"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(lists.contains(&"spamhaus_drop"), "{lists:?}");
+    assert!(lists.contains(&"firehol_level1"), "{lists:?}");
+    for hit in drop["threat_detail"].as_array().unwrap() {
+        assert!(hit["entry"].as_str().unwrap().contains('/'), "{hit}");
+        assert!(hit["age_s"].as_u64().is_some());
+    }
+
+    let v6 = row(&rows, "2001:4860:4860::8888");
+    assert_eq!(v6["hostname"], "dns6.example.net");
+
+    // A private address never goes to DNS or Cymru.
+    let private = row(&rows, "10.1.2.3");
+    assert!(private["rdns"].is_null(), "{private}");
+    assert!(private["asn"].is_null());
+
+    // Counted by source and result: 6 distinct public addresses asked by reverse DNS.
+    let rdns: f64 = ["found", "not_found"]
+        .iter()
+        .map(|r| lookups(&metrics, "rdns", r))
+        .sum();
+    assert_eq!(rdns, 6.0, "{metrics}");
+    assert_eq!(lookups(&metrics, "rdns", "found"), 2.0);
+    assert!(lookups(&metrics, "cymru", "found") >= 1.0, "{metrics}");
+}
+
+#[test]
+fn reverse_dns_negative_cache_and_a_dead_server() {
+    let dir = common::temp_dir("enrich-rdns");
+    let mut dns = Dnsmasq::start(&dir, &[(LONDON, "london.example.net")]);
+    let db = dir.join("flows.db");
+    let cfg = dir.join("sensor.toml");
+    let write_cfg = |dns_addr: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[enrich]\ndns_servers = [\"{dns_addr}\"]\nrdns_timeout_ms = 300\n\
+                 rdns_negative_ttl_s = 900\nmmdb_paths = [\"{}\"]\n",
+                mmdb("GeoIP2-City-Test.mmdb").display()
+            ),
+        )
+        .unwrap();
+    };
+    write_cfg(&dns.addr);
+    let replay = |file: &Path, tag: &str| -> (String, String) {
+        let prom = dir.join(format!("{tag}.prom"));
+        let out = Command::new(common::sensor_bin())
+            .args(["replay", "--db"])
+            .arg(&db)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--metrics-on-exit")
+            .arg(&prom)
+            .arg(file)
+            .output()
+            .expect("run sensor replay");
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{log}");
+        (std::fs::read_to_string(&prom).unwrap_or_default(), log)
+    };
+    let flows = |db: &Path| -> i64 {
+        let c = rusqlite::Connection::open(db).unwrap();
+        c.query_row("SELECT count(*) FROM flows", [], |r| r.get(0))
+            .unwrap()
+    };
+    let capture = shared_data().join("pcap/dev/pcapplusplus/tls2.pcap");
+
+    // 1. Answers and NXDOMAINs, kept in ip_info with their TTLs.
+    let (m1, _) = replay(&capture, "first");
+    let n1 = flows(&db);
+    assert!(n1 > 300);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (asked, not_found, ttl_ok): (i64, i64, i64) = conn
+        .query_row(
+            "SELECT count(*), sum(rdns_status = 'not_found'),
+                    sum(rdns_status != 'not_found' OR
+                        rdns_due_ms - checked_ms BETWEEN 119000 AND 901000)
+             FROM ip_info WHERE rdns_status IS NOT NULL",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert!(asked > 100, "public addresses of tls2.pcap asked: {asked}");
+    assert_eq!(not_found, asked, "dnsmasq knows none of them");
+    assert_eq!(ttl_ok, asked, "negative answers kept for the negative TTL");
+    assert_eq!(lookups(&m1, "rdns", "not_found") as i64, asked, "{m1}");
+
+    // 2. dnsmasq stopped: the negative cache answers, nothing is asked again.
+    dns.stop();
+    let (m2, _) = replay(&capture, "second");
+    assert_eq!(flows(&db), 2 * n1, "flows stored with DNS down");
+    let asked_again: f64 = ["found", "not_found", "timeout", "error", "refused"]
+        .iter()
+        .map(|r| lookups(&m2, "rdns", r))
+        .sum();
+    assert_eq!(asked_again, 0.0, "{m2}");
+    assert!(metric(&m2, "sensor_enrich_done_addresses_total") > 0.0);
+
+    // 3. New addresses with the server gone: failures counted, flows stored, bounded time.
+    let other = shared_data().join("pcap/dev/pcapplusplus/many-protocols.pcap");
+    let before = flows(&db);
+    let started = Instant::now();
+    let (m3, log) = replay(&other, "third");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(flows(&db) > before, "{log}");
+    let failed: f64 = ["timeout", "error", "refused"]
+        .iter()
+        .map(|r| lookups(&m3, "rdns", r))
+        .sum();
+    assert!(failed > 0.0, "failed lookups counted: {m3}");
+    let timeouts: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM ip_info WHERE rdns_status IN ('timeout', 'error', 'refused')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(timeouts as f64, failed);
+}
+
+#[test]
+fn a_hung_dns_server_costs_the_timeout_not_more() {
+    let dir = common::temp_dir("enrich-hung");
+    let dns = Dnsmasq::start(&dir, &[(LONDON, "london.example.net")]);
+    dns.freeze();
+    let ips: Vec<String> = (0..200)
+        .map(|i| format!("5.{}.{}.9", i / 200, i % 200))
+        .collect();
+    let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+    let cfg = dir.join("sensor.toml");
+    std::fs::write(
+        &cfg,
+        "[enrich]\nrdns_timeout_ms = 500\nrdns_concurrency = 64\n",
+    )
+    .unwrap();
+    let (rows, metrics, status, took) = enrich(
+        &dir,
+        &["--config", cfg.to_str().unwrap(), "--dns", &dns.addr],
+        &ips,
+    );
+    assert_eq!(status, 0);
+    assert_eq!(rows.len(), 200);
+    assert!(rows.iter().all(|r| r["rdns"] == "timeout"), "{:?}", rows[0]);
+    assert_eq!(lookups(&metrics, "rdns", "timeout"), 200.0);
+    // 200 lookups, 64 at a time, 0.5 s each: about 2 s, never 200 × 0.5 s.
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+}
+
+#[test]
+fn cymru_failures_are_bounded_counted_and_keep_other_answers() {
+    let dir = common::temp_dir("enrich-cymru");
+    let city = mmdb("GeoIP2-City-Test.mmdb");
+    let td = threat_dir();
+    // 600 addresses: two bulk connections (500 + 100).
+    let mut ips: Vec<String> = (0..598)
+        .map(|i| format!("45.{}.{}.7", i / 250, i % 250))
+        .collect();
+    ips.push(LONDON.into());
+    ips.push(TOR_EXIT.into());
+    let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+    let cfg = dir.join("sensor.toml");
+    std::fs::write(&cfg, "[enrich]\ncymru_timeout_ms = 1500\n").unwrap();
+    for (mode, result) in [
+        ("replay", "found"),
+        ("hang", "timeout"),
+        ("close-mid", "closed"),
+        ("garbage", "garbage"),
+    ] {
+        let cymru = Cymru::start(mode);
+        let (rows, metrics, status, took) = enrich(
+            &dir,
+            &[
+                "--config",
+                cfg.to_str().unwrap(),
+                "--no-rdns",
+                "--mmdb",
+                city.to_str().unwrap(),
+                "--threat-dir",
+                td.to_str().unwrap(),
+                "--cymru",
+                &cymru.addr,
+            ],
+            &ips,
+        );
+        assert_eq!(status, 0, "{mode}");
+        assert_eq!(rows.len(), 600, "{mode}");
+        // Two connections at once, each with a 1.5 s deadline.
+        assert!(took < Duration::from_secs(10), "{mode}: took {took:?}");
+        assert!(
+            lookups(&metrics, "cymru", result) > 0.0,
+            "{mode}: {result} counted\n{metrics}"
+        );
+        // The other sources' answers stand whatever Cymru did.
+        assert_eq!(row(&rows, LONDON)["city"], "London", "{mode}");
+        assert!(
+            row(&rows, TOR_EXIT)["threat"]
+                .as_array()
+                .unwrap()
+                .contains(&"tor_exits".into()),
+            "{mode}"
+        );
+        let with_asn = rows
+            .iter()
+            .filter(|r| r["source"]["asn"] == "cymru")
+            .count();
+        match mode {
+            "replay" => assert!(with_asn >= 598, "{mode}: {with_asn}"),
+            "hang" | "garbage" => assert_eq!(with_asn, 0, "{mode}"),
+            // Half of each answer arrives before the close, and is kept.
+            _ => assert!(with_asn > 0 && with_asn < 598, "{mode}: {with_asn}"),
+        }
+    }
+}
+
+#[test]
+fn bad_lines_are_named_and_the_rest_enriched() {
+    let dir = common::temp_dir("enrich-bad");
+    let td = threat_dir();
+    let (rows, _, status, _) = enrich(
+        &dir,
+        &["--no-rdns", "--threat-dir", td.to_str().unwrap()],
+        &[
+            TOR_EXIT,
+            "not-an-ip",
+            "# a comment",
+            "",
+            "8.8.8.8 trailing words",
+        ],
+    );
+    assert_eq!(status, 65, "EX_DATAERR when lines were skipped");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1]["ip"], "8.8.8.8");
+    let out = Command::new(common::sensor_bin())
+        .args(["enrich", "--no-rdns"])
+        .arg(dir.join("ips.txt"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ips.txt:2") && err.contains("not-an-ip"),
+        "{err}"
+    );
+}
