@@ -311,6 +311,25 @@ fn every_stage_accounts_for_everything_under_overflow() {
         .query_row("SELECT count(*) FROM flows", [], |r| r.get::<_, i64>(0))
         .unwrap() as f64;
     assert_eq!(n, rows, "rows counted = rows stored");
+
+    // Enrichment: both addresses of every flow sent to the writer were offered, and each
+    // offer was answered from memory, skipped (not public: all of these are loopback),
+    // enriched or shed.
+    let offered = value(&m, "sensor_enrich_offered_addresses_total");
+    assert_eq!(
+        offered,
+        2.0 * (merged + alone),
+        "enrich: every flow offered"
+    );
+    assert_eq!(
+        offered,
+        value(&m, "sensor_enrich_cache_hits_total")
+            + value(&m, "sensor_enrich_skipped_addresses_total")
+            + value(&m, "sensor_enrich_done_addresses_total")
+            + sum_prefix(&m, "sensor_enrich_shed_addresses_total"),
+        "enrich: in = out + shed"
+    );
+    assert_eq!(value(&m, "sensor_enrich_queue_addresses"), 0.0);
     eprintln!(
         "ringbuf dropped {dropped} of {produced}; capture queue dropped {queue_dropped} of \
          {captured}; merge dropped {merge_dropped}; store dropped {store_dropped}"

@@ -86,7 +86,7 @@ fn big_capture(copies: usize) -> Result<PathBuf> {
     Ok(big)
 }
 
-fn median_secs(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+pub fn median_secs(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     let mut v = Vec::new();
     for _ in 0..ROUNDS {
         let t = Instant::now();
@@ -97,13 +97,35 @@ fn median_secs(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(v[v.len() / 2])
 }
 
-pub fn bench(copies: usize) -> Result<()> {
-    run(cargo().args(["bench", "-p", "sensor", "--bench", "flow_table"]))?;
-    if crate::setup::is_root() {
-        latency()?;
-    } else {
-        eprintln!("xtask: *** SKIPPED close-to-row latency: needs root (the sensor attaches) ***");
+pub fn bench(copies: usize, only: Option<&str>) -> Result<()> {
+    let want = |name: &str| only.is_none_or(|o| o == name);
+    if let Some(o) = only
+        && !["flow-table", "latency", "replay", "enrich"].contains(&o)
+    {
+        bail!("--only {o}: one of flow-table, latency, replay, enrich");
     }
+    if want("flow-table") {
+        run(cargo().args(["bench", "-p", "sensor", "--bench", "flow_table"]))?;
+    }
+    if want("latency") {
+        if crate::setup::is_root() {
+            latency()?;
+        } else {
+            eprintln!(
+                "xtask: *** SKIPPED close-to-row latency: needs root (the sensor attaches) ***"
+            );
+        }
+    }
+    if want("replay") {
+        replay(copies)?;
+    }
+    if want("enrich") {
+        crate::bench_enrich::enrich()?;
+    }
+    Ok(())
+}
+
+fn replay(copies: usize) -> Result<()> {
     run(cargo().args(["build", "--release", "-p", "sensor"]))?;
     let big = big_capture(copies)?;
     let size = std::fs::metadata(&big)?.len();

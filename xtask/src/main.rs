@@ -4,6 +4,7 @@
 //! eBPF object with the nightly. What cargo cannot do is install the tools that build needs,
 //! and the programs the tests drive; `setup` does that, idempotently and quickly when done.
 mod bench;
+mod bench_enrich;
 mod setup;
 
 use std::{
@@ -39,11 +40,15 @@ enum Cmd {
     Lint,
     /// Set up, lint, build, and run every test (privileged ones need root).
     Test,
-    /// Benchmarks: the flow table alone, and replay against tshark on one large capture.
+    /// Benchmarks: the flow table alone, close-to-row latency, replay against tshark on one
+    /// large capture, and enrichment of 10,000 addresses.
     Bench {
         /// Copies of the dev captures in the large capture.
         #[arg(long, default_value_t = 3)]
         copies: usize,
+        /// Run only this one: flow-table, latency, replay or enrich.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Fuzz the packet parser with libFuzzer (cargo-fuzz, nightly).
     Fuzz {
@@ -80,9 +85,9 @@ fn main() -> Result<()> {
             lint(&tools)?;
             test()
         }
-        Cmd::Bench { copies } => {
+        Cmd::Bench { copies, only } => {
             setup::setup()?;
-            bench::bench(copies)
+            bench::bench(copies, only.as_deref())
         }
         Cmd::Fuzz { seconds } => {
             setup::setup()?;

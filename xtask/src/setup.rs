@@ -29,6 +29,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("ip", "iproute2"),
     ("promtool", "prometheus"),
+    ("dnsmasq", "dnsmasq-base"),
 ];
 
 pub struct Tools {

@@ -97,26 +97,32 @@ impl cascade::Sources {
         metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     ) -> Result<Self, EnrichError> {
         use std::time::Duration;
-        let paths = if cfg.mmdb_paths.is_empty() {
+        // Named files must all open; found ones are taken where usable (a geoipupdate
+        // directory may hold other MaxMind products, e.g. Anonymous-IP).
+        let geo = if cfg.mmdb_paths.is_empty() {
             let dirs: Vec<&std::path::Path> =
                 geo::DEFAULT_DIRS.iter().map(std::path::Path::new).collect();
-            geo::GeoDbs::discover(&dirs)
+            match geo::GeoDbs::open_dirs(&dirs) {
+                Ok((dbs, skipped)) => {
+                    for (path, e) in skipped {
+                        tracing::warn!(path = %path.display(), "skipping MaxMind file: {e}");
+                    }
+                    dbs
+                }
+                Err(geo::GeoError::NoneFound { .. }) => {
+                    tracing::info!(
+                        "no MaxMind databases configured or found in {}: no geo/ASN from them",
+                        geo::DEFAULT_DIRS.join(", ")
+                    );
+                    geo::GeoDbs::empty()
+                }
+                Err(e) => return Err(e.into()),
+            }
         } else {
-            cfg.mmdb_paths.clone()
-        };
-        let geo = if paths.is_empty() {
-            geo::GeoDbs::empty()
-        } else {
-            geo::GeoDbs::open(&paths)?
+            geo::GeoDbs::open(&cfg.mmdb_paths)?
         };
         for (path, kind, _) in geo.files() {
             tracing::info!(path = %path.display(), kind, "MaxMind database");
-        }
-        if paths.is_empty() {
-            tracing::info!(
-                "no MaxMind databases configured or found in {}: no geo/ASN from them",
-                geo::DEFAULT_DIRS.join(", ")
-            );
         }
         let threat = match &cfg.threat_dir {
             Some(dir) => threat::ThreatLists::load(dir)?,
