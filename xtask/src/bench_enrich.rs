@@ -153,7 +153,7 @@ pub fn enrich() -> Result<()> {
     };
     println!(
         "enrich: {rows} addresses (ips-bench-10k) with GeoLite2-City + ip-location-db-asn, \
-         rDNS via dnsmasq, Cymru via the replay server: {full:.2} s wall (median of 3; \
+         the threat lists, rDNS via dnsmasq, Cymru via the replay server: {full:.2} s wall (median of 3; \
          target <= 2 s); {} with a country, {} with an ASN ({} from Cymru), {} with a \
          hostname, {} rDNS NXDOMAIN, {} on a threat list",
         count("\"country\":\""),
