@@ -568,3 +568,114 @@ fn flooding_the_pool_while_dns_hangs_never_slows_ingest() {
         "ingest slowed: {hung:.3} s against {off:.3} s"
     );
 }
+
+#[test]
+fn export_carries_the_enrichment_of_both_ends() {
+    let dir = common::temp_dir("enrich-export");
+    let db = dir.join("flows.db");
+    let cfg = dir.join("sensor.toml");
+    let data = shared_data();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[enrich]\nrdns = false\nmmdb_paths = [\"{}\", \"{}\"]\nthreat_dir = \"{}\"\n",
+            data.join("mmdb/GeoLite2-City-20191224.mmdb").display(),
+            data.join("mmdb/ip-location-db-asn.mmdb").display(),
+            threat_dir().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(common::sensor_bin())
+        .args(["replay", "--db"])
+        .arg(&db)
+        .arg("--config")
+        .arg(&cfg)
+        .arg(data.join("pcap/dev/pcapplusplus/tls2.pcap"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = Command::new(common::sensor_bin())
+        .args(["export", "--format", "csv", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(csv.status.success());
+    let mut reader = csv::Reader::from_reader(csv.stdout.as_slice());
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    for name in [
+        "src_country",
+        "src_city",
+        "src_asn",
+        "src_as_org",
+        "src_hostname",
+        "src_threat",
+        "dst_country",
+        "dst_city",
+        "dst_asn",
+        "dst_as_org",
+        "dst_hostname",
+        "dst_threat",
+    ] {
+        col(name);
+    }
+    // The same answers as ip_info holds for each address.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut with_country = 0;
+    let mut private_clean = 0;
+    for rec in reader.records() {
+        let f = rec.unwrap();
+        let line = format!("{f:?}");
+        let (src, dst) = (&f[col("src_ip")], &f[col("dst_ip")]);
+        let expected: Option<(Option<String>, Option<i64>)> = conn
+            .query_row(
+                "SELECT country, asn FROM ip_info WHERE ip = ?1",
+                [dst],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .ok();
+        if let Some((country, _)) = &expected
+            && let Some(c) = country
+        {
+            assert_eq!(&f[col("dst_country")], c, "{line}");
+            with_country += 1;
+        }
+        if src.starts_with("192.168.") {
+            assert_eq!(&f[col("src_country")], "", "private source: {line}");
+            private_clean += 1;
+        }
+    }
+    assert!(with_country > 100, "{with_country} rows with dst_country");
+    assert!(private_clean > 100, "{private_clean}");
+    let (n, asn): (i64, i64) = conn
+        .query_row("SELECT count(*), count(asn) FROM ip_info", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert!(
+        n > 100 && asn * 10 >= n * 9,
+        "{asn} of {n} addresses with an ASN"
+    );
+}
+
+#[test]
+fn a_corrupt_database_is_an_error_naming_it() {
+    let dir = common::temp_dir("enrich-corrupt");
+    let bad = dir.join("GeoLite2-City.mmdb");
+    let good = std::fs::read(mmdb("GeoIP2-City-Test.mmdb")).unwrap();
+    std::fs::write(&bad, &good[..good.len() / 2]).unwrap();
+    let out = Command::new(common::sensor_bin())
+        .args(["enrich", "--no-rdns", "--mmdb"])
+        .arg(&bad)
+        .arg("-")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(bad.to_str().unwrap()), "{err}");
+}
