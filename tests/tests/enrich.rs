@@ -404,9 +404,7 @@ fn synthetic_capture(path: &Path, flows: u32) {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
     // pcap global header: µs timestamps, Ethernet.
     let mut hdr = Vec::new();
-    for v in [0xa1b2_c3d4u32] {
-        hdr.extend_from_slice(&v.to_le_bytes());
-    }
+    hdr.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
     hdr.extend_from_slice(&2u16.to_le_bytes());
     hdr.extend_from_slice(&4u16.to_le_bytes());
     hdr.extend_from_slice(&[0; 8]);
