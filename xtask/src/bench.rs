@@ -97,12 +97,23 @@ pub fn median_secs(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(v[v.len() / 2])
 }
 
+/// The benchmarks `--only` can name.
+const ONLY: &[&str] = &[
+    "flow-table",
+    "latency",
+    "replay",
+    "enrich",
+    "persist",
+    "export",
+    "top",
+];
+
 pub fn bench(copies: usize, only: Option<&str>) -> Result<()> {
     let want = |name: &str| only.is_none_or(|o| o == name);
     if let Some(o) = only
-        && !["flow-table", "latency", "replay", "enrich"].contains(&o)
+        && !ONLY.contains(&o)
     {
-        bail!("--only {o}: one of flow-table, latency, replay, enrich");
+        bail!("--only {o}: one of {}", ONLY.join(", "));
     }
     if want("flow-table") {
         run(cargo().args(["bench", "-p", "sensor", "--bench", "flow_table"]))?;
@@ -121,6 +132,15 @@ pub fn bench(copies: usize, only: Option<&str>) -> Result<()> {
     }
     if want("enrich") {
         crate::bench_enrich::enrich()?;
+    }
+    if want("persist") {
+        crate::bench_store::persist()?;
+    }
+    if want("export") {
+        crate::bench_query::export()?;
+    }
+    if want("top") {
+        crate::bench_query::top()?;
     }
     Ok(())
 }

@@ -5,6 +5,8 @@
 //! and the programs the tests drive; `setup` does that, idempotently and quickly when done.
 mod bench;
 mod bench_enrich;
+mod bench_query;
+mod bench_store;
 mod setup;
 
 use std::{
@@ -46,7 +48,7 @@ enum Cmd {
         /// Copies of the dev captures in the large capture.
         #[arg(long, default_value_t = 3)]
         copies: usize,
-        /// Run only this one: flow-table, latency, replay or enrich.
+        /// Run only this one: flow-table, latency, replay, enrich, persist, export or top.
         #[arg(long)]
         only: Option<String>,
     },
