@@ -70,6 +70,15 @@ pub struct Config {
     pub batch_rows: usize,
     /// A partial batch is written after this long.
     pub flush_ms: u64,
+    /// Flows held in memory while writes fail (disk full, read-only file system) and
+    /// written when the disk allows; beyond it the oldest are dropped and counted
+    /// (`sensor_store_failed_rows_total`).
+    pub store_held_rows: usize,
+    /// Flows that started longer ago than this are deleted (`sensor run`); 0 keeps them.
+    pub retention_max_age_s: u64,
+    /// While the database's data is larger than this, the oldest flows are deleted; 0: no
+    /// bound.
+    pub retention_max_db_bytes: u64,
     /// cgroup v2 mount to attach `sock_ops` to; found in /proc/self/mountinfo when unset.
     pub cgroup_path: Option<PathBuf>,
     /// A packet flow ends after this long without packets.
@@ -185,6 +194,9 @@ impl Default for Config {
             store_queue_rows: 65_536,
             batch_rows: 1_000,
             flush_ms: 1_000,
+            store_held_rows: 100_000,
+            retention_max_age_s: 30 * 86_400,
+            retention_max_db_bytes: 0,
             cgroup_path: None,
             idle_timeout_ms: 60_000,
             active_timeout_ms: 300_000,
@@ -201,6 +213,22 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The writer's settings (`sensor run`: with retention).
+    pub fn writer(&self) -> crate::store::WriterConfig {
+        let mut w = crate::store::WriterConfig::new(
+            self.batch_rows,
+            std::time::Duration::from_millis(self.flush_ms),
+            self.store_queue_rows,
+        );
+        w.held_rows = self.store_held_rows;
+        w.retention = Some(crate::store::retention::Retention {
+            max_age: (self.retention_max_age_s > 0)
+                .then(|| std::time::Duration::from_secs(self.retention_max_age_s)),
+            max_bytes: (self.retention_max_db_bytes > 0).then_some(self.retention_max_db_bytes),
+        });
+        w
+    }
+
     /// The packet flow table's settings.
     pub fn table(&self) -> crate::flow::TableConfig {
         crate::flow::TableConfig {
@@ -334,6 +362,9 @@ mod example_file {
         assert_eq!(c.store_queue_rows, d.store_queue_rows);
         assert_eq!(c.batch_rows, d.batch_rows);
         assert_eq!(c.flush_ms, d.flush_ms);
+        assert_eq!(c.store_held_rows, d.store_held_rows);
+        assert_eq!(c.retention_max_age_s, d.retention_max_age_s);
+        assert_eq!(c.retention_max_db_bytes, d.retention_max_db_bytes);
         assert_eq!(c.cgroup_path, d.cgroup_path);
         assert_eq!(c.idle_timeout_ms, d.idle_timeout_ms);
         assert_eq!(c.active_timeout_ms, d.active_timeout_ms);

@@ -56,11 +56,10 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplaySummary, ReplayEr
         conn,
         cfg.db_path.clone(),
         WriterConfig {
-            batch_rows: cfg.batch_rows,
-            flush: Duration::from_millis(cfg.flush_ms),
-            queue_rows: cfg.store_queue_rows,
-            metrics: None,
             enrich: enrich.as_ref().map(|e| e.queue.clone()),
+            // A replay keeps every flow: old captures are not old news.
+            retention: None,
+            ..cfg.writer()
         },
     );
     let store_stats = writer.stats();

@@ -139,11 +139,9 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         conn,
         db.clone(),
         WriterConfig {
-            batch_rows: cfg.batch_rows,
-            flush: Duration::from_millis(cfg.flush_ms),
-            queue_rows: cfg.store_queue_rows,
             metrics: Some(Arc::clone(&metrics)),
             enrich: enrich.as_ref().map(|e| e.queue.clone()),
+            ..cfg.writer()
         },
     );
     let store_stats = writer.stats();

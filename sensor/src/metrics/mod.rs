@@ -73,6 +73,10 @@ pub struct Metrics {
     pub store_dropped_rows: IntCounter,
     pub store_pending_rows: IntGauge,
     pub store_write_seconds: Histogram,
+    /// Transactions that failed (disk full, read-only...): the rows are held and retried.
+    pub store_write_errors: IntCounter,
+    /// Rows deleted by retention (`reason`: `age`, `size`).
+    pub store_pruned_rows: IntCounterVec,
     /// From a flow's end (its last packet or its close) to its row being committed.
     pub store_close_to_row_seconds: Histogram,
     /// Enrichment: addresses offered, answered from the cache, not public, queued, shed
@@ -268,6 +272,15 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
+            store_write_errors: counter(
+                "sensor_store_write_errors_total",
+                "Write transactions that failed; their rows are held and written again.",
+            ),
+            store_pruned_rows: counter_vec(
+                "sensor_store_pruned_rows_total",
+                "Flow rows deleted by retention: reason=age (max age), reason=size (max size).",
+                &["reason"],
+            ),
             store_write_seconds: reg(
                 &r,
                 Histogram::with_opts(
@@ -367,6 +380,9 @@ impl Metrics {
         }
         for view in ["kernel", "packets"] {
             m.merge_alone.with_label_values(&[view]);
+        }
+        for reason in ["age", "size"] {
+            m.store_pruned_rows.with_label_values(&[reason]);
         }
         for reason in ["queue_full", "shutdown"] {
             m.enrich_shed.with_label_values(&[reason]);

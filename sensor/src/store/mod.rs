@@ -1,5 +1,6 @@
 //! Store: finished flows into SQLite, from a writer on its own thread.
 pub mod ip_info;
+pub mod retention;
 pub mod schema;
 pub mod writer;
 
@@ -66,6 +67,9 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(path).map_err(|e| StoreError::sqlite(path, "opening", e))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| StoreError::sqlite(path, "setting busy timeout", e))?;
+    // Only takes effect on a new, empty database: lets retention give pages back.
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+        .map_err(|e| StoreError::sqlite(path, "setting auto_vacuum", e))?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(|e| StoreError::sqlite(path, "enabling WAL", e))?;

@@ -4,6 +4,12 @@
 //! [`Writer::try_send`]. Full-queue policy: the newest flow is dropped and counted in
 //! [`StoreStats::queue_dropped`]; the queue bound (`store_queue_rows`) is what a disk stall
 //! may cost in memory. The thread ends when every sender is gone, after writing what it holds.
+//!
+//! When a write fails (disk full, read-only file system, a lock held too long) the flows
+//! are held in memory, up to `held_rows`, and written again every second; capture never
+//! notices. Past the bound the oldest held flows are dropped and counted. Writing resumes
+//! by itself when the disk allows. Between batches the thread prunes old flows
+//! ([`super::retention`]).
 use std::{
     path::PathBuf,
     sync::{
@@ -44,6 +50,29 @@ pub struct WriterConfig {
     /// Where each flow's addresses are offered for enrichment, on the sender's thread and
     /// without waiting.
     pub enrich: Option<EnrichQueue>,
+    /// Flows kept in memory while writes fail (disk full, read-only); beyond it the oldest
+    /// are dropped and counted as failed.
+    pub held_rows: usize,
+    /// Pruning of old flows (`sensor run`); None: keep everything (replay).
+    pub retention: Option<super::retention::Retention>,
+    /// How often retention looks for work when there was none.
+    pub prune_every: Duration,
+}
+
+impl WriterConfig {
+    /// Batching as configured; no metrics, no enrichment, no retention.
+    pub fn new(batch_rows: usize, flush: Duration, queue_rows: usize) -> Self {
+        Self {
+            batch_rows,
+            flush,
+            queue_rows,
+            metrics: None,
+            enrich: None,
+            held_rows: 100_000,
+            retention: None,
+            prune_every: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Counters shared with the rest of the agent.
@@ -55,7 +84,8 @@ pub struct StoreStats {
     pub batches: AtomicU64,
     /// Flows dropped because the writer's queue was full.
     pub queue_dropped: AtomicU64,
-    /// Flows lost because a transaction failed.
+    /// Flows lost because writes failed for longer than the held buffer could bridge (or
+    /// still failed at shutdown).
     pub write_failed: AtomicU64,
     /// `ip_info` rows written, and lost (queue full or a failed transaction).
     pub ip_rows_written: AtomicU64,
@@ -181,14 +211,44 @@ impl Writer {
     }
 }
 
+/// How long to wait between attempts while writes fail (disk full, read-only file system).
+const RETRY: Duration = Duration::from_secs(1);
+/// After this many failed attempts in a row the connection is opened anew (a remounted
+/// file system can leave the old file handle unusable).
+const REOPEN_AFTER: u32 = 3;
+
+/// The writer thread's state.
+struct State {
+    conn: Connection,
+    path: PathBuf,
+    /// Flows whose write failed, oldest first, kept for the next attempt. Bounded by
+    /// `held_rows`: beyond it the oldest are dropped and counted as failed.
+    held: std::collections::VecDeque<FlowRecord>,
+    /// When writes are failing: the next attempt, and how many failed in a row.
+    failing: Option<(Instant, u32)>,
+    next_prune: Instant,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 fn run(
-    mut conn: Connection,
+    conn: Connection,
     path: PathBuf,
     rx: mpsc::Receiver<Row>,
     cfg: WriterConfig,
     stats: &StoreStats,
 ) {
-    let mut batch: Vec<FlowRecord> = Vec::with_capacity(cfg.batch_rows);
+    let mut st = State {
+        conn,
+        path,
+        held: std::collections::VecDeque::new(),
+        failing: None,
+        next_prune: Instant::now() + Duration::from_secs(1),
+    };
     let mut infos: Vec<IpInfo> = Vec::new();
     let mut deadline: Option<Instant> = None;
     let heartbeat = cfg.metrics.as_ref().map(|m| m.heartbeat("store"));
@@ -196,7 +256,7 @@ fn run(
         if let Some(h) = &heartbeat {
             h.beat();
         }
-        // Wake at least once a second to beat the heartbeat.
+        // Wake at least once a second to beat the heartbeat, retry, and prune.
         let timeout = deadline
             .map_or(Duration::from_secs(1), |d| {
                 d.saturating_duration_since(Instant::now())
@@ -204,7 +264,7 @@ fn run(
             .min(Duration::from_secs(1));
         let closed = match rx.recv_timeout(timeout) {
             Ok(Row::Flow(flow)) => {
-                batch.push(flow);
+                st.held.push_back(flow);
                 deadline.get_or_insert_with(|| Instant::now() + cfg.flush);
                 false
             }
@@ -218,57 +278,130 @@ fn run(
         };
         let due = deadline.is_some_and(|d| Instant::now() >= d);
         if !infos.is_empty() && (infos.len() >= cfg.batch_rows || due || closed) {
-            write_infos(&mut conn, &path, &infos, stats);
+            if st.failing.is_some() {
+                stats
+                    .ip_rows_dropped
+                    .fetch_add(infos.len() as u64, Ordering::Relaxed);
+            } else {
+                write_infos(&mut st.conn, &st.path, &infos, stats);
+            }
             infos.clear();
         }
-        if batch.len() >= cfg.batch_rows || due || closed {
-            if !batch.is_empty() {
-                let started = Instant::now();
-                let ok = write_batch(&mut conn, &path, &batch, stats);
-                if let Some(m) = &cfg.metrics {
-                    m.store_write_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    if ok {
-                        let now_ms = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_millis() as i64);
-                        for f in &batch {
-                            let ms = (now_ms - f.last_seen_ms).max(0);
-                            m.store_close_to_row_seconds.observe(ms as f64 / 1000.0);
-                        }
-                    }
-                }
-                batch.clear();
-            }
+        bound_held(&mut st, &cfg, stats);
+        let retry_due = st.failing.is_none_or(|(at, _)| Instant::now() >= at);
+        let full = st.held.len() >= cfg.batch_rows;
+        if !st.held.is_empty() && retry_due && (full || due || closed) {
+            write_held(&mut st, &cfg, stats);
             deadline = None;
+        } else if st.failing.is_some() && !st.held.is_empty() && retry_due {
+            write_held(&mut st, &cfg, stats);
         }
         if closed {
+            let lost = st.held.len() as u64;
+            if lost > 0 {
+                stats.write_failed.fetch_add(lost, Ordering::Relaxed);
+                tracing::error!(
+                    rows = lost,
+                    path = %st.path.display(),
+                    "stopping with flows that could not be written: lost"
+                );
+            }
             break;
+        }
+        if st.failing.is_none() && Instant::now() >= st.next_prune {
+            prune(&mut st, &cfg);
         }
     }
 }
 
-fn write_batch(
-    conn: &mut Connection,
-    path: &std::path::Path,
-    batch: &[FlowRecord],
-    stats: &StoreStats,
-) -> bool {
-    match insert_all(conn, batch) {
-        Ok(()) => {
-            stats
-                .rows_written
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            stats.batches.fetch_add(1, Ordering::Relaxed);
-            true
+/// Drops the oldest held flows beyond the bound, counting them as failed.
+fn bound_held(st: &mut State, cfg: &WriterConfig, stats: &StoreStats) {
+    let over = st
+        .held
+        .len()
+        .saturating_sub(cfg.held_rows.max(cfg.batch_rows));
+    if over > 0 {
+        st.held.drain(..over);
+        stats.write_failed.fetch_add(over as u64, Ordering::Relaxed);
+    }
+}
+
+/// Writes what is held, a batch a transaction, oldest first. On failure keeps the rest
+/// for the next attempt.
+fn write_held(st: &mut State, cfg: &WriterConfig, stats: &StoreStats) {
+    while !st.held.is_empty() {
+        let n = st.held.len().min(cfg.batch_rows);
+        let started = Instant::now();
+        let result = insert_all(&mut st.conn, st.held.range(..n));
+        match result {
+            Ok(()) => {
+                stats.rows_written.fetch_add(n as u64, Ordering::Relaxed);
+                stats.batches.fetch_add(1, Ordering::Relaxed);
+                if let Some(m) = &cfg.metrics {
+                    m.store_write_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    let now = now_ms();
+                    for f in st.held.range(..n) {
+                        let ms = (now - f.last_seen_ms).max(0);
+                        m.store_close_to_row_seconds.observe(ms as f64 / 1000.0);
+                    }
+                }
+                st.held.drain(..n);
+                if let Some((_, fails)) = st.failing.take() {
+                    tracing::warn!(
+                        path = %st.path.display(),
+                        failed_attempts = fails,
+                        "writing again"
+                    );
+                }
+            }
+            Err(e) => {
+                if let Some(m) = &cfg.metrics {
+                    m.store_write_errors.inc();
+                }
+                let fails = st.failing.map_or(1, |(_, f)| f + 1);
+                if fails == 1 {
+                    let err = StoreError::sqlite(&st.path, "writing a batch of flows", e);
+                    tracing::error!(
+                        held = st.held.len(),
+                        "{err}; holding flows (up to store_held_rows) and retrying every {} s",
+                        RETRY.as_secs()
+                    );
+                }
+                if fails % REOPEN_AFTER == 0 {
+                    match super::open_for_writing(&st.path) {
+                        Ok(c) => st.conn = c,
+                        Err(e) => tracing::debug!("reopening: {e}"),
+                    }
+                }
+                st.failing = Some((Instant::now() + RETRY, fails));
+                return;
+            }
         }
+    }
+}
+
+/// One retention step; the next one right away while there is more to prune.
+fn prune(st: &mut State, cfg: &WriterConfig) {
+    let Some(r) = cfg.retention.filter(|r| !r.is_off()) else {
+        st.next_prune = Instant::now() + Duration::from_secs(3600);
+        return;
+    };
+    match r.step(&mut st.conn, now_ms()) {
+        Ok(Some((why, n))) => {
+            if let Some(m) = &cfg.metrics {
+                m.store_pruned_rows
+                    .with_label_values(&[why.as_str()])
+                    .inc_by(n);
+            }
+            tracing::debug!(rows = n, reason = why.as_str(), "pruned");
+            st.next_prune = Instant::now();
+        }
+        Ok(None) => st.next_prune = Instant::now() + cfg.prune_every,
         Err(e) => {
-            stats
-                .write_failed
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            let err = StoreError::sqlite(path, "writing a batch of flows", e);
-            tracing::error!(rows = batch.len(), "{err}");
-            false
+            let err = StoreError::sqlite(&st.path, "pruning old flows", e);
+            tracing::warn!("{err}");
+            st.next_prune = Instant::now() + cfg.prune_every;
         }
     }
 }
@@ -299,7 +432,10 @@ fn write_infos(
     }
 }
 
-fn insert_all(conn: &mut Connection, batch: &[FlowRecord]) -> rusqlite::Result<()> {
+fn insert_all<'a>(
+    conn: &mut Connection,
+    batch: impl Iterator<Item = &'a FlowRecord>,
+) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare_cached(INSERT)?;
@@ -367,13 +503,7 @@ mod tests {
         let w = Writer::spawn(
             conn,
             path.clone(),
-            WriterConfig {
-                batch_rows: 100,
-                flush: Duration::from_secs(60),
-                queue_rows: 10_000,
-                metrics: None,
-                enrich: None,
-            },
+            WriterConfig::new(100, Duration::from_secs(60), 10_000),
         );
         for i in 0..250 {
             w.try_send(flow(i));
@@ -387,5 +517,62 @@ mod tests {
             .query_row("SELECT count(*) FROM flows", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 250);
+    }
+
+    /// Writes that fail are held and retried; past the bound the oldest are dropped and
+    /// counted; writing resumes by itself. The failure is a trigger another connection
+    /// adds and removes: as deterministic as a full disk, without needing one.
+    #[test]
+    fn failed_writes_are_held_bounded_and_resume() {
+        let dir = std::env::temp_dir().join(format!("sensor-writer-fail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("f.db");
+        let conn = super::super::open_for_writing(&path).unwrap();
+        let other = super::super::open_for_writing(&path).unwrap();
+        other
+            .execute_batch(
+                "CREATE TRIGGER no_space BEFORE INSERT ON flows
+                 BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END;",
+            )
+            .unwrap();
+        let mut cfg = WriterConfig::new(100, Duration::from_millis(20), 10_000);
+        cfg.held_rows = 500;
+        let w = Writer::spawn(conn, path.clone(), cfg);
+        let stats = w.stats();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        for i in 0..300 {
+            w.try_send(flow(i));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(load(&stats.rows_written), 0);
+        assert_eq!(load(&stats.write_failed), 0, "held, not lost");
+        for i in 300..700 {
+            w.try_send(flow(i));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            load(&stats.write_failed),
+            200,
+            "the oldest beyond the bound"
+        );
+        other.execute_batch("DROP TRIGGER no_space").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while load(&stats.rows_written) < 500 {
+            assert!(Instant::now() < deadline, "writing did not resume");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for i in 700..750 {
+            w.try_send(flow(i));
+        }
+        w.finish();
+        assert_eq!(load(&stats.rows_written), 550);
+        assert_eq!(load(&stats.accepted), 750);
+        let (n, min_port): (i64, i64) = other
+            .query_row("SELECT count(*), min(src_port) FROM flows", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((n, min_port), (550, 200), "the newest were kept, in order");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
