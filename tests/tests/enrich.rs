@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::services::{Cymru, Dnsmasq, metric, shared_data};
+use common::{
+    metric_value as metric,
+    services::{Cymru, Dnsmasq, shared_data},
+};
 use serde_json::Value;
 
 fn mmdb(name: &str) -> PathBuf {

@@ -4,12 +4,12 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::Write,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{Sensor, http_get, is_root, skip, tcpload_bin, temp_dir};
+use common::{Sensor, http_get, is_root, skip, temp_dir};
 
 fn have(cmd: &str) -> bool {
     Command::new(cmd)
@@ -21,26 +21,6 @@ fn have(cmd: &str) -> bool {
 }
 
 /// `per_family` tcpload connections over each of 127.0.0.1 and ::1, `threads` at a time.
-fn traffic(per_family: usize, threads: usize) {
-    let mut server = Command::new(tcpload_bin())
-        .args(["server", "--conns", &(2 * per_family).to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("server");
-    let mut out = BufReader::new(server.stdout.take().unwrap());
-    let mut listen = String::new();
-    out.read_line(&mut listen).unwrap();
-    let a: Vec<&str> = listen.split_whitespace().collect();
-    let client = Command::new(tcpload_bin())
-        .args(["client", "--v4", a[1], "--v6", a[2]])
-        .args(["--per-family", &per_family.to_string()])
-        .args(["--threads", &threads.to_string()])
-        .output()
-        .expect("client");
-    assert!(client.status.success(), "{client:?}");
-    assert!(server.wait().unwrap().success());
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -120,7 +100,7 @@ fn prometheus_scrapes_the_sensor_and_promtool_accepts_it() {
     }
 
     // Traffic: 20 connections each over 127.0.0.1 and ::1.
-    traffic(20, 4);
+    common::tcp_traffic(20, 4);
 
     // promtool on a live scrape.
     std::thread::sleep(Duration::from_millis(1500));
@@ -235,7 +215,7 @@ fn every_stage_accounts_for_everything_under_overflow() {
         "--metrics-on-exit",
         final_metrics.to_str().unwrap(),
     ]);
-    traffic(2000, 8);
+    common::tcp_traffic(2000, 8);
     let (status, _) = sensor.stop();
     assert!(status.success());
     let m = std::fs::read_to_string(&final_metrics).expect("final metrics");

@@ -231,8 +231,8 @@ fn remote_address(rng: &mut Rng) -> String {
 }
 
 const COUNTRIES: &[&str] = &[
-    "US", "DE", "FR", "GB", "NL", "IE", "SE", "JP", "CN", "KR", "IN", "BR", "CA", "AU", "RU",
-    "PL", "IT", "ES", "CH", "SG", "HK", "FI", "NO", "DK", "AT", "BE", "CZ", "ZA", "MX", "AR",
+    "US", "DE", "FR", "GB", "NL", "IE", "SE", "JP", "CN", "KR", "IN", "BR", "CA", "AU", "RU", "PL",
+    "IT", "ES", "CH", "SG", "HK", "FI", "NO", "DK", "AT", "BE", "CZ", "ZA", "MX", "AR",
 ];
 const END_REASONS: &[&str] = &["fin", "fin", "fin", "rst", "idle", "active", "failed"];
 
@@ -309,7 +309,14 @@ fn fill(db: &Path, n: usize) -> Result<()> {
             }
             flows.sort_by_key(|f| f.1);
             for &(first, last, r, s) in &flows {
-                insert_flow(&mut ins, &mut rng, (first, last, r, s), &remotes, &processes, &ports)?;
+                insert_flow(
+                    &mut ins,
+                    &mut rng,
+                    (first, last, r, s),
+                    &remotes,
+                    &processes,
+                    &ports,
+                )?;
             }
         }
     }
@@ -386,7 +393,10 @@ fn insert_flow(
         (None, None)
     };
     let (src_bytes, dst_bytes) = if capture {
-        (Some(up + 40 * src_packets.unwrap_or(0)), Some(down + 40 * dst_packets.unwrap_or(0)))
+        (
+            Some(up + 40 * src_packets.unwrap_or(0)),
+            Some(down + 40 * dst_packets.unwrap_or(0)),
+        )
     } else {
         (None, None)
     };

@@ -30,6 +30,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("promtool", "prometheus"),
     ("dnsmasq", "dnsmasq-base"),
+    ("mkfs.ext4", "e2fsprogs"),
 ];
 
 pub struct Tools {

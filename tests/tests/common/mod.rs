@@ -234,3 +234,35 @@ impl Sensor {
             .expect("the sensor logs its metrics address")
     }
 }
+
+/// Real TCP connections over 127.0.0.1 and ::1 (`tcpload`): `per_family` each, from
+/// `threads` client threads.
+pub fn tcp_traffic(per_family: usize, threads: usize) {
+    let mut server = Command::new(tcpload_bin())
+        .args(["server", "--conns", &(2 * per_family).to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("server");
+    let mut out = BufReader::new(server.stdout.take().unwrap());
+    let mut listen = String::new();
+    out.read_line(&mut listen).unwrap();
+    let a: Vec<&str> = listen.split_whitespace().collect();
+    let client = Command::new(tcpload_bin())
+        .args(["client", "--v4", a[1], "--v6", a[2]])
+        .args(["--per-family", &per_family.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .output()
+        .expect("client");
+    assert!(client.status.success(), "{client:?}");
+    assert!(server.wait().unwrap().success());
+}
+
+/// The value of one series in a Prometheus text exposition (0 when absent).
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}

@@ -131,13 +131,3 @@ impl Drop for Cymru {
         let _ = self.child.wait();
     }
 }
-
-/// The value of one series in a Prometheus text exposition (0 when absent).
-pub fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
-}
