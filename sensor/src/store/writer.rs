@@ -368,7 +368,7 @@ fn write_held(st: &mut State, cfg: &WriterConfig, stats: &StoreStats) {
                         RETRY.as_secs()
                     );
                 }
-                if fails % REOPEN_AFTER == 0 {
+                if fails.is_multiple_of(REOPEN_AFTER) {
                     match super::open_for_writing(&st.path) {
                         Ok(c) => st.conn = c,
                         Err(e) => tracing::debug!("reopening: {e}"),
