@@ -1,10 +1,11 @@
 //! The `sensor` command line: the binary's edge, where errors become messages and exit codes.
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use sensor::{
     config::{Config, DEFAULT_DB_PATH, HookMode},
-    export, run,
+    export::{self, top},
+    run,
 };
 
 #[derive(Parser)]
@@ -94,18 +95,70 @@ enum Command {
         /// The list of addresses, or - for stdin.
         file: PathBuf,
     },
-    /// Print the flows in a database.
+    /// Print the flows in a database, oldest first, streamed (memory does not grow with
+    /// the flows). Filters combine with AND; each matches either end of a flow.
     Export {
         #[arg(long, default_value = DEFAULT_DB_PATH)]
         db: PathBuf,
+        /// csv: a header row, then one flow a line. json: one array of objects; ndjson: one
+        /// object a line (keys as the CSV header, numbers as numbers, missing as null).
         #[arg(long, value_enum, default_value = "csv")]
-        format: Format,
+        format: export::Format,
+        #[command(flatten)]
+        filter: export::Filter,
+    },
+    /// The largest groups of flows: by remote address, country, ASN, process, port or pair.
+    ///
+    /// Per flow, bytes = src_bytes + dst_bytes (IP layer) when a packet view counted the
+    /// flow, else src_payload_bytes + dst_payload_bytes (kernel-only flows have no packet
+    /// counts); packets = src_packets + dst_packets (0 when absent); flows = the count. The
+    /// remote end is the end that is not an address of this host (its interface addresses
+    /// now, and loopback); when neither or both are, the destination. The local end is the
+    /// source when the source is local, else the destination. Columns: rank, the group,
+    /// flows, packets, bytes, and the group's share of the --by total over every group.
+    /// Ties rank by the group, ascending.
+    Top {
+        /// What to rank by.
+        #[arg(long, value_enum, default_value = "bytes")]
+        by: top::By,
+        /// What to add flows up by: remote-ip (with host name, country, ASN), country and
+        /// asn (of the remote end; unknown: "-" and 0), process (the local end's comm; "-"
+        /// when unknown), port (destination port with protocol, e.g. tcp/443), pair
+        /// ("src_ip → dst_ip" as stored).
+        #[arg(long, value_enum, default_value = "remote-ip")]
+        group: top::Group,
+        /// Show this many groups (0: all).
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        /// table: aligned columns (bytes also as kB/MB/GB); csv; json (one array).
+        #[arg(long, value_enum, default_value = "table")]
+        format: top::TopFormat,
+        #[arg(long, default_value = DEFAULT_DB_PATH)]
+        db: PathBuf,
+        #[command(flatten)]
+        filter: export::Filter,
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Format {
-    Csv,
+/// Ends a query command: a closed pipe (`| head`) is success, a bad database or
+/// unwritable output a failure.
+fn query_exit<T>(r: Result<T, export::ExportError>) -> ExitCode {
+    match r {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A filter that no flow can match is a usage error, as clap's own are (exit 2).
+fn check_filter(filter: &export::Filter) -> Result<(), ExitCode> {
+    filter.validate().map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
 }
 
 fn init_logging() {
@@ -311,20 +364,37 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Export { db, format } => {
-            let out = std::io::stdout().lock();
-            let r = match format {
-                Format::Csv => export::csv::export(&db, out),
-            };
-            match r {
-                Ok(_) => ExitCode::SUCCESS,
-                // A closed pipe (`| head`) is not an error.
-                Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    ExitCode::FAILURE
-                }
+        Command::Export { db, format, filter } => {
+            if let Err(code) = check_filter(&filter) {
+                return code;
             }
+            query_exit(export::export(
+                &db,
+                &filter,
+                format,
+                std::io::stdout().lock(),
+            ))
+        }
+        Command::Top {
+            by,
+            group,
+            limit,
+            format,
+            db,
+            filter,
+        } => {
+            if let Err(code) = check_filter(&filter) {
+                return code;
+            }
+            let opts = top::TopOptions {
+                by,
+                group,
+                limit,
+                format,
+                filter,
+            };
+            let local = top::LocalAddrs::of_this_host();
+            query_exit(top::top(&db, &opts, &local, std::io::stdout().lock()))
         }
     }
 }

@@ -107,7 +107,16 @@ fn replay_one(
 ) -> Result<(), FileError> {
     let mut table = FlowTable::new(cfg.table(), "file");
     // A file can wait for the disk: nothing is dropped.
-    let mut emit = |f| writer.send_blocking(f);
+    // Flows go to the writer in chunks: a replay outruns the disk, and chunks spare the
+    // two threads a wake-up each per flow.
+    const CHUNK: usize = 512;
+    let mut chunk: Vec<crate::flow::FlowRecord> = Vec::with_capacity(CHUNK);
+    let mut emit = |f| {
+        chunk.push(f);
+        if chunk.len() >= CHUNK {
+            writer.send_many_blocking(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+        }
+    };
     let started = Instant::now();
     let mut last_report = Instant::now();
     let mut bytes = 0u64;
@@ -161,6 +170,7 @@ fn replay_one(
     }
     // Whatever happened, the flows read so far are kept.
     table.flush_all(&mut emit);
+    writer.send_many_blocking(chunk);
     let stats = r?;
     summary.packets += stats.packets;
     summary.unsupported_link += stats.unsupported_link;

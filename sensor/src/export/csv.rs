@@ -1,91 +1,198 @@
-//! `sensor export --format csv`: a header row, then one flow a line, streamed row by row.
-use std::{io::Write, path::Path};
+//! `--format csv`: a header row, then one row a line, quoted only where needed (as the
+//! `csv` crate writes it: fields holding `,`, `"`, CR or LF), nothing built per field.
+use std::io::{self, Write};
 
-use rusqlite::types::ValueRef;
+use super::{Cell, RowWriter};
 
-use super::ExportError;
-
-/// The CSV's columns, in order, with the SQL that reads each from `flows`. Scripts rely on
-/// the names and the order; new columns go at the end.
-pub const COLUMNS: &[(&str, &str)] = &[
-    ("first_seen_ms", "first_seen_ms"),
-    ("last_seen_ms", "last_seen_ms"),
-    ("proto", "proto"),
-    ("src_ip", "src_ip"),
-    ("src_port", "src_port"),
-    ("dst_ip", "dst_ip"),
-    ("dst_port", "dst_port"),
-    ("src_payload_bytes", "src_payload_bytes"),
-    ("dst_payload_bytes", "dst_payload_bytes"),
-    ("src_pid", "src_pid"),
-    ("src_comm", "src_comm"),
-    ("dst_pid", "dst_pid"),
-    ("dst_comm", "dst_comm"),
-    ("end_reason", "end_reason"),
-    ("srtt_us", "srtt_us"),
-    ("retransmits", "retransmits"),
-    ("src_packets", "src_packets"),
-    ("dst_packets", "dst_packets"),
-    ("src_bytes", "src_bytes"),
-    ("dst_bytes", "dst_bytes"),
-    (
-        "tcp_flags",
-        "CASE WHEN src_tcp_flags IS NULL AND dst_tcp_flags IS NULL THEN NULL \
-         ELSE ifnull(src_tcp_flags, 0) | ifnull(dst_tcp_flags, 0) END",
-    ),
-    ("src_tcp_flags", "src_tcp_flags"),
-    ("dst_tcp_flags", "dst_tcp_flags"),
-    ("capture", "sources"),
-    // Enrichment of both ends, joined from ip_info at export time.
-    ("src_country", "s.country"),
-    ("src_city", "s.city"),
-    ("src_asn", "s.asn"),
-    ("src_as_org", "s.as_org"),
-    ("src_hostname", "s.hostname"),
-    ("src_threat", "s.threat"),
-    ("dst_country", "d.country"),
-    ("dst_city", "d.city"),
-    ("dst_asn", "d.asn"),
-    ("dst_as_org", "d.as_org"),
-    ("dst_hostname", "d.hostname"),
-    ("dst_threat", "d.threat"),
+/// The export's columns, in order. Scripts rely on the names and the order; new columns go
+/// at the end. The first [`FLOW_SQL`]`.len()` come from `flows`, the rest from `ip_info`.
+pub const COLUMNS: [&str; 36] = [
+    "first_seen_ms",
+    "last_seen_ms",
+    "proto",
+    "src_ip",
+    "src_port",
+    "dst_ip",
+    "dst_port",
+    "src_payload_bytes",
+    "dst_payload_bytes",
+    "src_pid",
+    "src_comm",
+    "dst_pid",
+    "dst_comm",
+    "end_reason",
+    "srtt_us",
+    "retransmits",
+    "src_packets",
+    "dst_packets",
+    "src_bytes",
+    "dst_bytes",
+    "tcp_flags",
+    "src_tcp_flags",
+    "dst_tcp_flags",
+    "capture",
+    // Enrichment of both ends, from ip_info at export time.
+    "src_country",
+    "src_city",
+    "src_asn",
+    "src_as_org",
+    "src_hostname",
+    "src_threat",
+    "dst_country",
+    "dst_city",
+    "dst_asn",
+    "dst_as_org",
+    "dst_hostname",
+    "dst_threat",
 ];
 
-/// The flows with each end's enrichment (`s`, `d`); addresses never enriched get NULLs.
-pub const FROM: &str = "flows LEFT JOIN ip_info s ON s.ip = flows.src_ip \
-    LEFT JOIN ip_info d ON d.ip = flows.dst_ip";
+/// The SQL reading each of the first columns from `flows`.
+pub const FLOW_SQL: [&str; 24] = [
+    "first_seen_ms",
+    "last_seen_ms",
+    "proto",
+    "src_ip",
+    "src_port",
+    "dst_ip",
+    "dst_port",
+    "src_payload_bytes",
+    "dst_payload_bytes",
+    "src_pid",
+    "src_comm",
+    "dst_pid",
+    "dst_comm",
+    "end_reason",
+    "srtt_us",
+    "retransmits",
+    "src_packets",
+    "dst_packets",
+    "src_bytes",
+    "dst_bytes",
+    "CASE WHEN src_tcp_flags IS NULL AND dst_tcp_flags IS NULL THEN NULL \
+     ELSE ifnull(src_tcp_flags, 0) | ifnull(dst_tcp_flags, 0) END",
+    "src_tcp_flags",
+    "dst_tcp_flags",
+    "sources",
+];
 
-/// Writes every flow in `db` to `out`, oldest first. Returns the number of rows.
-pub fn export(db: &Path, out: impl Write) -> Result<u64, ExportError> {
-    let conn = crate::store::open_for_reading(db)?;
-    let query_err = |source| ExportError::Query {
-        path: db.to_path_buf(),
-        source,
-    };
-    let select: Vec<&str> = COLUMNS.iter().map(|(_, sql)| *sql).collect();
-    let sql = format!(
-        "SELECT {} FROM {FROM} ORDER BY flows.first_seen_ms, flows.id",
-        select.join(", ")
-    );
-    let mut stmt = conn.prepare(&sql).map_err(query_err)?;
-    let mut rows = stmt.query([]).map_err(query_err)?;
-    let mut w = ::csv::Writer::from_writer(out);
-    w.write_record(COLUMNS.iter().map(|(name, _)| *name))?;
-    let mut n = 0u64;
-    let mut fields: Vec<String> = Vec::with_capacity(COLUMNS.len());
-    while let Some(row) = rows.next().map_err(query_err)? {
-        fields.clear();
-        for i in 0..COLUMNS.len() {
-            fields.push(match row.get_ref(i).map_err(query_err)? {
-                ValueRef::Null => String::new(),
-                ValueRef::Integer(v) => v.to_string(),
-                ValueRef::Real(v) => v.to_string(),
-                ValueRef::Text(t) | ValueRef::Blob(t) => String::from_utf8_lossy(t).into_owned(),
-            });
+/// Writes rows as CSV; each row is assembled in one buffer and written at once.
+pub struct CsvWriter<W: Write> {
+    out: W,
+    line: Vec<u8>,
+    ints: itoa::Buffer,
+}
+
+impl<W: Write> CsvWriter<W> {
+    pub fn new(out: W) -> Self {
+        Self {
+            out,
+            line: Vec::with_capacity(512),
+            ints: itoa::Buffer::new(),
         }
-        w.write_record(&fields)?;
-        n += 1;
     }
-    w.flush()?;
-    Ok(n)
+}
+
+/// Appends `text` as one CSV field.
+fn push_text(line: &mut Vec<u8>, text: &[u8]) {
+    if text
+        .iter()
+        .any(|&b| matches!(b, b',' | b'"' | b'\r' | b'\n'))
+    {
+        line.push(b'"');
+        for &b in text {
+            if b == b'"' {
+                line.push(b'"');
+            }
+            line.push(b);
+        }
+        line.push(b'"');
+    } else {
+        line.extend_from_slice(text);
+    }
+}
+
+impl<W: Write> RowWriter for CsvWriter<W> {
+    fn begin(&mut self, columns: &[&str]) -> io::Result<()> {
+        self.line.clear();
+        for (i, c) in columns.iter().enumerate() {
+            if i > 0 {
+                self.line.push(b',');
+            }
+            push_text(&mut self.line, c.as_bytes());
+        }
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)
+    }
+
+    fn row(&mut self, cells: &[Cell<'_>]) -> io::Result<()> {
+        self.line.clear();
+        for (i, cell) in cells.iter().enumerate() {
+            if i > 0 {
+                self.line.push(b',');
+            }
+            match *cell {
+                Cell::Null => {}
+                Cell::Int(v) => self.line.extend_from_slice(self.ints.format(v).as_bytes()),
+                Cell::Real(v) => write!(self.line, "{v}")?,
+                Cell::Text(t) => push_text(&mut self.line, t),
+            }
+        }
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_written_as_the_csv_crate_writes_them() {
+        let texts: &[&[u8]] = &[
+            b"plain",
+            b"",
+            b"with,comma",
+            b"with \"quotes\"",
+            b"line\nbreak",
+            b"carriage\rreturn",
+            b" spaces ",
+            "ünïcødé".as_bytes(),
+            b"'single'",
+        ];
+        let cells: Vec<Cell<'_>> = texts
+            .iter()
+            .map(|t| Cell::Text(t))
+            .chain([
+                Cell::Int(-42),
+                Cell::Null,
+                Cell::Int(i64::MAX),
+                Cell::Real(0.25),
+            ])
+            .collect();
+        let mut ours = CsvWriter::new(Vec::new());
+        ours.begin(&["a", "b,c"]).unwrap();
+        ours.row(&cells).unwrap();
+        ours.finish().unwrap();
+
+        let mut theirs = ::csv::WriterBuilder::new()
+            .flexible(true)
+            .from_writer(Vec::new());
+        theirs.write_record(["a", "b,c"]).unwrap();
+        let mut fields: Vec<Vec<u8>> = texts.iter().map(|t| t.to_vec()).collect();
+        fields.extend([
+            b"-42".to_vec(),
+            Vec::new(),
+            i64::MAX.to_string().into_bytes(),
+            b"0.25".to_vec(),
+        ]);
+        theirs.write_record(&fields).unwrap();
+        assert_eq!(
+            String::from_utf8(ours.out).unwrap(),
+            String::from_utf8(theirs.into_inner().unwrap()).unwrap()
+        );
+    }
 }

@@ -299,7 +299,10 @@ mod tests {
         assert_eq!(parse_asn("AS13335").unwrap(), 13335);
         assert_eq!(parse_asn("15169").unwrap(), 15169);
         assert!(parse_asn("ASx").is_err());
-        assert_eq!(parse_process("systemd-resolved").unwrap(), "systemd-resolve");
+        assert_eq!(
+            parse_process("systemd-resolved").unwrap(),
+            "systemd-resolve"
+        );
         assert_eq!(parse_process("nginx").unwrap(), "nginx");
         assert_eq!(
             parse_net("10.1.2.3/8").unwrap(),

@@ -71,17 +71,12 @@ struct Cursor<'a>(&'a [u8]);
 
 impl Cursor<'_> {
     fn digits(&mut self, n: usize) -> Result<u32, TimeError> {
-        let (head, rest) = self
-            .0
-            .split_at_checked(n)
-            .ok_or(TimeError::Unrecognised)?;
+        let (head, rest) = self.0.split_at_checked(n).ok_or(TimeError::Unrecognised)?;
         if !head.iter().all(u8::is_ascii_digit) {
             return Err(TimeError::Unrecognised);
         }
         self.0 = rest;
-        Ok(head
-            .iter()
-            .fold(0, |v, b| v * 10 + u32::from(b - b'0')))
+        Ok(head.iter().fold(0, |v, b| v * 10 + u32::from(b - b'0')))
     }
 
     fn byte(&mut self, allowed: &[u8]) -> Result<u8, TimeError> {

@@ -78,6 +78,12 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
     }
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(|e| StoreError::sqlite(path, "setting synchronous", e))?;
+    // Fewer, larger checkpoints (each ends with an fsync), and a page cache that holds the
+    // index's hot end: both matter at 10⁵ rows a second.
+    conn.pragma_update(None, "wal_autocheckpoint", 4_000)
+        .map_err(|e| StoreError::sqlite(path, "setting wal_autocheckpoint", e))?;
+    conn.pragma_update(None, "cache_size", -16_384)
+        .map_err(|e| StoreError::sqlite(path, "setting cache_size", e))?;
     schema::migrate(&mut conn, path)?;
     Ok(conn)
 }

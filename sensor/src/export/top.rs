@@ -1,0 +1,769 @@
+//! `sensor top`: the flows added up by a key, the largest first.
+//!
+//! Per flow: bytes are the IP-layer bytes both ways (`src_bytes + dst_bytes`) when a packet
+//! view counted the flow, else the kernel's payload bytes both ways (kernel-only flows have
+//! no packet counts); packets are `src_packets + dst_packets` (0 when absent).
+//!
+//! The remote end of a flow is the end that is not an address of this host (its interface
+//! addresses now, and loopback); when neither or both are, the destination. The local end
+//! is the source when the source is local, else the destination.
+//!
+//! Speed: SQLite only reads the columns asked for; the rows are added up in Rust, in a hash
+//! map keyed by the stored bytes (the remote address's text, say), by one thread per core,
+//! each over its own part of the table on its own read-only connection (WAL readers don't
+//! wait for each other or for the writer). Country and ASN add up by remote address first,
+//! then map each address through `ip_info` once.
+use std::{
+    collections::HashMap,
+    io::{self, BufWriter, Write},
+    net::IpAddr,
+    path::Path,
+};
+
+use rusqlite::types::{Value, ValueRef};
+
+use super::{
+    Cell, ExportError, RowWriter,
+    filter::{Filter, RowCheck, TimeAccess},
+    ipinfo::{self, Info, InfoMap},
+};
+
+/// What to rank by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum By {
+    /// IP-layer bytes both ways, else (kernel-only flows) payload bytes both ways.
+    Bytes,
+    /// Packets both ways (0 for kernel-only flows).
+    Packets,
+    /// Number of flows.
+    Flows,
+}
+
+/// What to add flows up by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Group {
+    /// The remote end's address, with its host name, country and ASN.
+    RemoteIp,
+    /// The remote end's country (ip_info; "-" when unknown).
+    Country,
+    /// The remote end's AS number (ip_info; 0 when unknown).
+    Asn,
+    /// The local end's process name (comm; "-" when unknown).
+    Process,
+    /// The destination port with the protocol, e.g. tcp/443.
+    Port,
+    /// Source and destination as stored: "src_ip → dst_ip".
+    Pair,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TopFormat {
+    /// Aligned columns for people.
+    Table,
+    /// A header row, then one group a line.
+    Csv,
+    /// One JSON array of objects, keys as the CSV header.
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct TopOptions {
+    pub by: By,
+    pub group: Group,
+    /// At most this many groups; 0 for all.
+    pub limit: usize,
+    pub format: TopFormat,
+    pub filter: Filter,
+}
+
+/// Flows, packets and bytes added up.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub flows: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Totals {
+    fn add(&mut self, o: &Totals) {
+        self.flows += o.flows;
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+    }
+
+    fn get(&self, by: By) -> u64 {
+        match by {
+            By::Bytes => self.bytes,
+            By::Packets => self.packets,
+            By::Flows => self.flows,
+        }
+    }
+}
+
+/// This host's addresses as `flows` stores them (text, IPv4-mapped as IPv4), plus
+/// loopback. Few enough on most hosts that a linear search beats hashing.
+#[derive(Debug, Clone, Default)]
+pub struct LocalAddrs(Vec<Box<[u8]>>);
+
+impl LocalAddrs {
+    /// The addresses of every interface now.
+    pub fn of_this_host() -> Self {
+        Self::from_addrs(
+            pnet_datalink::interfaces()
+                .iter()
+                .flat_map(|i| i.ips.iter().map(|n| n.ip())),
+        )
+    }
+
+    pub fn from_addrs(addrs: impl IntoIterator<Item = IpAddr>) -> Self {
+        let mut v: Vec<Box<[u8]>> = addrs
+            .into_iter()
+            .map(|a| a.to_canonical().to_string().into_bytes().into_boxed_slice())
+            .collect();
+        v.sort();
+        v.dedup();
+        Self(v)
+    }
+
+    pub fn is_local(&self, ip: &[u8]) -> bool {
+        ip.starts_with(b"127.") || ip == b"::1" || self.0.iter().any(|a| **a == *ip)
+    }
+}
+
+/// One group of the answer.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GroupKey {
+    Text(String),
+    Asn(i64),
+    Port { proto: u8, port: u16 },
+}
+
+impl std::fmt::Display for GroupKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Text(t) => f.write_str(t),
+            Self::Asn(a) => write!(f, "{a}"),
+            Self::Port { proto, port } => match proto_name(*proto) {
+                Some(name) => write!(f, "{name}/{port}"),
+                None => write!(f, "{proto}/{port}"),
+            },
+        }
+    }
+}
+
+fn proto_name(proto: u8) -> Option<&'static str> {
+    match proto {
+        1 => Some("icmp"),
+        6 => Some("tcp"),
+        17 => Some("udp"),
+        58 => Some("icmpv6"),
+        _ => None,
+    }
+}
+
+/// The ranked answer: every group (before `--limit`) and the total over all of them.
+#[derive(Debug, Clone)]
+pub struct Ranking {
+    pub rows: Vec<(GroupKey, Totals)>,
+    pub total: Totals,
+}
+
+/// Per-thread sums, keyed by the group's bytes as read (remote address, comm, pair, or
+/// protocol and port packed in three bytes).
+type Sums = HashMap<Box<[u8]>, Totals, foldhash::fast::RandomState>;
+
+/// Below this share of the time span the table holds, a time range is read through the
+/// first_seen_ms index; above it a plain scan of the table is cheaper than looking up each
+/// row the index finds.
+const INDEX_SHARE: f64 = 0.25;
+
+/// How the table is split between threads.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    /// `id` in `[lo, hi)`: a straight walk over the table's pages.
+    Rows(i64, i64),
+    /// `first_seen_ms` in `[lo, hi)`, through the index.
+    Time(i64, i64),
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+}
+
+/// `[lo, hi)` in `n` nearly equal parts.
+fn split(lo: i64, hi: i64, n: usize) -> impl Iterator<Item = (i64, i64)> {
+    let n = n.max(1) as i64;
+    let step = ((hi - lo) / n).max(1);
+    (0..n).filter_map(move |i| {
+        let a = lo + i * step;
+        let b = if i == n - 1 { hi } else { (a + step).min(hi) };
+        (a < b).then_some((a, b))
+    })
+}
+
+fn one_i64(conn: &rusqlite::Connection, sql: &str) -> rusqlite::Result<Option<i64>> {
+    conn.query_row(sql, [], |r| r.get(0))
+}
+
+/// The parts to read, cheapest way first. Empty when nothing can match.
+fn plan(conn: &rusqlite::Connection, filter: &Filter) -> rusqlite::Result<Vec<Part>> {
+    let (Some(min_id), Some(max_id)) = (
+        one_i64(conn, "SELECT min(id) FROM flows")?,
+        one_i64(conn, "SELECT max(id) FROM flows")?,
+    ) else {
+        return Ok(Vec::new());
+    };
+    let rows = || {
+        split(min_id, max_id + 1, threads())
+            .map(|(a, b)| Part::Rows(a, b))
+            .collect()
+    };
+    if filter.since.is_none() && filter.until.is_none() {
+        return Ok(rows());
+    }
+    // Both ends of the index: two lookups, not a scan.
+    let (Some(first), Some(last)) = (
+        one_i64(conn, "SELECT min(first_seen_ms) FROM flows")?,
+        one_i64(conn, "SELECT max(first_seen_ms) FROM flows")?,
+    ) else {
+        return Ok(Vec::new());
+    };
+    let lo = filter.since.as_ref().map_or(first, |t| t.ms.max(first));
+    let hi = filter
+        .until
+        .as_ref()
+        .map_or(last + 1, |t| t.ms.min(last + 1));
+    if lo >= hi {
+        return Ok(Vec::new());
+    }
+    let share = (hi - lo) as f64 / (last + 1 - first) as f64;
+    if share > INDEX_SHARE {
+        return Ok(rows());
+    }
+    Ok(split(lo, hi, threads())
+        .map(|(a, b)| Part::Time(a, b))
+        .collect())
+}
+
+/// What one scan reads and how it keys rows.
+struct Scan<'a> {
+    group: Group,
+    check: &'a RowCheck,
+    info: &'a InfoMap,
+    local: &'a LocalAddrs,
+}
+
+impl Scan<'_> {
+    /// Whether the addresses must be read (for the key or for the filter).
+    fn needs_addresses(&self) -> bool {
+        self.group != Group::Port || self.check.is_active()
+    }
+
+    fn columns(&self) -> String {
+        let mut cols = vec![
+            "src_packets",
+            "dst_packets",
+            "src_bytes",
+            "dst_bytes",
+            "src_payload_bytes",
+            "dst_payload_bytes",
+        ];
+        if self.needs_addresses() {
+            cols.extend(["src_ip", "dst_ip"]);
+        }
+        match self.group {
+            Group::Port => cols.extend(["proto", "dst_port"]),
+            Group::Process => cols.extend(["src_comm", "dst_comm"]),
+            _ => {}
+        }
+        cols.join(", ")
+    }
+
+    /// Reads one part on its own connection and adds its rows up.
+    fn run(&self, db: &Path, filter: &Filter, part: Part) -> Result<Sums, ExportError> {
+        let conn = crate::store::open_for_reading(db)?;
+        let query_err = ExportError::query(db);
+        let (sql, params) = match part {
+            Part::Rows(lo, hi) => {
+                let (conds, mut params) = filter.sql(TimeAccess::Scan);
+                params.splice(0..0, [Value::Integer(lo), Value::Integer(hi)]);
+                let sql = format!(
+                    "SELECT {} FROM flows WHERE id >= ? AND id < ?{conds}",
+                    self.columns()
+                );
+                (sql, params)
+            }
+            Part::Time(lo, hi) => {
+                let untimed = Filter {
+                    since: None,
+                    until: None,
+                    ..filter.clone()
+                };
+                let (conds, mut params) = untimed.sql(TimeAccess::Index);
+                params.splice(0..0, [Value::Integer(lo), Value::Integer(hi)]);
+                let sql = format!(
+                    "SELECT {} FROM flows WHERE first_seen_ms >= ? AND first_seen_ms < ?{conds}",
+                    self.columns()
+                );
+                (sql, params)
+            }
+        };
+        let mut stmt = conn.prepare(&sql).map_err(&query_err)?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(params))
+            .map_err(&query_err)?;
+        let started = std::time::Instant::now();
+        let mut read = 0u64;
+        let mut sums = Sums::default();
+        let mut key: Vec<u8> = Vec::with_capacity(96);
+        let addresses = self.needs_addresses();
+        while let Some(row) = rows.next().map_err(&query_err)? {
+            read += 1;
+            let get = |i| row.get_ref(i).map_err(&query_err);
+            let (src, dst) = if addresses {
+                (
+                    text(get(6)?).unwrap_or_default(),
+                    text(get(7)?).unwrap_or_default(),
+                )
+            } else {
+                (&b""[..], &b""[..])
+            };
+            if self.check.is_active() {
+                let (si, di): (Option<&Info>, Option<&Info>) = if self.check.needs_info() {
+                    (self.info.get(src), self.info.get(dst))
+                } else {
+                    (None, None)
+                };
+                if !self.check.matches(src, dst, si, di) {
+                    continue;
+                }
+            }
+            let packets = int(get(0)?).unwrap_or(0) + int(get(1)?).unwrap_or(0);
+            let bytes = match (int(get(2)?), int(get(3)?)) {
+                (None, None) => int(get(4)?).unwrap_or(0) + int(get(5)?).unwrap_or(0),
+                (s, d) => s.unwrap_or(0) + d.unwrap_or(0),
+            };
+            key.clear();
+            match self.group {
+                Group::RemoteIp | Group::Country | Group::Asn => {
+                    let remote = if self.local.is_local(dst) && !self.local.is_local(src) {
+                        src
+                    } else {
+                        dst
+                    };
+                    key.extend_from_slice(remote);
+                }
+                Group::Process => {
+                    let comm = if self.local.is_local(src) {
+                        get(8)?
+                    } else {
+                        get(9)?
+                    };
+                    key.extend_from_slice(text(comm).unwrap_or(b"-"));
+                }
+                Group::Port => {
+                    let proto = int(get(6)?).unwrap_or(0) as u8;
+                    let port = int(get(7)?).unwrap_or(0) as u16;
+                    key.push(proto);
+                    key.extend_from_slice(&port.to_be_bytes());
+                }
+                Group::Pair => {
+                    key.extend_from_slice(src);
+                    key.push(0);
+                    key.extend_from_slice(dst);
+                }
+            }
+            let add = Totals {
+                flows: 1,
+                packets: packets.max(0) as u64,
+                bytes: bytes.max(0) as u64,
+            };
+            match sums.get_mut(key.as_slice()) {
+                Some(t) => t.add(&add),
+                None => {
+                    sums.insert(key.as_slice().into(), add);
+                }
+            }
+        }
+        tracing::debug!(
+            ?part,
+            read,
+            keys = sums.len(),
+            secs = started.elapsed().as_secs_f64(),
+            "top: part read"
+        );
+        Ok(sums)
+    }
+}
+
+fn int(v: ValueRef<'_>) -> Option<i64> {
+    match v {
+        ValueRef::Integer(i) => Some(i),
+        _ => None,
+    }
+}
+
+fn text(v: ValueRef<'_>) -> Option<&[u8]> {
+    match v {
+        ValueRef::Text(t) => Some(t),
+        _ => None,
+    }
+}
+
+/// The group each summed key belongs to.
+fn group_key(group: Group, key: &[u8], info: &InfoMap) -> GroupKey {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match group {
+        Group::RemoteIp | Group::Process => GroupKey::Text(text(key)),
+        Group::Country => GroupKey::Text(
+            info.get(key)
+                .and_then(|i| i.country.as_deref())
+                .unwrap_or("-")
+                .to_string(),
+        ),
+        Group::Asn => GroupKey::Asn(info.get(key).and_then(|i| i.asn).unwrap_or(0)),
+        Group::Port => GroupKey::Port {
+            proto: key[0],
+            port: u16::from_be_bytes([key[1], key[2]]),
+        },
+        Group::Pair => {
+            let at = key.iter().position(|b| *b == 0).unwrap_or(key.len());
+            let dst = key.get(at + 1..).unwrap_or_default();
+            GroupKey::Text(format!("{} → {}", text(&key[..at]), text(dst)))
+        }
+    }
+}
+
+/// Adds up the flows in `db` that pass `filter` by `group`, largest `by` first (ties by
+/// the key, ascending).
+pub fn rank(
+    db: &Path,
+    group: Group,
+    by: By,
+    filter: &Filter,
+    local: &LocalAddrs,
+) -> Result<(Ranking, InfoMap), ExportError> {
+    let conn = crate::store::open_for_reading(db)?;
+    let query_err = ExportError::query(db);
+    let check = filter.row_check();
+    let info =
+        if check.needs_info() || matches!(group, Group::RemoteIp | Group::Country | Group::Asn) {
+            ipinfo::load(&conn).map_err(&query_err)?
+        } else {
+            InfoMap::default()
+        };
+    let parts = plan(&conn, filter).map_err(&query_err)?;
+    drop(conn);
+    let scan = Scan {
+        group,
+        check: &check,
+        info: &info,
+        local,
+    };
+    let sums = std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .iter()
+            .map(|&part| {
+                let scan = &scan;
+                s.spawn(move || scan.run(db, filter, part))
+            })
+            .collect();
+        let mut all = Sums::default();
+        for h in handles {
+            let mut part = h.join().map_err(|_| ExportError::ReaderPanicked)??;
+            // Fold the smaller map into the larger.
+            if part.len() > all.len() {
+                std::mem::swap(&mut all, &mut part);
+            }
+            for (k, v) in part {
+                all.entry(k).or_default().add(&v);
+            }
+        }
+        Ok::<_, ExportError>(all)
+    })?;
+    let mut groups: HashMap<GroupKey, Totals> = HashMap::new();
+    let mut total = Totals::default();
+    for (k, v) in &sums {
+        total.add(v);
+        groups.entry(group_key(group, k, &info)).or_default().add(v);
+    }
+    let mut rows: Vec<(GroupKey, Totals)> = groups.into_iter().collect();
+    rows.sort_by(|a, b| b.1.get(by).cmp(&a.1.get(by)).then_with(|| a.0.cmp(&b.0)));
+    Ok((Ranking { rows, total }, info))
+}
+
+/// Bytes for people: 1 kB = 1000 B.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 6] = ["kB", "MB", "GB", "TB", "PB", "EB"];
+    if b < 1000 {
+        return format!("{b} B");
+    }
+    let mut v = b as f64 / 1000.0;
+    let mut unit = 0;
+    while v >= 999.95 && unit + 1 < UNITS.len() {
+        v /= 1000.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// `part` of `total` in percent, two decimals.
+fn share(part: u64, total: u64) -> f64 {
+    if total == 0 {
+        return 0.0;
+    }
+    (part as f64 * 10_000.0 / total as f64).round() / 100.0
+}
+
+/// The output columns of a group, before flows, packets, bytes and share_pct.
+fn key_columns(group: Group) -> &'static [&'static str] {
+    match group {
+        Group::RemoteIp => &["remote_ip", "hostname", "country", "asn"],
+        Group::Country => &["country"],
+        Group::Asn => &["asn", "as_org"],
+        Group::Process => &["process"],
+        Group::Port => &["port"],
+        Group::Pair => &["pair"],
+    }
+}
+
+/// The AS organisation of each ASN (the smallest name when addresses disagree).
+fn as_orgs(info: &InfoMap) -> HashMap<i64, &str> {
+    let mut orgs: HashMap<i64, &str> = HashMap::new();
+    for i in info.values() {
+        if let (Some(asn), Some(org)) = (i.asn, i.as_org.as_deref()) {
+            orgs.entry(asn)
+                .and_modify(|o| *o = (*o).min(org))
+                .or_insert(org);
+        }
+    }
+    orgs
+}
+
+/// The key columns of a row, as cells (shared by all formats).
+fn key_cells<'a>(
+    group: Group,
+    key: &'a GroupKey,
+    info: &'a InfoMap,
+    orgs: &HashMap<i64, &'a str>,
+) -> Vec<Cell<'a>> {
+    match (group, key) {
+        (Group::RemoteIp, GroupKey::Text(ip)) => {
+            let i = info.get(ip.as_bytes());
+            vec![
+                Cell::Text(ip.as_bytes()),
+                i.and_then(|i| i.hostname.as_deref()).into(),
+                i.and_then(|i| i.country.as_deref()).into(),
+                i.and_then(|i| i.asn).map_or(Cell::Null, Cell::Int),
+            ]
+        }
+        (Group::Asn, GroupKey::Asn(a)) => vec![Cell::Int(*a), orgs.get(a).copied().into()],
+        (_, GroupKey::Text(t)) => vec![Cell::Text(t.as_bytes())],
+        (_, GroupKey::Asn(a)) => vec![Cell::Int(*a)],
+        (_, GroupKey::Port { .. }) => vec![],
+    }
+}
+
+/// Runs `sensor top` and writes its answer to `out`.
+pub fn top(
+    db: &Path,
+    opts: &TopOptions,
+    local: &LocalAddrs,
+    out: impl Write,
+) -> Result<(), ExportError> {
+    let (ranking, info) = rank(db, opts.group, opts.by, &opts.filter, local)?;
+    let mut out = BufWriter::new(out);
+    let total = ranking.total.get(opts.by);
+    let shown = if opts.limit == 0 {
+        ranking.rows.len()
+    } else {
+        opts.limit.min(ranking.rows.len())
+    };
+    let orgs = if opts.group == Group::Asn {
+        as_orgs(&info)
+    } else {
+        HashMap::new()
+    };
+    let mut columns = vec!["rank"];
+    columns.extend(key_columns(opts.group));
+    columns.extend(["flows", "packets", "bytes", "share_pct"]);
+    let rows = ranking.rows.iter().take(shown).enumerate();
+    match opts.format {
+        TopFormat::Csv | TopFormat::Json => {
+            let mut w: Box<dyn RowWriter> = match opts.format {
+                TopFormat::Csv => Box::new(super::csv::CsvWriter::new(&mut out)),
+                _ => Box::new(super::json::JsonWriter::new(&mut out, true)),
+            };
+            w.begin(&columns)?;
+            for (i, (key, t)) in rows {
+                let port = key.to_string();
+                let mut cells = vec![Cell::Int(i as i64 + 1)];
+                match key {
+                    GroupKey::Port { .. } => cells.push(Cell::Text(port.as_bytes())),
+                    _ => cells.extend(key_cells(opts.group, key, &info, &orgs)),
+                }
+                cells.extend([
+                    Cell::Int(t.flows as i64),
+                    Cell::Int(t.packets as i64),
+                    Cell::Int(t.bytes as i64),
+                    Cell::Real(share(t.get(opts.by), total)),
+                ]);
+                w.row(&cells)?;
+            }
+            w.finish()?;
+        }
+        TopFormat::Table => {
+            let cell_text = |c: &Cell<'_>| match c {
+                Cell::Null => "-".to_string(),
+                Cell::Int(v) => v.to_string(),
+                Cell::Real(v) => v.to_string(),
+                Cell::Text(t) => String::from_utf8_lossy(t).into_owned(),
+            };
+            let mut header: Vec<&str> = columns.clone();
+            header.pop();
+            header.extend(["size", "share"]);
+            let mut table: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+            for (i, (key, t)) in rows {
+                let mut line = vec![(i + 1).to_string()];
+                match key {
+                    GroupKey::Port { .. } => line.push(key.to_string()),
+                    _ => line.extend(
+                        key_cells(opts.group, key, &info, &orgs)
+                            .iter()
+                            .map(cell_text),
+                    ),
+                }
+                line.extend([
+                    t.flows.to_string(),
+                    t.packets.to_string(),
+                    t.bytes.to_string(),
+                    human_bytes(t.bytes),
+                    format!("{:.2}%", share(t.get(opts.by), total)),
+                ]);
+                table.push(line);
+            }
+            write_table(&mut out, &table, |col| {
+                let name = header[col];
+                name == "rank" || name == "asn" || !key_columns(opts.group).contains(&name)
+            })?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Columns padded to their widest cell (counted in characters), numbers to the right.
+fn write_table(
+    out: &mut impl Write,
+    table: &[Vec<String>],
+    right: impl Fn(usize) -> bool,
+) -> io::Result<()> {
+    let cols = table.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for line in table {
+        let mut s = String::new();
+        for (c, cell) in line.iter().enumerate() {
+            let pad = widths[c] - cell.chars().count();
+            if c > 0 {
+                s.push_str("  ");
+            }
+            if right(c) {
+                s.extend(std::iter::repeat_n(' ', pad));
+                s.push_str(cell);
+            } else {
+                s.push_str(cell);
+                if c + 1 < cols {
+                    s.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+        }
+        s.push('\n');
+        out.write_all(s.as_bytes())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_read_like_people_write_them() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1000), "1.0 kB");
+        assert_eq!(human_bytes(1_234_567), "1.2 MB");
+        assert_eq!(human_bytes(999_990), "1.0 MB");
+        assert_eq!(human_bytes(1_200_000_000), "1.2 GB");
+        assert_eq!(human_bytes(u64::MAX), "18.4 EB");
+    }
+
+    #[test]
+    fn loopback_and_interface_addresses_are_local() {
+        let l = LocalAddrs::from_addrs([
+            "192.168.1.5".parse().unwrap(),
+            "::ffff:10.0.0.1".parse().unwrap(),
+        ]);
+        for ip in ["127.0.0.1", "127.3.2.1", "::1", "192.168.1.5", "10.0.0.1"] {
+            assert!(l.is_local(ip.as_bytes()), "{ip}");
+        }
+        for ip in ["192.168.1.50", "8.8.8.8", "::2", "1270::1"] {
+            assert!(!l.is_local(ip.as_bytes()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn ranges_split_into_parts_that_cover_them() {
+        for (lo, hi, n) in [(1, 101, 2), (5, 6, 4), (0, 7, 3), (-10, 10, 8)] {
+            let parts: Vec<_> = split(lo, hi, n).collect();
+            assert_eq!(parts.first().unwrap().0, lo);
+            assert_eq!(parts.last().unwrap().1, hi);
+            assert!(parts.windows(2).all(|w| w[0].1 == w[1].0), "{parts:?}");
+            assert!(parts.len() <= n);
+        }
+    }
+
+    #[test]
+    fn shares_are_percent_with_two_decimals() {
+        assert_eq!(share(1, 3), 33.33);
+        assert_eq!(share(2, 3), 66.67);
+        assert_eq!(share(5, 0), 0.0);
+        assert_eq!(share(7, 7), 100.0);
+    }
+
+    #[test]
+    fn ports_print_with_their_protocol() {
+        assert_eq!(
+            GroupKey::Port {
+                proto: 6,
+                port: 443
+            }
+            .to_string(),
+            "tcp/443"
+        );
+        assert_eq!(
+            GroupKey::Port {
+                proto: 58,
+                port: 32768
+            }
+            .to_string(),
+            "icmpv6/32768"
+        );
+        assert_eq!(
+            GroupKey::Port {
+                proto: 132,
+                port: 9
+            }
+            .to_string(),
+            "132/9"
+        );
+    }
+}
