@@ -67,6 +67,8 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(path).map_err(|e| StoreError::sqlite(path, "opening", e))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| StoreError::sqlite(path, "setting busy timeout", e))?;
+    // A newer schema is refused before anything (journal mode included) is changed.
+    schema::refuse_newer(&conn, path)?;
     // Only takes effect on a new, empty database: lets retention give pages back.
     conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
         .map_err(|e| StoreError::sqlite(path, "setting auto_vacuum", e))?;

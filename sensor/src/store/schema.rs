@@ -82,6 +82,21 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("upgrading to schema v3", V3),
 ];
 
+/// Errors when the database's schema is newer than this build knows.
+pub fn refuse_newer(conn: &Connection, path: &std::path::Path) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| StoreError::sqlite(path, "reading schema version", e))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
 /// Creates or upgrades the schema.
 pub fn migrate(conn: &mut Connection, path: &std::path::Path) -> Result<(), StoreError> {
     let version: i64 = conn
@@ -104,4 +119,85 @@ pub fn migrate(conn: &mut Connection, path: &std::path::Path) -> Result<(), Stor
             .map_err(|e| StoreError::sqlite(path, what, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("sensor-schema-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("f.db")
+    }
+
+    /// A database written by the first release (schema v1, with a flow) opens, is upgraded
+    /// step by step, and keeps its rows.
+    #[test]
+    fn a_version_1_database_is_upgraded_in_place() {
+        let path = temp("v1");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(V1).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO flows (first_seen_ms, last_seen_ms, proto, src_ip, src_port,
+                 dst_ip, dst_port, src_payload_bytes, end_reason, sources)
+                 VALUES (1, 2, 6, '10.0.0.1', 1000, '10.0.0.2', 80, 42, 'fin', 'kernel')",
+                [],
+            )
+            .unwrap();
+        }
+        let conn = crate::store::open_for_writing(&path).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let (bytes, packets): (i64, Option<i64>) = conn
+            .query_row(
+                "SELECT src_payload_bytes, src_packets FROM flows",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((bytes, packets), (42, None));
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM ip_info", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
+        // Opening again changes nothing.
+        drop(conn);
+        crate::store::open_for_writing(&path).unwrap();
+    }
+
+    #[test]
+    fn a_newer_database_is_refused_naming_both_versions() {
+        let path = temp("new");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch("CREATE TABLE future (x)").unwrap();
+            c.pragma_update(None, "user_version", SCHEMA_VERSION + 7)
+                .unwrap();
+        }
+        for err in [
+            crate::store::open_for_writing(&path).unwrap_err(),
+            crate::store::open_for_reading(&path).unwrap_err(),
+        ] {
+            let msg = err.to_string();
+            assert!(matches!(err, StoreError::TooNew { .. }), "{msg}");
+            assert!(
+                msg.contains(&format!("schema version {}", SCHEMA_VERSION + 7)),
+                "{msg}"
+            );
+            assert!(msg.contains(&format!("({SCHEMA_VERSION})")), "{msg}");
+            assert!(msg.contains(path.to_str().unwrap()), "{msg}");
+        }
+        // Refused, not touched.
+        let c = Connection::open(&path).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION + 7);
+    }
 }
