@@ -229,3 +229,47 @@ fn disk_full_and_read_only_hold_flows_and_writing_resumes() {
     assert!(n >= metric_value(&m4, ROWS), "{n}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Retention in a running sensor: flows older than the maximum age (here: a capture from
+/// 2021 replayed into the database) are pruned by the writer, and counted.
+#[test]
+fn retention_prunes_old_flows_while_running() {
+    let dir = temp_dir("retention");
+    let db = dir.join("flows.db");
+    let out = Command::new(common::sensor_bin())
+        .args(["replay", "--no-enrich", "--db"])
+        .arg(&db)
+        .arg(common::services::shared_data().join("pcap/dev/pcapplusplus/tls2.pcap"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let old = rows_in(&db);
+    assert!(old > 300);
+    let cfg = dir.join("sensor.toml");
+    std::fs::write(&cfg, "retention_max_age_s = 86400\n").unwrap();
+    let prom = dir.join("final.prom");
+    let sensor = Sensor::start(&[
+        "--db",
+        db.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--hooks",
+        "none",
+        "--no-capture",
+        "--metrics-on-exit",
+        prom.to_str().unwrap(),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rows_in(&db) > 0 {
+        assert!(Instant::now() < deadline, "old flows not pruned");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, _) = sensor.stop();
+    assert!(status.success());
+    let m = std::fs::read_to_string(&prom).unwrap();
+    assert_eq!(
+        metric_value(&m, "sensor_store_pruned_rows_total{reason=\"age\"}"),
+        old as f64
+    );
+    assert_eq!(integrity(&db), "ok");
+}
