@@ -24,6 +24,12 @@ pub enum ConfigError {
         #[source]
         source: Box<toml::de::Error>,
     },
+    #[error("environment {var}={value}: {why}")]
+    Env {
+        var: &'static str,
+        value: String,
+        why: &'static str,
+    },
     #[error("config {path}: {key} = {value}: {why}")]
     Invalid {
         path: PathBuf,
@@ -105,6 +111,9 @@ pub struct Config {
     pub metrics_on_exit: Option<PathBuf>,
     /// Enrichment of flow addresses (`[enrich]`).
     pub enrich: EnrichConfig,
+    /// The file this was read from, if any (SIGHUP reads it again).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// Enrichment: which sources answer, how long answers stay good, and the pool's bounds.
@@ -208,6 +217,7 @@ impl Default for Config {
             metrics_addr: "127.0.0.1:9464".to_string(),
             metrics_on_exit: None,
             enrich: EnrichConfig::default(),
+            source: None,
         }
     }
 }
@@ -253,12 +263,78 @@ impl Config {
             }
             Err(source) => return Err(ConfigError::Read { path, source }),
         };
-        let cfg: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let mut cfg: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.clone(),
             source: Box::new(e),
         })?;
         cfg.validate(&path)?;
+        cfg.source = Some(path);
         Ok(cfg)
+    }
+
+    /// The environment's overrides for the common settings, over the file and under the
+    /// command line: `SENSOR_DB`, `SENSOR_HOOKS` (auto, sock-ops, tracepoint,
+    /// tracepoint-classic, none), `SENSOR_INTERFACES` (comma-separated; empty for none),
+    /// `SENSOR_METRICS_ADDR`, `SENSOR_RDNS` (true/false), `SENSOR_THREAT_DIR`,
+    /// `SENSOR_MMDB` (comma-separated paths).
+    pub fn apply_env(&mut self) -> Result<(), ConfigError> {
+        self.apply_vars(|k| std::env::var(k).ok())
+    }
+
+    fn apply_vars(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        use clap::ValueEnum as _;
+        if let Some(v) = var("SENSOR_DB") {
+            self.db_path = PathBuf::from(v);
+        }
+        if let Some(v) = var("SENSOR_HOOKS") {
+            self.hooks = HookMode::from_str(&v, true).map_err(|_| ConfigError::Env {
+                var: "SENSOR_HOOKS",
+                value: v.clone(),
+                why: "one of auto, sock-ops, tracepoint, tracepoint-classic, none",
+            })?;
+        }
+        if let Some(v) = var("SENSOR_INTERFACES") {
+            self.interfaces = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if let Some(v) = var("SENSOR_METRICS_ADDR") {
+            if !v.is_empty() && v.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::Env {
+                    var: "SENSOR_METRICS_ADDR",
+                    value: v,
+                    why: "must be an address:port, or empty",
+                });
+            }
+            self.metrics_addr = v;
+        }
+        if let Some(v) = var("SENSOR_RDNS") {
+            self.enrich.rdns = match v.as_str() {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" => false,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "SENSOR_RDNS",
+                        value: v,
+                        why: "true or false",
+                    });
+                }
+            };
+        }
+        if let Some(v) = var("SENSOR_THREAT_DIR") {
+            self.enrich.threat_dir = (!v.is_empty()).then(|| PathBuf::from(v));
+        }
+        if let Some(v) = var("SENSOR_MMDB") {
+            self.enrich.mmdb_paths = v
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+                .collect();
+        }
+        Ok(())
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
@@ -336,6 +412,44 @@ mod tests {
         std::fs::write(&p, "ringbuf_bytes = 5000\n").unwrap();
         let err = Config::load(Some(&p)).unwrap_err().to_string();
         assert!(err.contains("ringbuf_bytes"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_and_names_bad_values() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let mut c = Config::default();
+        c.apply_vars(env(&[
+            ("SENSOR_DB", "/tmp/e.db"),
+            ("SENSOR_HOOKS", "tracepoint-classic"),
+            ("SENSOR_INTERFACES", "lo, eth0"),
+            ("SENSOR_METRICS_ADDR", "127.0.0.1:9999"),
+            ("SENSOR_RDNS", "false"),
+            ("SENSOR_MMDB", "/a.mmdb,/b.mmdb"),
+        ]))
+        .unwrap();
+        assert_eq!(c.db_path, PathBuf::from("/tmp/e.db"));
+        assert_eq!(c.hooks, HookMode::TracepointClassic);
+        assert_eq!(c.interfaces, vec!["lo", "eth0"]);
+        assert_eq!(c.metrics_addr, "127.0.0.1:9999");
+        assert!(!c.enrich.rdns);
+        assert_eq!(c.enrich.mmdb_paths.len(), 2);
+        let err = Config::default()
+            .apply_vars(env(&[("SENSOR_HOOKS", "kprobe")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SENSOR_HOOKS=kprobe"), "{err}");
+        let err = Config::default()
+            .apply_vars(env(&[("SENSOR_METRICS_ADDR", "nowhere")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SENSOR_METRICS_ADDR"), "{err}");
     }
 
     #[test]

@@ -173,10 +173,12 @@ fn init_logging() {
 
 /// The config file, then `--db` over it; a bad config is exit status 2.
 fn load_config(path: Option<&std::path::Path>, db: Option<PathBuf>) -> Result<Config, ExitCode> {
-    let mut cfg = Config::load(path).map_err(|e| {
-        tracing::error!("{e}");
-        ExitCode::from(2)
-    })?;
+    let mut cfg = Config::load(path)
+        .and_then(|mut c| c.apply_env().map(|()| c))
+        .map_err(|e| {
+            tracing::error!("{e}");
+            ExitCode::from(2)
+        })?;
     if let Some(db) = db {
         cfg.db_path = db;
     }

@@ -207,11 +207,15 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     };
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+    let watchdog = crate::systemd::watchdog_interval();
+    let mut last_watchdog = std::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut malformed = 0u64;
     let mut last_drops = 0u64;
 
     tracing::info!(db = %db.display(), hooks = %hooks, "sensor ready");
+    crate::systemd::ready(&format!("recording flows; hooks: {hooks}"));
     let kernel_sink = merge.as_ref().map(|(s, _)| s.clone());
     let kernel_ended = |f: &flow::FlowRecord| {
         metrics
@@ -233,6 +237,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
             biased;
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = sighup.recv() => reload(&cfg, enrich_pool.as_ref(), &metrics),
             guard = async { ring.as_mut().expect("guarded").readable_mut().await },
                 if ring.is_some() => {
                 let mut guard = guard.map_err(KernelError::RingBuf)?;
@@ -258,6 +263,19 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
                 if let Some(h) = &ringbuf_beat {
                     h.beat();
                 }
+                // The watchdog is fed only while every stage beats: a stuck stage gets the
+                // service restarted by systemd.
+                if let Some(every) = watchdog
+                    && last_watchdog.elapsed() >= every.min(Duration::from_secs(1))
+                {
+                    let stale = metrics.stale();
+                    if stale.is_empty() {
+                        crate::systemd::watchdog();
+                        last_watchdog = std::time::Instant::now();
+                    } else {
+                        tracing::warn!(?stale, "stages stale: not feeding the watchdog");
+                    }
+                }
                 if let Some(p) = &probe {
                     published.publish_programs(&metrics, &p.program_stats());
                 }
@@ -276,6 +294,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         }
     }
 
+    crate::systemd::stopping();
     drop(ringbuf_beat);
     if let Some(p) = probe.as_mut() {
         p.detach();
@@ -379,6 +398,59 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         "stopped"
     );
     Ok(summary)
+}
+
+/// SIGHUP: reads the config file again and reopens the enrichment sources (MaxMind files,
+/// threat lists, DNS and Cymru settings) from its `[enrich]` section. A config or file that
+/// fails to load leaves the running ones in place. Other settings (hooks, interfaces, the
+/// database, the metrics address) take effect at the next start.
+fn reload(cfg: &Config, pool: Option<&crate::enrich::pool::Pool>, metrics: &Arc<Metrics>) {
+    crate::systemd::reloading();
+    let status =
+        match Config::load(cfg.source.as_deref()).and_then(|mut c| c.apply_env().map(|()| c)) {
+            Err(e) => {
+                tracing::error!("SIGHUP: keeping the running configuration: {e}");
+                "reload failed: config".to_string()
+            }
+            Ok(new) => match pool {
+                None => {
+                    tracing::info!("SIGHUP: enrichment is off; other settings apply at restart");
+                    "reloaded".to_string()
+                }
+                Some(pool) if new.enrich.enabled => {
+                    match crate::enrich::cascade::Sources::from_config(
+                        &new.enrich,
+                        Some(Arc::clone(metrics)),
+                    ) {
+                        Ok(sources) => {
+                            pool.replace_sources(sources);
+                            metrics
+                                .enrich_reloads
+                                .with_label_values(&["mmdb", "ok"])
+                                .inc();
+                            tracing::info!(
+                                "SIGHUP: enrichment sources reopened; settings other than \
+                             [enrich] apply at restart"
+                            );
+                            "reloaded".to_string()
+                        }
+                        Err(e) => {
+                            metrics
+                                .enrich_reloads
+                                .with_label_values(&["mmdb", "failed"])
+                                .inc();
+                            tracing::error!("SIGHUP: keeping the running enrichment sources: {e}");
+                            "reload failed: enrichment sources".to_string()
+                        }
+                    }
+                }
+                Some(_) => {
+                    tracing::warn!("SIGHUP: enrich.enabled = false takes effect at restart");
+                    "reloaded".to_string()
+                }
+            },
+        };
+    crate::systemd::reloaded(&status);
 }
 
 /// Where the totals published as metrics come from.

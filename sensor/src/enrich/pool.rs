@@ -44,6 +44,7 @@ pub struct PoolConfig {
 pub struct Pool {
     rt: Option<tokio::runtime::Runtime>,
     stop: Option<oneshot::Sender<Instant>>,
+    replace: mpsc::UnboundedSender<Sources>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -63,12 +64,21 @@ impl Pool {
             .enable_all()
             .build()?;
         let (stop, stopped) = oneshot::channel();
-        let task = rt.spawn(work(sources, rx, queue, cfg, metrics, stopped, out));
+        let (replace, replaced) = mpsc::unbounded_channel();
+        let control = Control { stopped, replaced };
+        let task = rt.spawn(work(sources, rx, queue, cfg, metrics, control, out));
         Ok(Self {
             rt: Some(rt),
             stop: Some(stop),
+            replace,
             task,
         })
+    }
+
+    /// Swaps in newly opened sources (SIGHUP) between two batches; every address is
+    /// looked up again as its flows come back.
+    pub fn replace_sources(&self, sources: Sources) {
+        let _ = self.replace.send(sources);
     }
 
     /// Looks up what is queued until `drain` has passed, sheds the rest, and waits for the
@@ -98,6 +108,12 @@ impl Pool {
         });
         rt.shutdown_background();
     }
+}
+
+/// What the agent tells the worker: stop by a deadline, or take new sources.
+struct Control {
+    stopped: oneshot::Receiver<Instant>,
+    replaced: mpsc::UnboundedReceiver<Sources>,
 }
 
 /// Reads earlier answers for a batch from `ip_info`.
@@ -155,9 +171,13 @@ async fn work(
     queue: EnrichQueue,
     cfg: PoolConfig,
     metrics: Arc<Metrics>,
-    mut stopped: oneshot::Receiver<Instant>,
+    control: Control,
     out: impl Fn(Vec<IpInfo>),
 ) {
+    let Control {
+        mut stopped,
+        mut replaced,
+    } = control;
     let heartbeat = metrics.heartbeat("enrich");
     let prior = Prior::open(cfg.db_path.as_ref());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -207,6 +227,12 @@ async fn work(
                 }
                 d = &mut stopped => {
                     deadline = Some(d.unwrap_or_else(|_| Instant::now()));
+                    continue;
+                }
+                Some(new) = replaced.recv() => {
+                    sources = new;
+                    queue.forget_all();
+                    tracing::info!("enrichment sources reloaded");
                     continue;
                 }
             }

@@ -245,6 +245,98 @@ fn plan(conn: &rusqlite::Connection, filter: &Filter) -> rusqlite::Result<Vec<Pa
         .collect())
 }
 
+/// A key of up to `N` bytes kept inline, so that adding a row up allocates nothing and
+/// follows no pointer (every address as text fits in 46 bytes). Hashed and compared by
+/// its used bytes only.
+#[derive(Clone, Copy)]
+struct Inline<const N: usize> {
+    len: u8,
+    bytes: [u8; N],
+}
+
+impl<const N: usize> PartialEq for Inline<N> {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl<const N: usize> Eq for Inline<N> {}
+
+impl<const N: usize> std::hash::Hash for Inline<N> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(self.as_slice());
+    }
+}
+
+impl<const N: usize> Inline<N> {
+    /// `a`, then a NUL and `b` when there is a `b`; `None` when that does not fit.
+    fn new(a: &[u8], b: Option<&[u8]>) -> Option<Self> {
+        let len = a.len() + b.map_or(0, |b| b.len() + 1);
+        if len > N || len > usize::from(u8::MAX) {
+            return None;
+        }
+        let mut bytes = [0; N];
+        bytes[..a.len()].copy_from_slice(a);
+        if let Some(b) = b {
+            bytes[a.len() + 1..len].copy_from_slice(b);
+        }
+        Some(Self {
+            len: len as u8,
+            bytes,
+        })
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// Sums under inline keys, with the rare key too long to inline (a long process name, say)
+/// kept apart.
+struct InlineSums<const N: usize> {
+    inline: HashMap<Inline<N>, Totals, foldhash::fast::RandomState>,
+    long: Sums,
+}
+
+impl<const N: usize> InlineSums<N> {
+    fn new() -> Self {
+        Self {
+            inline: HashMap::default(),
+            long: Sums::default(),
+        }
+    }
+
+    fn add(&mut self, a: &[u8], b: Option<&[u8]>, t: &Totals) {
+        match Inline::new(a, b) {
+            Some(k) => self.inline.entry(k).or_default().add(t),
+            None => {
+                let mut k = a.to_vec();
+                if let Some(b) = b {
+                    k.push(0);
+                    k.extend_from_slice(b);
+                }
+                self.long.entry(k.into()).or_default().add(t);
+            }
+        }
+    }
+
+    fn into_sums(self) -> Sums {
+        let mut sums = self.long;
+        for (k, v) in self.inline {
+            sums.entry(k.as_slice().into()).or_default().add(&v);
+        }
+        sums
+    }
+}
+
+/// A flow's packets both ways, 0 when not counted.
+const PACKETS_SQL: &str = "ifnull(src_packets, 0) + ifnull(dst_packets, 0)";
+/// A flow's IP-layer bytes both ways when a packet view counted it, else (kernel-only
+/// flows) its payload bytes both ways.
+const BYTES_SQL: &str = "CASE WHEN src_bytes IS NULL AND dst_bytes IS NULL \
+    THEN ifnull(src_payload_bytes, 0) + ifnull(dst_payload_bytes, 0) \
+    ELSE ifnull(src_bytes, 0) + ifnull(dst_bytes, 0) END";
+
 /// What one scan reads and how it keys rows.
 struct Scan<'a> {
     group: Group,
@@ -259,15 +351,10 @@ impl Scan<'_> {
         self.group != Group::Port || self.check.is_active()
     }
 
+    /// Packets and bytes added up by SQLite (fewer columns cross into Rust), then the
+    /// addresses, then what the group needs.
     fn columns(&self) -> String {
-        let mut cols = vec![
-            "src_packets",
-            "dst_packets",
-            "src_bytes",
-            "dst_bytes",
-            "src_payload_bytes",
-            "dst_payload_bytes",
-        ];
+        let mut cols = vec![PACKETS_SQL, BYTES_SQL];
         if self.needs_addresses() {
             cols.extend(["src_ip", "dst_ip"]);
         }
@@ -283,6 +370,9 @@ impl Scan<'_> {
     fn run(&self, db: &Path, filter: &Filter, part: Part) -> Result<Sums, ExportError> {
         let conn = crate::store::open_for_reading(db)?;
         let query_err = ExportError::query(db);
+        // Pages straight from the page cache, not copied by read(2) one at a time.
+        conn.pragma_update(None, "mmap_size", MMAP_BYTES)
+            .map_err(&query_err)?;
         let (sql, params) = match part {
             Part::Rows(lo, hi) => {
                 let (conds, mut params) = filter.sql(TimeAccess::Scan);
@@ -313,88 +403,115 @@ impl Scan<'_> {
             .query(rusqlite::params_from_iter(params))
             .map_err(&query_err)?;
         let started = std::time::Instant::now();
-        let mut read = 0u64;
-        let mut sums = Sums::default();
-        let mut key: Vec<u8> = Vec::with_capacity(96);
-        let addresses = self.needs_addresses();
-        while let Some(row) = rows.next().map_err(&query_err)? {
-            read += 1;
-            let get = |i| row.get_ref(i).map_err(&query_err);
-            let (src, dst) = if addresses {
-                (
-                    text(get(6)?).unwrap_or_default(),
-                    text(get(7)?).unwrap_or_default(),
-                )
-            } else {
-                (&b""[..], &b""[..])
-            };
-            if self.check.is_active() {
-                let (si, di): (Option<&Info>, Option<&Info>) = if self.check.needs_info() {
-                    (self.info.get(src), self.info.get(dst))
-                } else {
-                    (None, None)
-                };
-                if !self.check.matches(src, dst, si, di) {
-                    continue;
-                }
-            }
-            let packets = int(get(0)?).unwrap_or(0) + int(get(1)?).unwrap_or(0);
-            let bytes = match (int(get(2)?), int(get(3)?)) {
-                (None, None) => int(get(4)?).unwrap_or(0) + int(get(5)?).unwrap_or(0),
-                (s, d) => s.unwrap_or(0) + d.unwrap_or(0),
-            };
-            key.clear();
-            match self.group {
-                Group::RemoteIp | Group::Country | Group::Asn => {
-                    let remote = if self.local.is_local(dst) && !self.local.is_local(src) {
+        let local = self.local;
+        let sums = match self.group {
+            Group::RemoteIp | Group::Country | Group::Asn => {
+                let mut sums = InlineSums::<47>::new();
+                self.each_row(&mut rows, |_, src, dst, t| {
+                    let remote = if local.is_local(dst) && !local.is_local(src) {
                         src
                     } else {
                         dst
                     };
-                    key.extend_from_slice(remote);
-                }
-                Group::Process => {
-                    let comm = if self.local.is_local(src) {
-                        get(8)?
-                    } else {
-                        get(9)?
-                    };
-                    key.extend_from_slice(text(comm).unwrap_or(b"-"));
-                }
-                Group::Port => {
-                    let proto = int(get(6)?).unwrap_or(0) as u8;
-                    let port = int(get(7)?).unwrap_or(0) as u16;
-                    key.push(proto);
-                    key.extend_from_slice(&port.to_be_bytes());
-                }
-                Group::Pair => {
-                    key.extend_from_slice(src);
-                    key.push(0);
-                    key.extend_from_slice(dst);
-                }
+                    sums.add(remote, None, t);
+                    Ok(())
+                })
+                .map_err(&query_err)?;
+                sums.into_sums()
             }
-            let add = Totals {
-                flows: 1,
-                packets: packets.max(0) as u64,
-                bytes: bytes.max(0) as u64,
-            };
-            match sums.get_mut(key.as_slice()) {
-                Some(t) => t.add(&add),
-                None => {
-                    sums.insert(key.as_slice().into(), add);
-                }
+            Group::Process => {
+                let mut sums = InlineSums::<23>::new();
+                self.each_row(&mut rows, |row, src, _, t| {
+                    let comm = row.get_ref(if local.is_local(src) { 4 } else { 5 })?;
+                    sums.add(text(comm).unwrap_or(b"-"), None, t);
+                    Ok(())
+                })
+                .map_err(&query_err)?;
+                sums.into_sums()
             }
-        }
+            Group::Pair => {
+                let mut sums = InlineSums::<95>::new();
+                self.each_row(&mut rows, |_, src, dst, t| {
+                    sums.add(src, Some(dst), t);
+                    Ok(())
+                })
+                .map_err(&query_err)?;
+                sums.into_sums()
+            }
+            Group::Port => {
+                let at = if self.needs_addresses() { 4 } else { 2 };
+                let mut ports: HashMap<u32, Totals, foldhash::fast::RandomState> =
+                    HashMap::default();
+                self.each_row(&mut rows, |row, _, _, t| {
+                    let proto = int(row.get_ref(at)?).unwrap_or(0) as u8;
+                    let port = int(row.get_ref(at + 1)?).unwrap_or(0) as u16;
+                    ports
+                        .entry(u32::from(proto) << 16 | u32::from(port))
+                        .or_default()
+                        .add(t);
+                    Ok(())
+                })
+                .map_err(&query_err)?;
+                ports
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let [_, proto, hi, lo] = k.to_be_bytes();
+                        (Box::from(&[proto, hi, lo][..]), v)
+                    })
+                    .collect()
+            }
+        };
         tracing::debug!(
             ?part,
-            read,
             keys = sums.len(),
             secs = started.elapsed().as_secs_f64(),
             "top: part read"
         );
         Ok(sums)
     }
+
+    /// Calls `add` with each row that passes the filter, its addresses (empty when not
+    /// read) and its totals.
+    fn each_row(
+        &self,
+        rows: &mut rusqlite::Rows<'_>,
+        mut add: impl FnMut(&rusqlite::Row<'_>, &[u8], &[u8], &Totals) -> rusqlite::Result<()>,
+    ) -> rusqlite::Result<()> {
+        let addresses = self.needs_addresses();
+        let check = self.check.is_active().then_some(self.check);
+        while let Some(row) = rows.next()? {
+            let (src, dst) = if addresses {
+                (
+                    text(row.get_ref(2)?).unwrap_or_default(),
+                    text(row.get_ref(3)?).unwrap_or_default(),
+                )
+            } else {
+                (&b""[..], &b""[..])
+            };
+            if let Some(check) = check {
+                let (si, di): (Option<&Info>, Option<&Info>) = if check.needs_info() {
+                    (self.info.get(src), self.info.get(dst))
+                } else {
+                    (None, None)
+                };
+                if !check.matches(src, dst, si, di) {
+                    continue;
+                }
+            }
+            let t = Totals {
+                flows: 1,
+                packets: int(row.get_ref(0)?).unwrap_or(0).max(0) as u64,
+                bytes: int(row.get_ref(1)?).unwrap_or(0).max(0) as u64,
+            };
+            add(row, src, dst, &t)?;
+        }
+        Ok(())
+    }
 }
+
+/// Address space for memory-mapped reads (SQLite caps it at its own maximum, 2 GiB by
+/// default); beyond it SQLite reads as usual.
+const MMAP_BYTES: i64 = 1 << 40;
 
 fn int(v: ValueRef<'_>) -> Option<i64> {
     match v {
