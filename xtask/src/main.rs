@@ -7,6 +7,7 @@ mod bench;
 mod bench_enrich;
 mod bench_query;
 mod bench_store;
+mod package;
 mod setup;
 
 use std::{
@@ -52,6 +53,15 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
     },
+    /// As root: build, then install the binary (/usr/local/bin), the systemd unit, the
+    /// config (/etc/sensor, kept if present) and the `sensor` user.
+    Install,
+    /// Build the Debian package (target/deb/sensor_VERSION_ARCH.deb) with dpkg-deb.
+    Deb {
+        /// Package the debug build (faster; for tests).
+        #[arg(long)]
+        debug: bool,
+    },
     /// Fuzz the packet parser with libFuzzer (cargo-fuzz, nightly).
     Fuzz {
         /// How long to run.
@@ -90,6 +100,14 @@ fn main() -> Result<()> {
         Cmd::Bench { copies, only } => {
             setup::setup()?;
             bench::bench(copies, only.as_deref())
+        }
+        Cmd::Install => {
+            setup::setup()?;
+            package::install()
+        }
+        Cmd::Deb { debug } => {
+            setup::setup()?;
+            package::deb(debug).map(|_| ())
         }
         Cmd::Fuzz { seconds } => {
             setup::setup()?;
@@ -133,7 +151,7 @@ pub fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-fn build_release() -> Result<()> {
+pub fn build_release() -> Result<()> {
     run(cargo().args(["build", "--release", "-p", "sensor"]))
 }
 
