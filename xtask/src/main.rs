@@ -222,6 +222,8 @@ fn test() -> Result<()> {
     }
     // The end-to-end tests run the sensor binary from the same target directory.
     run(cargo().args(["build", "-p", "sensor", "--bins"]))?;
+    // The package test installs this with dpkg.
+    package::deb(true)?;
     let skip_log = std::env::temp_dir().join(format!("sensor-skips-{}", std::process::id()));
     let _ = std::fs::remove_file(&skip_log);
     let mut cmd = cargo();
