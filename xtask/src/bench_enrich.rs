@@ -130,6 +130,7 @@ pub fn enrich() -> Result<()> {
             .args([
                 "enrich", "--mmdb", &city, "--mmdb", &asn, "--dns", &dns_addr,
             ])
+            .args(["--threat-dir", &format!("{DATA}/threat-intel")])
             .args(["--cymru", &cymru_addr, "--metrics-on-exit"])
             .arg(&prom)
             .arg(&list)
