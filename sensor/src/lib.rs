@@ -1,6 +1,7 @@
 //! `sensor`: a network flow sensor. The modules follow the data:
 //! [`kernel`] (eBPF ingest) → [`flow`] (aggregate) → [`store`] (SQLite) → [`export`].
 pub mod capture;
+pub mod check;
 pub mod config;
 pub mod enrich;
 pub mod export;

@@ -47,6 +47,23 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         metrics_on_exit: Option<PathBuf>,
     },
+    /// Probe this host for what `sensor run` needs: kernel, BTF, cgroup v2, capabilities,
+    /// each hook (attached for real, then detached), packet capture, process owners in
+    /// /proc, the database, the metrics address, MaxMind files (verified) and threat lists.
+    /// Exit 0 when ready (warnings allowed), 1 when a required check fails, 77 without the
+    /// capabilities `sensor run` needs.
+    Check {
+        /// TOML config file [default: /etc/sensor/sensor.toml if it exists].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// SQLite database to probe [default: /var/lib/sensor/flows.db, or the config's db_path].
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// table: aligned columns and a summary line; json: one array of {check, verdict,
+        /// detail}, verdict "ok", "warn" or "FAIL".
+        #[arg(long, value_enum, default_value = "table")]
+        format: sensor::check::Format,
+    },
     /// Read pcap/pcapng files into flows, timed by their packets. Needs no privileges.
     Replay {
         /// SQLite database for flows [default: /var/lib/sensor/flows.db, or the config's db_path].
@@ -98,10 +115,11 @@ enum Command {
     /// Print the flows in a database, oldest first, streamed (memory does not grow with
     /// the flows). Filters combine with AND; each matches either end of a flow.
     Export {
+        /// SQLite database of flows.
         #[arg(long, default_value = DEFAULT_DB_PATH)]
         db: PathBuf,
-        /// csv: a header row, then one flow a line. json: one array of objects; ndjson: one
-        /// object a line (keys as the CSV header, numbers as numbers, missing as null).
+        /// Output format; JSON keys are the CSV header's, numbers are numbers, missing
+        /// values null.
         #[arg(long, value_enum, default_value = "csv")]
         format: export::Format,
         #[command(flatten)]
@@ -121,18 +139,16 @@ enum Command {
         /// What to rank by.
         #[arg(long, value_enum, default_value = "bytes")]
         by: top::By,
-        /// What to add flows up by: remote-ip (with host name, country, ASN), country and
-        /// asn (of the remote end; unknown: "-" and 0), process (the local end's comm; "-"
-        /// when unknown), port (destination port with protocol, e.g. tcp/443), pair
-        /// ("src_ip → dst_ip" as stored).
+        /// What to add flows up by.
         #[arg(long, value_enum, default_value = "remote-ip")]
         group: top::Group,
         /// Show this many groups (0: all).
         #[arg(long, default_value_t = 10)]
         limit: usize,
-        /// table: aligned columns (bytes also as kB/MB/GB); csv; json (one array).
+        /// Output format (table whether or not stdout is a terminal).
         #[arg(long, value_enum, default_value = "table")]
         format: top::TopFormat,
+        /// SQLite database of flows.
         #[arg(long, default_value = DEFAULT_DB_PATH)]
         db: PathBuf,
         #[command(flatten)]
@@ -238,6 +254,20 @@ fn main() -> ExitCode {
                     ExitCode::from(e.exit_code() as u8)
                 }
             }
+        }
+        Command::Check { config, db, format } => {
+            let cfg = match load_config(config.as_deref(), db) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let report = sensor::check::check(&cfg);
+            if let Err(e) = report.write(format, std::io::stdout().lock())
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                tracing::error!("writing the report: {e}");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::from(report.exit_code())
         }
         Command::Replay {
             db,

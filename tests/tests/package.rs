@@ -54,9 +54,15 @@ fn deb_installs_checks_removes_and_purges() {
         skip(name, "needs root: installs a package with dpkg");
         return;
     }
-    let status = Command::new("dpkg").args(["-s", "sensor"]).output().unwrap();
+    let status = Command::new("dpkg")
+        .args(["-s", "sensor"])
+        .output()
+        .unwrap();
     if status.status.success() {
-        skip(name, "a `sensor` package is already installed on this host: left alone");
+        skip(
+            name,
+            "a `sensor` package is already installed on this host: left alone",
+        );
         return;
     }
     let deb = deb();
@@ -74,7 +80,10 @@ fn deb_installs_checks_removes_and_purges() {
     let unit = std::fs::read_to_string("/lib/systemd/system/sensor.service").unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/sensor run"), "{unit}");
 
-    let check = Command::new("/usr/bin/sensor").arg("check").output().unwrap();
+    let check = Command::new("/usr/bin/sensor")
+        .arg("check")
+        .output()
+        .unwrap();
     let report = String::from_utf8_lossy(&check.stdout);
     assert!(
         check.status.success(),
@@ -93,8 +102,14 @@ fn deb_installs_checks_removes_and_purges() {
     // Purge removes everything.
     dpkg(&["--purge", "sensor"]);
     assert!(!Path::new("/var/lib/sensor").exists(), "data purged");
-    assert!(!Path::new("/etc/sensor/sensor.toml").exists(), "config purged");
+    assert!(
+        !Path::new("/etc/sensor/sensor.toml").exists(),
+        "config purged"
+    );
     assert!(!user_exists(), "user removed");
-    let left = Command::new("dpkg").args(["-s", "sensor"]).output().unwrap();
+    let left = Command::new("dpkg")
+        .args(["-s", "sensor"])
+        .output()
+        .unwrap();
     assert!(!left.status.success(), "package gone");
 }

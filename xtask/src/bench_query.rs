@@ -50,6 +50,12 @@ pub fn export() -> Result<()> {
             n as f64 / secs / 1e6
         );
     }
+    let floor = floor(&db, "export")?;
+    println!(
+        "export floor: SQLite alone handing over the same 24 columns in index order on one \
+         thread: {floor:.3} s = {:.2} M rows/s (median of 3)",
+        n as f64 / floor / 1e6
+    );
     // A filter that the index answers, and one that every row is checked against.
     for args in [&["--since", "3d"][..], &["--ip", "100.0.0.0/6"][..]] {
         let (secs, rows) = timed_rows(&db, "export", args)?;
@@ -87,7 +93,30 @@ pub fn top() -> Result<()> {
             }
         );
     }
+    let floor = floor(&db, "top")?;
+    println!(
+        "top floor: SQLite alone handing over the 4 columns top --group remote-ip reads, \
+         one thread per core: {floor:.3} s (median of 3; a row-by-row top cannot beat it)"
+    );
     Ok(())
+}
+
+/// `sensor/benches/query_floor.rs` on `db`: seconds, median of three.
+fn floor(db: &Path, what: &str) -> Result<f64> {
+    let out = cargo()
+        .args(["bench", "-p", "sensor", "--bench", "query_floor"])
+        .env("QUERY_FLOOR_DB", std::fs::canonicalize(db)?)
+        .env("QUERY_FLOOR", what)
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("cargo bench --bench query_floor failed");
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .rev()
+        .find_map(|l| l.trim().parse().ok())
+        .with_context(|| format!("query_floor printed no time: {text}"))
 }
 
 /// Median wall time of `sensor SUB ARGS --db DB` (CSV/table to a pipe), and its output

@@ -110,6 +110,16 @@ impl Pool {
     }
 }
 
+impl Drop for Pool {
+    /// A pool dropped without `finish` (start-up failed after it was spawned) stops its
+    /// runtime without blocking: dropping a runtime inside another would panic.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// What the agent tells the worker: stop by a deadline, or take new sources.
 struct Control {
     stopped: oneshot::Receiver<Instant>,

@@ -68,8 +68,9 @@ pub const FLOW_SQL: [&str; 24] = [
     "dst_packets",
     "src_bytes",
     "dst_bytes",
-    "CASE WHEN src_tcp_flags IS NULL AND dst_tcp_flags IS NULL THEN NULL \
-     ELSE ifnull(src_tcp_flags, 0) | ifnull(dst_tcp_flags, 0) END",
+    // tcp_flags: src_tcp_flags | dst_tcp_flags (NULL when both are), worked out while
+    // writing, off the reading thread.
+    "NULL",
     "src_tcp_flags",
     "dst_tcp_flags",
     "sources",

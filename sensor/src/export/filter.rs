@@ -2,12 +2,16 @@
 //! port, protocol, process) becomes bound-parameter SQL, the time range on the indexed
 //! `first_seen_ms`; what needs parsing or `ip_info` (address and network, country, ASN,
 //! threat lists) is checked in Rust on the rows read, against the preloaded `ip_info`.
-use std::net::IpAddr;
+use std::{collections::HashMap, net::IpAddr};
 
 use ipnet::{IpNet, Ipv4Net};
 use rusqlite::types::Value;
 
-use super::{ipinfo::Info, time::TimeError};
+use super::{
+    inline::Inline,
+    ipinfo::{Info, InfoMap},
+    time::TimeError,
+};
 
 /// A filter value that does not parse; clap names the flag and the value beside it.
 #[derive(Debug, thiserror::Error)]
@@ -196,8 +200,35 @@ impl Filter {
         (sql, params)
     }
 
-    /// The checks left for Rust, on each row's addresses and their `ip_info`.
-    pub fn row_check(&self) -> RowCheck {
+    /// Whether the checks left for Rust read `ip_info` (country, ASN, threat lists).
+    pub fn needs_info(&self) -> bool {
+        self.country.is_some() || self.asn.is_some() || self.threat
+    }
+
+    /// The checks left for Rust, on each row's addresses; what they need from `info` is
+    /// worked out once per address here, not per row.
+    pub fn row_check(&self, info: &InfoMap) -> RowCheck {
+        let mut required = 0;
+        for (on, bit) in [
+            (self.country.is_some(), COUNTRY),
+            (self.asn.is_some(), ASN),
+            (self.threat, THREAT),
+        ] {
+            if on {
+                required |= bit;
+            }
+        }
+        let mut marks = HashMap::default();
+        if required != 0 {
+            for (ip, i) in info.iter() {
+                let mark = self.marks(i);
+                if mark != 0
+                    && let Some(k) = Inline::new(ip, None)
+                {
+                    marks.insert(k, mark);
+                }
+            }
+        }
         RowCheck {
             net: self.ip.map(|net| {
                 if net.prefix_len() == net.max_prefix_len() {
@@ -206,12 +237,36 @@ impl Filter {
                     NetMatch::Net(net)
                 }
             }),
-            country: self.country.clone(),
-            asn: self.asn.map(i64::from),
-            threat: self.threat,
+            required,
+            marks,
         }
     }
+
+    /// Which of the `ip_info` filters an address passes, as bits.
+    fn marks(&self, i: &Info) -> u8 {
+        let mut m = 0;
+        if self
+            .country
+            .as_deref()
+            .is_some_and(|c| i.country.as_deref() == Some(c))
+        {
+            m |= COUNTRY;
+        }
+        if self.asn.is_some_and(|a| i.asn == Some(i64::from(a))) {
+            m |= ASN;
+        }
+        if self.threat && i.threat.is_some() {
+            m |= THREAT;
+        }
+        m
+    }
 }
+
+/// The `ip_info` filters, as bits: a flow passes when its two ends together have every
+/// bit the filter asks for (each filter may be met by either end).
+const COUNTRY: u8 = 1;
+const ASN: u8 = 2;
+const THREAT: u8 = 4;
 
 #[derive(Debug, Clone)]
 enum NetMatch {
@@ -236,49 +291,33 @@ impl NetMatch {
 #[derive(Debug, Clone)]
 pub struct RowCheck {
     net: Option<NetMatch>,
-    country: Option<String>,
-    asn: Option<i64>,
-    threat: bool,
+    /// The `ip_info` filters' bits, all of which a flow's ends must have between them.
+    required: u8,
+    /// The addresses that have any of those bits (few: a miss is quick).
+    marks: HashMap<Inline<{ super::ipinfo::KEY }>, u8, foldhash::fast::RandomState>,
 }
 
 impl RowCheck {
     /// Whether any row can fail the check (else it need not run).
     pub fn is_active(&self) -> bool {
-        self.net.is_some() || self.needs_info()
+        self.net.is_some() || self.required != 0
     }
 
-    /// Whether the check reads `ip_info`.
-    pub fn needs_info(&self) -> bool {
-        self.country.is_some() || self.asn.is_some() || self.threat
+    fn mark(&self, ip: &[u8]) -> u8 {
+        Inline::new(ip, None)
+            .and_then(|k| self.marks.get(&k).copied())
+            .unwrap_or(0)
     }
 
-    /// Whether a flow between `src` and `dst` (addresses as stored), enriched as
-    /// `src_info` and `dst_info`, passes.
-    pub fn matches(
-        &self,
-        src: &[u8],
-        dst: &[u8],
-        src_info: Option<&Info>,
-        dst_info: Option<&Info>,
-    ) -> bool {
+    /// Whether a flow between `src` and `dst` (addresses as stored) passes.
+    pub fn matches(&self, src: &[u8], dst: &[u8]) -> bool {
         if let Some(net) = &self.net
             && !net.matches(src)
             && !net.matches(dst)
         {
             return false;
         }
-        let either = |f: &dyn Fn(&Info) -> bool| src_info.is_some_and(f) || dst_info.is_some_and(f);
-        if let Some(c) = &self.country
-            && !either(&|i| i.country.as_deref() == Some(c.as_str()))
-        {
-            return false;
-        }
-        if let Some(a) = self.asn
-            && !either(&|i| i.asn == Some(a))
-        {
-            return false;
-        }
-        !self.threat || either(&|i| i.threat.is_some())
+        self.required == 0 || (self.mark(src) | self.mark(dst)) & self.required == self.required
     }
 }
 
@@ -320,9 +359,13 @@ mod tests {
         assert!(parse_net("example.com").is_err());
     }
 
-    fn check(f: &Filter, src: &str, dst: &str, si: Option<&Info>, di: Option<&Info>) -> bool {
-        f.row_check()
-            .matches(src.as_bytes(), dst.as_bytes(), si, di)
+    /// `f` on a flow between `src` and `dst`, with `ip_info` holding `infos`.
+    fn check(f: &Filter, src: &str, dst: &str, infos: &[(&str, &Info)]) -> bool {
+        let mut map = InfoMap::default();
+        for (ip, i) in infos {
+            map.insert(ip.as_bytes(), (*i).clone());
+        }
+        f.row_check(&map).matches(src.as_bytes(), dst.as_bytes())
     }
 
     #[test]
@@ -331,15 +374,15 @@ mod tests {
             ip: Some(parse_net("2001:db8::/32").unwrap()),
             ..Filter::default()
         };
-        assert!(check(&f, "2001:db8::5", "::1", None, None));
-        assert!(check(&f, "::1", "2001:db8:ffff::1", None, None));
-        assert!(!check(&f, "2001:db9::1", "10.0.0.1", None, None));
+        assert!(check(&f, "2001:db8::5", "::1", &[]));
+        assert!(check(&f, "::1", "2001:db8:ffff::1", &[]));
+        assert!(!check(&f, "2001:db9::1", "10.0.0.1", &[]));
         let f = Filter {
             ip: Some(parse_net("::FFFF:192.0.2.7").unwrap()),
             ..Filter::default()
         };
-        assert!(check(&f, "10.0.0.1", "192.0.2.7", None, None));
-        assert!(!check(&f, "10.0.0.1", "192.0.2.70", None, None));
+        assert!(check(&f, "10.0.0.1", "192.0.2.7", &[]));
+        assert!(!check(&f, "10.0.0.1", "192.0.2.70", &[]));
     }
 
     #[test]
@@ -358,15 +401,26 @@ mod tests {
             asn: Some(3320),
             ..Filter::default()
         };
-        assert!(check(&f, "a", "b", None, Some(&de)));
-        assert!(!check(&f, "a", "b", Some(&listed), None));
+        assert!(check(&f, "a", "b", &[("b", &de)]));
+        assert!(!check(&f, "a", "b", &[("a", &listed)]));
+        // Each filter may be met by a different end.
+        let de_other = Info {
+            asn: Some(64500),
+            ..de.clone()
+        };
+        let as3320 = Info {
+            asn: Some(3320),
+            ..Info::default()
+        };
+        assert!(check(&f, "a", "b", &[("a", &de_other), ("b", &as3320)]));
+        assert!(!check(&f, "a", "b", &[("a", &de_other)]));
         let f = Filter {
             threat: true,
             ..Filter::default()
         };
-        assert!(check(&f, "a", "b", Some(&listed), Some(&de)));
-        assert!(!check(&f, "a", "b", Some(&de), None));
-        assert!(!f.row_check().matches(b"a", b"b", None, None));
+        assert!(check(&f, "a", "b", &[("a", &listed), ("b", &de)]));
+        assert!(!check(&f, "a", "b", &[("a", &de)]));
+        assert!(!check(&f, "a", "b", &[]));
     }
 
     #[test]

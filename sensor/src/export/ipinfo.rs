@@ -4,6 +4,8 @@ use std::collections::HashMap;
 
 use rusqlite::Connection;
 
+use super::inline::Inline;
+
 /// What enrichment knows about one address (NULLs as `None`).
 #[derive(Debug, Default, Clone)]
 pub struct Info {
@@ -15,9 +17,48 @@ pub struct Info {
     pub threat: Option<Box<str>>,
 }
 
-/// Keyed by the address as `flows` stores it (its text), so rows are looked up without
-/// parsing.
-pub type InfoMap = HashMap<Box<[u8]>, Info, foldhash::fast::RandomState>;
+/// Addresses as text (as `flows` stores them: rows are looked up without parsing) fit in
+/// this many bytes; a longer key cannot be an address.
+pub const KEY: usize = 47;
+
+/// `ip_info` by address. The hash table holds only the address (inline) and an index, so
+/// that looking up a flow's ends touches little memory; the answers sit apart.
+#[derive(Debug, Default)]
+pub struct InfoMap {
+    index: HashMap<Inline<KEY>, u32, foldhash::fast::RandomState>,
+    infos: Vec<Info>,
+}
+
+impl InfoMap {
+    pub fn get(&self, ip: &[u8]) -> Option<&Info> {
+        let i = *self.index.get(&Inline::new(ip, None)?)?;
+        self.infos.get(i as usize)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Info> {
+        self.infos.iter()
+    }
+
+    /// Every address (as text) with what is known about it.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Info)> {
+        self.index
+            .iter()
+            .map(|(k, &i)| (k.as_slice(), &self.infos[i as usize]))
+    }
+
+    pub fn insert(&mut self, ip: &[u8], info: Info) {
+        let Some(key) = Inline::new(ip, None) else {
+            return;
+        };
+        match self.index.get(&key) {
+            Some(&i) => self.infos[i as usize] = info,
+            None => {
+                self.index.insert(key, self.infos.len() as u32);
+                self.infos.push(info);
+            }
+        }
+    }
+}
 
 /// Every `ip_info` row; empty for a database from before enrichment (no table).
 pub fn load(conn: &Connection) -> rusqlite::Result<InfoMap> {
@@ -39,7 +80,7 @@ pub fn load(conn: &Connection) -> rusqlite::Result<InfoMap> {
     while let Some(r) = rows.next()? {
         let ip: String = r.get(0)?;
         map.insert(
-            ip.into_bytes().into_boxed_slice(),
+            ip.as_bytes(),
             Info {
                 country: text(r, 1)?,
                 city: text(r, 2)?,

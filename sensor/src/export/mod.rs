@@ -3,6 +3,7 @@
 //! writer.
 pub mod csv;
 pub mod filter;
+pub mod inline;
 pub mod ipinfo;
 pub mod json;
 pub mod time;
@@ -119,63 +120,196 @@ fn export_sql(filter: &Filter) -> (String, Vec<rusqlite::types::Value>) {
     (sql, params)
 }
 
-fn export_with(db: &Path, filter: &Filter, mut w: impl RowWriter) -> Result<u64, ExportError> {
-    let conn = crate::store::open_for_reading(db)?;
+/// Rows go from the thread reading SQLite to the thread writing output in batches of this
+/// many; at most [`BATCHES`] wait at a time, so memory stays a few megabytes whatever the
+/// number of flows. Reading and formatting then take a core each.
+const BATCH_ROWS: usize = 1024;
+const BATCHES: usize = 4;
+
+/// A value of a row, its text in the batch's buffer.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text { at: u32, len: u32 },
+}
+
+/// Rows read and filtered, on their way to be written.
+#[derive(Default)]
+struct Batch {
+    rows: usize,
+    text: Vec<u8>,
+    /// `FLOW_SQL.len()` a row.
+    slots: Vec<Slot>,
+}
+
+impl Batch {
+    fn clear(&mut self) {
+        self.rows = 0;
+        self.text.clear();
+        self.slots.clear();
+    }
+
+    fn push(&mut self, v: ValueRef<'_>) {
+        self.slots.push(match v {
+            ValueRef::Null => Slot::Null,
+            ValueRef::Integer(i) => Slot::Int(i),
+            ValueRef::Real(f) => Slot::Real(f),
+            ValueRef::Text(t) | ValueRef::Blob(t) => {
+                let at = self.text.len() as u32;
+                self.text.extend_from_slice(t);
+                Slot::Text {
+                    at,
+                    len: t.len() as u32,
+                }
+            }
+        });
+    }
+
+    fn cell(&self, s: Slot) -> Cell<'_> {
+        match s {
+            Slot::Null => Cell::Null,
+            Slot::Int(i) => Cell::Int(i),
+            Slot::Real(f) => Cell::Real(f),
+            Slot::Text { at, len } => Cell::Text(&self.text[at as usize..(at + len) as usize]),
+        }
+    }
+}
+
+/// Where the source and destination addresses are among the columns.
+const SRC_COL: usize = 3;
+const DST_COL: usize = 5;
+/// `tcp_flags` is both ends' flags together, made from the two columns after it.
+const TCP_FLAGS_COL: usize = 20;
+
+/// The reading half: runs the query on `conn` and sends the rows that pass, in batches.
+fn read_batches(
+    conn: rusqlite::Connection,
+    db: &Path,
+    filter: &Filter,
+    info: &ipinfo::InfoMap,
+    full: std::sync::mpsc::SyncSender<Batch>,
+    empty: std::sync::mpsc::Receiver<Batch>,
+) -> Result<(), ExportError> {
     let query_err = ExportError::query(db);
-    // One snapshot for ip_info and the flows; in WAL mode the writer goes on meanwhile.
-    conn.execute_batch("BEGIN").map_err(&query_err)?;
-    let info = ipinfo::load(&conn).map_err(&query_err)?;
     let (sql, params) = export_sql(filter);
     let mut stmt = conn.prepare(&sql).map_err(&query_err)?;
     let mut rows = stmt
         .query(rusqlite::params_from_iter(params))
         .map_err(&query_err)?;
-    let check = filter.row_check();
-    let n_flow = csv::FLOW_SQL.len();
-    let (src_col, dst_col) = (3, 5);
-    debug_assert_eq!(csv::COLUMNS[src_col], "src_ip");
-    debug_assert_eq!(csv::COLUMNS[dst_col], "dst_ip");
-    w.begin(&csv::COLUMNS)?;
-    let mut n = 0u64;
+    let check = filter.row_check(info);
+    let mut batch = Batch::default();
     while let Some(row) = rows.next().map_err(&query_err)? {
-        let text = |i| match row.get_ref(i) {
-            Ok(ValueRef::Text(t)) => Ok(t),
-            Ok(_) => Ok(&b""[..]),
-            Err(e) => Err(e),
-        };
-        let (src, dst) = (
-            text(src_col).map_err(&query_err)?,
-            text(dst_col).map_err(&query_err)?,
-        );
-        let (si, di) = (info.get(src), info.get(dst));
-        if check.is_active() && !check.matches(src, dst, si, di) {
-            continue;
-        }
-        let mut cells = [Cell::Null; csv::COLUMNS.len()];
-        for (i, cell) in cells[..n_flow].iter_mut().enumerate() {
-            *cell = row.get_ref(i).map_err(&query_err)?.into();
-        }
-        for (end, info) in [si, di].into_iter().enumerate() {
-            let at = n_flow + end * 6;
-            let cells = &mut cells[at..at + 6];
-            match info {
-                None => cells.fill(Cell::Null),
-                Some(i) => {
-                    cells[0] = i.country.as_deref().into();
-                    cells[1] = i.city.as_deref().into();
-                    cells[2] = i.asn.map_or(Cell::Null, Cell::Int);
-                    cells[3] = i.as_org.as_deref().into();
-                    cells[4] = i.hostname.as_deref().into();
-                    cells[5] = i.threat.as_deref().into();
-                }
+        // The addresses are read here only for the filter; their ip_info is looked up by
+        // the writing half, which has time to spare.
+        if check.is_active() {
+            let text = |i| match row.get_ref(i) {
+                Ok(ValueRef::Text(t)) => Ok(t),
+                Ok(_) => Ok(&b""[..]),
+                Err(e) => Err(query_err(e)),
+            };
+            if !check.matches(text(SRC_COL)?, text(DST_COL)?) {
+                continue;
             }
         }
-        w.row(&cells)?;
-        n += 1;
+        for i in 0..csv::FLOW_SQL.len() {
+            if i == TCP_FLAGS_COL {
+                batch.slots.push(Slot::Null);
+            } else {
+                batch.push(row.get_ref(i).map_err(&query_err)?);
+            }
+        }
+        batch.rows += 1;
+        if batch.rows == BATCH_ROWS {
+            let mut next = empty.try_recv().unwrap_or_default();
+            next.clear();
+            if full.send(std::mem::replace(&mut batch, next)).is_err() {
+                // The writing half stopped (and says why).
+                return Ok(());
+            }
+        }
     }
-    w.finish()?;
-    Ok(n)
+    if batch.rows > 0 {
+        let _ = full.send(batch);
+    }
+    Ok(())
 }
+
+fn export_with(db: &Path, filter: &Filter, mut w: impl RowWriter) -> Result<u64, ExportError> {
+    let conn = crate::store::open_for_reading(db)?;
+    let query_err = ExportError::query(db);
+    conn.pragma_update(None, "mmap_size", MMAP_BYTES)
+        .map_err(&query_err)?;
+    // One snapshot for ip_info and the flows; in WAL mode the writer goes on meanwhile.
+    conn.execute_batch("BEGIN").map_err(&query_err)?;
+    let info = ipinfo::load(&conn).map_err(&query_err)?;
+    debug_assert_eq!(csv::COLUMNS[SRC_COL], "src_ip");
+    debug_assert_eq!(csv::COLUMNS[DST_COL], "dst_ip");
+    debug_assert_eq!(
+        csv::COLUMNS[TCP_FLAGS_COL..][..3],
+        ["tcp_flags", "src_tcp_flags", "dst_tcp_flags"]
+    );
+    std::thread::scope(|s| {
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel(BATCHES);
+        let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel(BATCHES + 2);
+        let info = &info;
+        let reader = s.spawn(move || read_batches(conn, db, filter, info, full_tx, empty_rx));
+        let written = (|| {
+            w.begin(&csv::COLUMNS)?;
+            let n_flow = csv::FLOW_SQL.len();
+            let mut n = 0u64;
+            for batch in &full_rx {
+                for r in 0..batch.rows {
+                    let mut cells = [Cell::Null; csv::COLUMNS.len()];
+                    let slots = &batch.slots[r * n_flow..(r + 1) * n_flow];
+                    for (cell, slot) in cells.iter_mut().zip(slots) {
+                        *cell = batch.cell(*slot);
+                    }
+                    cells[TCP_FLAGS_COL] =
+                        match (slots[TCP_FLAGS_COL + 1], slots[TCP_FLAGS_COL + 2]) {
+                            (Slot::Int(s), Slot::Int(d)) => Cell::Int(s | d),
+                            (Slot::Int(f), _) | (_, Slot::Int(f)) => Cell::Int(f),
+                            _ => Cell::Null,
+                        };
+                    let ip = |c: &Cell<'_>| match c {
+                        Cell::Text(t) => info.get(t),
+                        _ => None,
+                    };
+                    let ends = [ip(&cells[SRC_COL]), ip(&cells[DST_COL])];
+                    for (end, info) in ends.iter().enumerate() {
+                        let at = n_flow + end * 6;
+                        if let Some(i) = info {
+                            cells[at] = i.country.as_deref().into();
+                            cells[at + 1] = i.city.as_deref().into();
+                            cells[at + 2] = i.asn.map_or(Cell::Null, Cell::Int);
+                            cells[at + 3] = i.as_org.as_deref().into();
+                            cells[at + 4] = i.hostname.as_deref().into();
+                            cells[at + 5] = i.threat.as_deref().into();
+                        }
+                    }
+                    w.row(&cells)?;
+                    n += 1;
+                }
+                // Back to the reader for reuse; it makes a new one when none is back yet.
+                let _ = empty_tx.try_send(batch);
+            }
+            w.finish()?;
+            Ok::<_, ExportError>(n)
+        })();
+        // On a write error the channels close here and the reader stops at its next batch.
+        drop(full_rx);
+        drop(empty_tx);
+        let read = reader.join().map_err(|_| ExportError::ReaderPanicked)?;
+        let n = written?;
+        read.map(|()| n)
+    })
+}
+
+/// Address space for memory-mapped reads: pages straight from the page cache instead of a
+/// read(2) each (SQLite caps it at its own maximum, 2 GiB by default; beyond that it reads
+/// as usual).
+pub(crate) const MMAP_BYTES: i64 = 1 << 40;
 
 #[cfg(test)]
 mod tests {

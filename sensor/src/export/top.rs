@@ -25,7 +25,8 @@ use rusqlite::types::{Value, ValueRef};
 use super::{
     Cell, ExportError, RowWriter,
     filter::{Filter, RowCheck, TimeAccess},
-    ipinfo::{self, Info, InfoMap},
+    inline::Inline,
+    ipinfo::{self, InfoMap},
 };
 
 /// What to rank by.
@@ -58,7 +59,7 @@ pub enum Group {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TopFormat {
-    /// Aligned columns for people.
+    /// Aligned columns for people: numbers right-aligned, bytes also as kB/MB/GB.
     Table,
     /// A header row, then one group a line.
     Csv,
@@ -175,7 +176,7 @@ type Sums = HashMap<Box<[u8]>, Totals, foldhash::fast::RandomState>;
 /// Below this share of the time span the table holds, a time range is read through the
 /// first_seen_ms index; above it a plain scan of the table is cheaper than looking up each
 /// row the index finds.
-const INDEX_SHARE: f64 = 0.25;
+const INDEX_SHARE: f64 = 0.2;
 
 /// How the table is split between threads.
 #[derive(Debug, Clone, Copy)]
@@ -245,52 +246,6 @@ fn plan(conn: &rusqlite::Connection, filter: &Filter) -> rusqlite::Result<Vec<Pa
         .collect())
 }
 
-/// A key of up to `N` bytes kept inline, so that adding a row up allocates nothing and
-/// follows no pointer (every address as text fits in 46 bytes). Hashed and compared by
-/// its used bytes only.
-#[derive(Clone, Copy)]
-struct Inline<const N: usize> {
-    len: u8,
-    bytes: [u8; N],
-}
-
-impl<const N: usize> PartialEq for Inline<N> {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_slice() == other.as_slice()
-    }
-}
-
-impl<const N: usize> Eq for Inline<N> {}
-
-impl<const N: usize> std::hash::Hash for Inline<N> {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write(self.as_slice());
-    }
-}
-
-impl<const N: usize> Inline<N> {
-    /// `a`, then a NUL and `b` when there is a `b`; `None` when that does not fit.
-    fn new(a: &[u8], b: Option<&[u8]>) -> Option<Self> {
-        let len = a.len() + b.map_or(0, |b| b.len() + 1);
-        if len > N || len > usize::from(u8::MAX) {
-            return None;
-        }
-        let mut bytes = [0; N];
-        bytes[..a.len()].copy_from_slice(a);
-        if let Some(b) = b {
-            bytes[a.len() + 1..len].copy_from_slice(b);
-        }
-        Some(Self {
-            len: len as u8,
-            bytes,
-        })
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-}
-
 /// Sums under inline keys, with the rare key too long to inline (a long process name, say)
 /// kept apart.
 struct InlineSums<const N: usize> {
@@ -330,10 +285,10 @@ impl<const N: usize> InlineSums<N> {
 }
 
 /// A flow's packets both ways, 0 when not counted.
-const PACKETS_SQL: &str = "ifnull(src_packets, 0) + ifnull(dst_packets, 0)";
+pub const PACKETS_SQL: &str = "ifnull(src_packets, 0) + ifnull(dst_packets, 0)";
 /// A flow's IP-layer bytes both ways when a packet view counted it, else (kernel-only
 /// flows) its payload bytes both ways.
-const BYTES_SQL: &str = "CASE WHEN src_bytes IS NULL AND dst_bytes IS NULL \
+pub const BYTES_SQL: &str = "CASE WHEN src_bytes IS NULL AND dst_bytes IS NULL \
     THEN ifnull(src_payload_bytes, 0) + ifnull(dst_payload_bytes, 0) \
     ELSE ifnull(src_bytes, 0) + ifnull(dst_bytes, 0) END";
 
@@ -341,7 +296,6 @@ const BYTES_SQL: &str = "CASE WHEN src_bytes IS NULL AND dst_bytes IS NULL \
 struct Scan<'a> {
     group: Group,
     check: &'a RowCheck,
-    info: &'a InfoMap,
     local: &'a LocalAddrs,
 }
 
@@ -370,8 +324,7 @@ impl Scan<'_> {
     fn run(&self, db: &Path, filter: &Filter, part: Part) -> Result<Sums, ExportError> {
         let conn = crate::store::open_for_reading(db)?;
         let query_err = ExportError::query(db);
-        // Pages straight from the page cache, not copied by read(2) one at a time.
-        conn.pragma_update(None, "mmap_size", MMAP_BYTES)
+        conn.pragma_update(None, "mmap_size", super::MMAP_BYTES)
             .map_err(&query_err)?;
         let (sql, params) = match part {
             Part::Rows(lo, hi) => {
@@ -488,15 +441,10 @@ impl Scan<'_> {
             } else {
                 (&b""[..], &b""[..])
             };
-            if let Some(check) = check {
-                let (si, di): (Option<&Info>, Option<&Info>) = if check.needs_info() {
-                    (self.info.get(src), self.info.get(dst))
-                } else {
-                    (None, None)
-                };
-                if !check.matches(src, dst, si, di) {
-                    continue;
-                }
+            if let Some(check) = check
+                && !check.matches(src, dst)
+            {
+                continue;
             }
             let t = Totals {
                 flows: 1,
@@ -508,10 +456,6 @@ impl Scan<'_> {
         Ok(())
     }
 }
-
-/// Address space for memory-mapped reads (SQLite caps it at its own maximum, 2 GiB by
-/// default); beyond it SQLite reads as usual.
-const MMAP_BYTES: i64 = 1 << 40;
 
 fn int(v: ValueRef<'_>) -> Option<i64> {
     match v {
@@ -562,19 +506,18 @@ pub fn rank(
 ) -> Result<(Ranking, InfoMap), ExportError> {
     let conn = crate::store::open_for_reading(db)?;
     let query_err = ExportError::query(db);
-    let check = filter.row_check();
     let info =
-        if check.needs_info() || matches!(group, Group::RemoteIp | Group::Country | Group::Asn) {
+        if filter.needs_info() || matches!(group, Group::RemoteIp | Group::Country | Group::Asn) {
             ipinfo::load(&conn).map_err(&query_err)?
         } else {
             InfoMap::default()
         };
+    let check = filter.row_check(&info);
     let parts = plan(&conn, filter).map_err(&query_err)?;
     drop(conn);
     let scan = Scan {
         group,
         check: &check,
-        info: &info,
         local,
     };
     let sums = std::thread::scope(|s| {
@@ -677,6 +620,7 @@ fn key_cells<'a>(
         (Group::Asn, GroupKey::Asn(a)) => vec![Cell::Int(*a), orgs.get(a).copied().into()],
         (_, GroupKey::Text(t)) => vec![Cell::Text(t.as_bytes())],
         (_, GroupKey::Asn(a)) => vec![Cell::Int(*a)],
+        // Labelled by the caller, which owns the text.
         (_, GroupKey::Port { .. }) => vec![],
     }
 }
@@ -713,11 +657,12 @@ pub fn top(
             };
             w.begin(&columns)?;
             for (i, (key, t)) in rows {
-                let port = key.to_string();
+                // A port's label ("tcp/443") is made here; other keys are borrowed.
+                let port = matches!(key, GroupKey::Port { .. }).then(|| key.to_string());
                 let mut cells = vec![Cell::Int(i as i64 + 1)];
-                match key {
-                    GroupKey::Port { .. } => cells.push(Cell::Text(port.as_bytes())),
-                    _ => cells.extend(key_cells(opts.group, key, &info, &orgs)),
+                match &port {
+                    Some(label) => cells.push(Cell::Text(label.as_bytes())),
+                    None => cells.extend(key_cells(opts.group, key, &info, &orgs)),
                 }
                 cells.extend([
                     Cell::Int(t.flows as i64),

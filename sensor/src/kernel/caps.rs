@@ -9,6 +9,14 @@ pub struct Cap {
     pub name: &'static str,
 }
 
+pub const CAP_DAC_OVERRIDE: Cap = Cap {
+    bit: 1,
+    name: "CAP_DAC_OVERRIDE",
+};
+pub const CAP_DAC_READ_SEARCH: Cap = Cap {
+    bit: 2,
+    name: "CAP_DAC_READ_SEARCH",
+};
 pub const CAP_NET_RAW: Cap = Cap {
     bit: 13,
     name: "CAP_NET_RAW",
@@ -16,6 +24,10 @@ pub const CAP_NET_RAW: Cap = Cap {
 pub const CAP_NET_ADMIN: Cap = Cap {
     bit: 12,
     name: "CAP_NET_ADMIN",
+};
+pub const CAP_SYS_PTRACE: Cap = Cap {
+    bit: 19,
+    name: "CAP_SYS_PTRACE",
 };
 pub const CAP_SYS_ADMIN: Cap = Cap {
     bit: 21,
@@ -61,13 +73,14 @@ impl CapSet {
     }
 
     /// Which of `needed` are missing. CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON,
-    /// as it does in the kernel.
+    /// and CAP_DAC_OVERRIDE for CAP_DAC_READ_SEARCH, as they do in the kernel.
     pub fn missing(&self, needed: &[Cap]) -> Vec<Cap> {
         needed
             .iter()
             .copied()
             .filter(|&c| {
-                let covered = (c == CAP_BPF || c == CAP_PERFMON) && self.has(CAP_SYS_ADMIN);
+                let covered = ((c == CAP_BPF || c == CAP_PERFMON) && self.has(CAP_SYS_ADMIN))
+                    || (c == CAP_DAC_READ_SEARCH && self.has(CAP_DAC_OVERRIDE));
                 !self.has(c) && !covered
             })
             .collect()
@@ -95,6 +108,12 @@ mod tests {
         assert_eq!(
             sysadmin.missing(&[CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN]),
             vec![CAP_NET_ADMIN]
+        );
+        // CAP_DAC_OVERRIDE covers CAP_DAC_READ_SEARCH, not CAP_SYS_PTRACE.
+        let dac = CapSet(1 << 1);
+        assert_eq!(
+            dac.missing(&[CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE]),
+            vec![CAP_SYS_PTRACE]
         );
     }
 }

@@ -164,6 +164,37 @@ impl Probe {
     }
 }
 
+/// Loads the object afresh and attaches `hook` (one of the `HOOK_*` names) alone, then
+/// drops everything, which detaches it: for `sensor check`, which must leave nothing
+/// attached. The detail says where it attached, or the kernel's reason.
+pub fn try_hook(cfg: &Config, hook: &'static str) -> HookStatus {
+    if OBJECT.is_empty() {
+        return status(
+            hook,
+            Err("this binary was built without its eBPF programs (AYA_BUILD_SKIP)".into()),
+        );
+    }
+    let mut ebpf = match EbpfLoader::new()
+        .map_max_entries("EVENTS", cfg.ringbuf_bytes)
+        .load(OBJECT)
+    {
+        Ok(e) => e,
+        Err(e) => {
+            return status(
+                hook,
+                Err(format!("loading the object: {}", error_chain(&e))),
+            );
+        }
+    };
+    match hook {
+        HOOK_SOCK_OPS => attach_sock_ops(&mut ebpf, cfg.cgroup_path.clone()),
+        HOOK_TRACEPOINT => attach_tracepoint(&mut ebpf, false),
+        HOOK_TRACEPOINT_CLASSIC => attach_classic_tracepoint(&mut ebpf),
+        _ => status(hook, Err("no such hook".into())),
+    }
+    // `ebpf` drops here: links closed, programs and maps freed.
+}
+
 /// Slot 0 of a per-CPU counter map, added up over the CPUs.
 fn per_cpu_total(map: &PerCpuArray<MapData, u64>, name: &'static str) -> Result<u64, KernelError> {
     let values = map.get(&0, 0).map_err(|e| KernelError::Map {

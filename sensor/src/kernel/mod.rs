@@ -48,17 +48,16 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Checks the capabilities the chosen hooks need; names every missing one.
-pub fn require_capabilities(
-    mode: crate::config::HookMode,
-    capture: bool,
-) -> Result<(), KernelError> {
+/// The capabilities `sensor run` needs for these hooks and capture, measured as an
+/// unprivileged user holding only these (see deploy/sensor.service): every program needs
+/// CAP_BPF for its maps and CAP_PERFMON from the verifier (tp_btf reads kernel memory, and
+/// `sock_ops` is refused pointer arithmetic on its ring-buffer record without it);
+/// `sock_ops` needs CAP_NET_ADMIN to load and attach to a cgroup; packet sockets need
+/// CAP_NET_RAW.
+pub fn needed_capabilities(mode: crate::config::HookMode, capture: bool) -> Vec<caps::Cap> {
     use crate::config::HookMode;
-    use caps::{CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW, CAP_PERFMON, CapSet};
-    // sock_ops attaches to a cgroup (CAP_NET_ADMIN); the tracepoint reads kernel memory
-    // (CAP_PERFMON); both create maps and programs (CAP_BPF); packet sockets need
-    // CAP_NET_RAW.
-    let mut needed: Vec<caps::Cap> = match mode {
+    use caps::{CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW, CAP_PERFMON};
+    let mut needed = match mode {
         HookMode::Tracepoint | HookMode::TracepointClassic => vec![CAP_BPF, CAP_PERFMON],
         HookMode::None => vec![],
         HookMode::Auto | HookMode::SockOps => vec![CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN],
@@ -66,7 +65,22 @@ pub fn require_capabilities(
     if capture {
         needed.push(CAP_NET_RAW);
     }
-    let have = CapSet::current().map_err(KernelError::Capabilities)?;
+    needed
+}
+
+/// Not required, but without them the owners of other users' sockets older than the
+/// sensor stay unknown (`/proc/<pid>/fd` is mode 0500 and its links need ptrace access),
+/// and a tracefs that only root may read hides the classic tracepoint.
+pub const PROC_OWNER_CAPABILITIES: [caps::Cap; 2] =
+    [caps::CAP_DAC_READ_SEARCH, caps::CAP_SYS_PTRACE];
+
+/// Checks the capabilities the chosen hooks need; names every missing one.
+pub fn require_capabilities(
+    mode: crate::config::HookMode,
+    capture: bool,
+) -> Result<(), KernelError> {
+    let needed = needed_capabilities(mode, capture);
+    let have = caps::CapSet::current().map_err(KernelError::Capabilities)?;
     let missing = have.missing(&needed);
     if missing.is_empty() {
         return Ok(());
