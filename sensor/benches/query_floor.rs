@@ -1,6 +1,6 @@
 //! The floor under `sensor top` and `sensor export`: SQLite handing over the same columns
-//! the same way (read-only connections, memory-mapped, one per core for `top`, index order
-//! for `export`), with nothing done to them. Whatever the commands add on top is theirs;
+//! the same way (read-only connections, one per core for `top`, index order for
+//! `export`), with nothing done to them. Whatever the commands add on top is theirs;
 //! this part only a different schema could shrink.
 //!
 //! `cargo xtask bench --only top|export` runs it on its databases:
@@ -19,8 +19,6 @@ fn drain(db: &Path, sql: &str, bounds: Option<(i64, i64)>) -> u64 {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .expect("open");
-    conn.pragma_update(None, "mmap_size", 1i64 << 40)
-        .expect("mmap");
     let mut stmt = conn.prepare(sql).expect("prepare");
     let n = stmt.column_count();
     let mut rows = match bounds {

@@ -1,5 +1,7 @@
 //! Query benchmarks: `sensor export` of 1 M flows (target: at least 1 M rows/s to CSV) and
-//! `sensor top` over 10 M flows (target: under 1 s), medians of three.
+//! `sensor top` over 10 M flows (target: under 1 s), medians of three; and, in the same
+//! run, the floor under each: SQLite alone handing over the same columns the same way
+//! (`sensor/benches/query_floor.rs`).
 //!
 //! The databases are synthetic but shaped like a busy host's: one local address (plus some
 //! loopback traffic) talking to 50,000 remote addresses (IPv4 and IPv6, a few of them very
@@ -84,7 +86,7 @@ pub fn top() -> Result<()> {
     for args in runs {
         let (secs, _) = timed_rows(&db, "top", args)?;
         println!(
-            "top {}: {n} flows in {secs:.3} s ({}; median of 3)",
+            "top {} over {n} flows: {secs:.3} s ({}; median of 3)",
             args.join(" "),
             if secs < 1.0 {
                 "under the 1 s target"

@@ -239,8 +239,6 @@ fn read_batches(
 fn export_with(db: &Path, filter: &Filter, mut w: impl RowWriter) -> Result<u64, ExportError> {
     let conn = crate::store::open_for_reading(db)?;
     let query_err = ExportError::query(db);
-    conn.pragma_update(None, "mmap_size", MMAP_BYTES)
-        .map_err(&query_err)?;
     // One snapshot for ip_info and the flows; in WAL mode the writer goes on meanwhile.
     conn.execute_batch("BEGIN").map_err(&query_err)?;
     let info = ipinfo::load(&conn).map_err(&query_err)?;
@@ -305,11 +303,6 @@ fn export_with(db: &Path, filter: &Filter, mut w: impl RowWriter) -> Result<u64,
         read.map(|()| n)
     })
 }
-
-/// Address space for memory-mapped reads: pages straight from the page cache instead of a
-/// read(2) each (SQLite caps it at its own maximum, 2 GiB by default; beyond that it reads
-/// as usual).
-pub(crate) const MMAP_BYTES: i64 = 1 << 40;
 
 #[cfg(test)]
 mod tests {

@@ -324,8 +324,6 @@ impl Scan<'_> {
     fn run(&self, db: &Path, filter: &Filter, part: Part) -> Result<Sums, ExportError> {
         let conn = crate::store::open_for_reading(db)?;
         let query_err = ExportError::query(db);
-        conn.pragma_update(None, "mmap_size", super::MMAP_BYTES)
-            .map_err(&query_err)?;
         let (sql, params) = match part {
             Part::Rows(lo, hi) => {
                 let (conds, mut params) = filter.sql(TimeAccess::Scan);

@@ -69,9 +69,15 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
         .map_err(|e| StoreError::sqlite(path, "setting busy timeout", e))?;
     // A newer schema is refused before anything (journal mode included) is changed.
     schema::refuse_newer(&conn, path)?;
-    // Only takes effect on a new, empty database: lets retention give pages back.
-    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
-        .map_err(|e| StoreError::sqlite(path, "setting auto_vacuum", e))?;
+    // Lets retention give pages back. Only a new, empty database takes it (and setting it
+    // on a live one would wait on its writer's lock for nothing).
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(|e| StoreError::sqlite(path, "reading the schema", e))?;
+    if tables == 0 {
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(|e| StoreError::sqlite(path, "setting auto_vacuum", e))?;
+    }
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(|e| StoreError::sqlite(path, "enabling WAL", e))?;
