@@ -106,15 +106,6 @@ pub fn open_for_reading(path: &Path) -> Result<Connection, StoreError> {
     .map_err(|e| StoreError::sqlite(path, "opening read-only", e))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| StoreError::sqlite(path, "setting busy timeout", e))?;
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| StoreError::sqlite(path, "reading schema version", e))?;
-    if version > schema::SCHEMA_VERSION {
-        return Err(StoreError::TooNew {
-            path: path.to_path_buf(),
-            found: version,
-            supported: schema::SCHEMA_VERSION,
-        });
-    }
+    schema::refuse_newer(&conn, path)?;
     Ok(conn)
 }

@@ -82,8 +82,8 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("upgrading to schema v3", V3),
 ];
 
-/// Errors when the database's schema is newer than this build knows.
-pub fn refuse_newer(conn: &Connection, path: &std::path::Path) -> Result<(), StoreError> {
+/// The database's schema version; an error when it is newer than this build knows.
+pub fn refuse_newer(conn: &Connection, path: &std::path::Path) -> Result<i64, StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| StoreError::sqlite(path, "reading schema version", e))?;
@@ -94,21 +94,12 @@ pub fn refuse_newer(conn: &Connection, path: &std::path::Path) -> Result<(), Sto
             supported: SCHEMA_VERSION,
         });
     }
-    Ok(())
+    Ok(version)
 }
 
 /// Creates or upgrades the schema.
 pub fn migrate(conn: &mut Connection, path: &std::path::Path) -> Result<(), StoreError> {
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| StoreError::sqlite(path, "reading schema version", e))?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::TooNew {
-            path: path.to_path_buf(),
-            found: version,
-            supported: SCHEMA_VERSION,
-        });
-    }
+    let version = refuse_newer(conn, path)?;
     for (i, (what, sql)) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
         let tx = conn
             .transaction()
