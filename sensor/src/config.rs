@@ -231,6 +231,7 @@ impl Config {
             self.store_queue_rows,
         );
         w.held_rows = self.store_held_rows;
+        w.rollup = true;
         w.retention = Some(crate::store::retention::Retention {
             max_age: (self.retention_max_age_s > 0)
                 .then(|| std::time::Duration::from_secs(self.retention_max_age_s)),

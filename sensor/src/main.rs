@@ -151,8 +151,20 @@ enum Command {
         /// SQLite database of flows.
         #[arg(long, default_value = DEFAULT_DB_PATH)]
         db: PathBuf,
+        /// Read every flow, not whole days from the rollup (same answer; for tests and
+        /// benchmarks).
+        #[arg(long)]
+        no_rollup: bool,
         #[command(flatten)]
         filter: export::Filter,
+    },
+    /// Rolls up every flow not rolled up yet, as `sensor run`'s writer does when idle
+    /// (for benchmarks and tests).
+    #[command(hide = true)]
+    Rollup {
+        /// SQLite database of flows.
+        #[arg(long, default_value = DEFAULT_DB_PATH)]
+        db: PathBuf,
     },
 }
 
@@ -413,6 +425,7 @@ fn main() -> ExitCode {
             limit,
             format,
             db,
+            no_rollup,
             filter,
         } => {
             if let Err(code) = check_filter(&filter) {
@@ -424,9 +437,24 @@ fn main() -> ExitCode {
                 limit,
                 format,
                 filter,
+                rollup: !no_rollup,
             };
             let local = top::LocalAddrs::of_this_host();
             query_exit(top::top(&db, &opts, &local, std::io::stdout().lock()))
+        }
+        Command::Rollup { db } => {
+            let local = top::LocalAddrs::of_this_host();
+            let result = sensor::store::rollup::catch_up_db(&db, &local);
+            match result {
+                Ok(n) => {
+                    eprintln!("rolled up {n} ids");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sensor: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

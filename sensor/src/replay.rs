@@ -59,6 +59,8 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplaySummary, ReplayEr
             enrich: enrich.as_ref().map(|e| e.queue.clone()),
             // A replay keeps every flow: old captures are not old news.
             retention: None,
+            // Rolled up by the next `sensor run` (top reads what isn't from flows).
+            rollup: false,
             ..cfg.writer()
         },
     );

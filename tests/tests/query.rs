@@ -1026,6 +1026,84 @@ fn top_equals_sums_computed_independently() {
     });
 }
 
+/// `top` by remote address, country and ASN answers the same from the rollup as from every
+/// flow (`--no-rollup`), with and without time ranges that end mid-day: before any rollup,
+/// rolled up, with more flows added (into rolled-up days and later ones), and rolled up
+/// again. The rollup is made by `sensor rollup`, the writer's own step run to the end.
+#[test]
+fn top_with_the_rollup_equals_a_raw_scan() {
+    const DAY: i64 = 86_400_000;
+    let mut db = synthetic_db("query-top-rollup");
+    let since = rfc3339((db.now_ms - 9 * DAY).div_euclid(DAY) * DAY + 5 * 3_600_000 + 17);
+    let until = rfc3339(db.now_ms - 2 * DAY + 1234);
+    let compare = |db: &Db, stage: &str| {
+        let ranges: [&[&str]; 4] = [
+            &[],
+            &["--since", &since],
+            &["--until", &until],
+            &["--since", &since, "--until", &until],
+        ];
+        for group in ["remote-ip", "country", "asn"] {
+            for range in ranges {
+                let mut args = vec!["top", "--group", group, "--limit", "0", "--format", "csv"];
+                args.extend(range);
+                let with = sensor_ok(&db.path, &args);
+                args.push("--no-rollup");
+                let without = sensor_ok(&db.path, &args);
+                assert_eq!(with, without, "{stage}: {}", args.join(" "));
+                assert!(with.lines().count() > 1, "{stage}: {}", args.join(" "));
+            }
+        }
+    };
+    let state = |db: &Db| -> (i64, i64, i64) {
+        let c = Connection::open(&db.path).unwrap();
+        c.query_row(
+            "SELECT (SELECT max_id FROM rollup_state), (SELECT max(id) FROM flows), \
+             (SELECT count(*) FROM flow_rollup)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap()
+    };
+    compare(&db, "before any rollup");
+    sensor_ok(&db.path, &["rollup"]);
+    let (rolled, max_id, rows) = state(&db);
+    assert_eq!(rolled, max_id);
+    assert!(rows > 0);
+    compare(&db, "rolled up");
+    check_top(&db, "remote-ip", "bytes", &[], |_| true);
+    check_top(&db, "asn", "flows", &[], |_| true);
+
+    // A third of the flows again, some hours later: into rolled-up days and past them.
+    Connection::open(&db.path)
+        .unwrap()
+        .execute(
+            "INSERT INTO flows (first_seen_ms, last_seen_ms, proto, src_ip, src_port, dst_ip, \
+             dst_port, src_payload_bytes, dst_payload_bytes, src_pid, src_comm, dst_pid, \
+             dst_comm, srtt_us, retransmits, end_reason, sources, src_packets, dst_packets, \
+             src_bytes, dst_bytes, src_tcp_flags, dst_tcp_flags) \
+             SELECT first_seen_ms + (id % 7) * 3600000, last_seen_ms + (id % 7) * 3600000, \
+             proto, src_ip, src_port, dst_ip, dst_port, src_payload_bytes, \
+             dst_payload_bytes, src_pid, src_comm, dst_pid, dst_comm, srtt_us, retransmits, \
+             end_reason, sources, src_packets, dst_packets, src_bytes, dst_bytes, \
+             src_tcp_flags, dst_tcp_flags FROM flows WHERE id % 3 = 0",
+            [],
+        )
+        .unwrap();
+    db.flows = read_back(&db.path).0;
+    let (rolled_before, max_id, _) = state(&db);
+    assert!(rolled_before < max_id);
+    compare(&db, "more flows added");
+    check_top(&db, "remote-ip", "packets", &[], |_| true);
+    check_top(&db, "country", "bytes", &[], |_| true);
+
+    sensor_ok(&db.path, &["rollup"]);
+    let (rolled, max_id, _) = state(&db);
+    assert_eq!(rolled, max_id);
+    compare(&db, "rolled up again");
+    check_top(&db, "remote-ip", "bytes", &[], |_| true);
+}
+
 #[test]
 fn top_limit_and_formats() {
     let db = synthetic_db("query-top-formats");

@@ -22,6 +22,8 @@ use std::{
 
 use rusqlite::types::{Value, ValueRef};
 
+use crate::store::rollup::{self, DAY_MS, day_of};
+
 use super::{
     Cell, ExportError, RowWriter,
     filter::{Filter, RowCheck, TimeAccess},
@@ -75,6 +77,9 @@ pub struct TopOptions {
     pub limit: usize,
     pub format: TopFormat,
     pub filter: Filter,
+    /// Read whole days from the rollup where the answer allows it (see [`rank`]); false:
+    /// every flow from `flows`.
+    pub rollup: bool,
 }
 
 /// Flows, packets and bytes added up.
@@ -185,6 +190,14 @@ enum Part {
     Rows(i64, i64),
     /// `first_seen_ms` in `[lo, hi)`, through the index.
     Time(i64, i64),
+    /// `id` in `ids` and `first_seen_ms` in `ms` (both `[lo, hi)`): the flows not yet rolled
+    /// up, within the days read from the rollup.
+    RowsTime { ids: (i64, i64), ms: (i64, i64) },
+    /// `flow_rollup` days in `[lo, hi)`, read only while the rollup is still at `state`.
+    Rollup {
+        days: (i64, i64),
+        state: rollup::RollupState,
+    },
 }
 
 fn threads() -> usize {
@@ -244,6 +257,99 @@ fn plan(conn: &rusqlite::Connection, filter: &Filter) -> rusqlite::Result<Vec<Pa
     Ok(split(lo, hi, threads())
         .map(|(a, b)| Part::Time(a, b))
         .collect())
+}
+
+/// Whether the filter only bounds the time (so the rollup, which knows nothing else of a
+/// flow, can answer).
+fn only_time(filter: &Filter) -> bool {
+    let Filter {
+        since: _,
+        until: _,
+        ip,
+        port,
+        proto,
+        country,
+        asn,
+        process,
+        threat,
+    } = filter;
+    ip.is_none()
+        && port.is_none()
+        && proto.is_none()
+        && country.is_none()
+        && asn.is_none()
+        && process.is_none()
+        && !threat
+}
+
+/// The parts to read with the rollup: the whole UTC days inside the range (after the days
+/// retention pruned) from `flow_rollup`; from `flows` the partial days at the edges of the
+/// range, and within the whole days the flows not rolled up yet (`id > max_id`). `None`
+/// when no whole day can come from the rollup.
+fn plan_rollup(
+    conn: &rusqlite::Connection,
+    filter: &Filter,
+) -> rusqlite::Result<Option<Vec<Part>>> {
+    let state = rollup::state(conn)?;
+    if state.max_id == 0 {
+        return Ok(None);
+    }
+    let (Some(first), Some(last), Some(max_id)) = (
+        one_i64(conn, "SELECT min(first_seen_ms) FROM flows")?,
+        one_i64(conn, "SELECT max(first_seen_ms) FROM flows")?,
+        one_i64(conn, "SELECT max(id) FROM flows")?,
+    ) else {
+        return Ok(None);
+    };
+    // The range as stored: [lo_ms, hi_ms).
+    let lo_ms = filter.since.as_ref().map_or(first, |t| t.ms.max(first));
+    let hi_ms = filter
+        .until
+        .as_ref()
+        .map_or(last + 1, |t| t.ms.min(last + 1));
+    if lo_ms >= hi_ms {
+        return Ok(None);
+    }
+    // Whole days: every flow of the day is inside the range. Without --since every day
+    // from the first flow's is; without --until every day up to the last flow's.
+    let mut lo_day = filter
+        .since
+        .as_ref()
+        .map_or(day_of(first), |t| -day_of(-t.ms))
+        .max(day_of(first));
+    if let Some(p) = state.pruned_day {
+        lo_day = lo_day.max(p + 1);
+    }
+    let hi_day = filter
+        .until
+        .as_ref()
+        .map_or(day_of(last) + 1, |t| day_of(t.ms))
+        .min(day_of(last) + 1);
+    if lo_day >= hi_day {
+        return Ok(None);
+    }
+    let (whole_lo, whole_hi) = (lo_day * DAY_MS, hi_day * DAY_MS);
+    let n = threads();
+    let mut parts: Vec<Part> = split(lo_day, hi_day, n)
+        .map(|days| Part::Rollup { days, state })
+        .collect();
+    // The edges, every flow.
+    if lo_ms < whole_lo {
+        parts.extend(split(lo_ms, whole_lo, n).map(|(a, b)| Part::Time(a, b)));
+    }
+    if whole_hi < hi_ms {
+        parts.extend(split(whole_hi, hi_ms, n).map(|(a, b)| Part::Time(a, b)));
+    }
+    // The whole days, flows not rolled up yet.
+    if state.max_id < max_id {
+        parts.extend(
+            split(state.max_id + 1, max_id + 1, n).map(|ids| Part::RowsTime {
+                ids,
+                ms: (whole_lo, whole_hi),
+            }),
+        );
+    }
+    Ok(Some(parts))
 }
 
 /// Sums under inline keys, with the rare key too long to inline (a long process name, say)
@@ -320,11 +426,28 @@ impl Scan<'_> {
         cols.join(", ")
     }
 
-    /// Reads one part on its own connection and adds its rows up.
-    fn run(&self, db: &Path, filter: &Filter, part: Part) -> Result<Sums, ExportError> {
+    /// Reads one part on its own connection and adds its rows up. `None`: a rollup part
+    /// found the rollup moved on since the plan was made.
+    fn run(&self, db: &Path, filter: &Filter, part: Part) -> Result<Option<Sums>, ExportError> {
         let conn = crate::store::open_for_reading(db)?;
         let query_err = ExportError::query(db);
         let (sql, params) = match part {
+            Part::Rollup { days, state } => {
+                return read_rollup(&conn, days, state).map_err(&query_err);
+            }
+            Part::RowsTime { ids, ms } => (
+                format!(
+                    "SELECT {} FROM flows WHERE id >= ? AND id < ? \
+                     AND +first_seen_ms >= ? AND +first_seen_ms < ?",
+                    self.columns()
+                ),
+                vec![
+                    Value::Integer(ids.0),
+                    Value::Integer(ids.1),
+                    Value::Integer(ms.0),
+                    Value::Integer(ms.1),
+                ],
+            ),
             Part::Rows(lo, hi) => {
                 let (conds, mut params) = filter.sql(TimeAccess::Scan);
                 params.splice(0..0, [Value::Integer(lo), Value::Integer(hi)]);
@@ -418,7 +541,7 @@ impl Scan<'_> {
             secs = started.elapsed().as_secs_f64(),
             "top: part read"
         );
-        Ok(sums)
+        Ok(Some(sums))
     }
 
     /// Calls `add` with each row that passes the filter, its addresses (empty when not
@@ -453,6 +576,43 @@ impl Scan<'_> {
         }
         Ok(())
     }
+}
+
+/// The rollup's sums for `days` by remote address, in one snapshot that must still show
+/// the rollup at `state` (else `None`: the plan is stale).
+fn read_rollup(
+    conn: &rusqlite::Connection,
+    days: (i64, i64),
+    state: rollup::RollupState,
+) -> rusqlite::Result<Option<Sums>> {
+    let started = std::time::Instant::now();
+    conn.execute_batch("BEGIN")?;
+    let result = (|| {
+        if rollup::state(conn)? != state {
+            return Ok(None);
+        }
+        let mut stmt = conn.prepare(
+            "SELECT remote, flows, packets, bytes FROM flow_rollup WHERE day >= ?1 AND day < ?2",
+        )?;
+        let mut rows = stmt.query([days.0, days.1])?;
+        let mut sums = InlineSums::<47>::new();
+        while let Some(row) = rows.next()? {
+            let t = Totals {
+                flows: int(row.get_ref(1)?).unwrap_or(0).max(0) as u64,
+                packets: int(row.get_ref(2)?).unwrap_or(0).max(0) as u64,
+                bytes: int(row.get_ref(3)?).unwrap_or(0).max(0) as u64,
+            };
+            sums.add(text(row.get_ref(0)?).unwrap_or_default(), None, &t);
+        }
+        Ok(Some(sums.into_sums()))
+    })();
+    conn.execute_batch("COMMIT")?;
+    tracing::debug!(
+        ?days,
+        secs = started.elapsed().as_secs_f64(),
+        "top: rollup read"
+    );
+    result
 }
 
 fn int(v: ValueRef<'_>) -> Option<i64> {
@@ -493,14 +653,25 @@ fn group_key(group: Group, key: &[u8], info: &InfoMap) -> GroupKey {
     }
 }
 
+/// How often a plan made on the rollup is made again when the writer moved the rollup on
+/// while it was being read, before reading every flow instead.
+const ROLLUP_TRIES: usize = 3;
+
 /// Adds up the flows in `db` that pass `filter` by `group`, largest `by` first (ties by
 /// the key, ascending).
+///
+/// With `use_rollup`, when the group derives from the remote address (remote-ip, country,
+/// asn) and the filter bounds only the time, whole days come from `flow_rollup` (see
+/// [`crate::store::rollup`]); the answer is the same as reading every flow, except that
+/// rolled-up flows keep the remote end given by the host's addresses when they were
+/// rolled up.
 pub fn rank(
     db: &Path,
     group: Group,
     by: By,
     filter: &Filter,
     local: &LocalAddrs,
+    use_rollup: bool,
 ) -> Result<(Ranking, InfoMap), ExportError> {
     let conn = crate::store::open_for_reading(db)?;
     let query_err = ExportError::query(db);
@@ -511,34 +682,34 @@ pub fn rank(
             InfoMap::default()
         };
     let check = filter.row_check(&info);
-    let parts = plan(&conn, filter).map_err(&query_err)?;
-    drop(conn);
     let scan = Scan {
         group,
         check: &check,
         local,
     };
-    let sums = std::thread::scope(|s| {
-        let handles: Vec<_> = parts
-            .iter()
-            .map(|&part| {
-                let scan = &scan;
-                s.spawn(move || scan.run(db, filter, part))
-            })
-            .collect();
-        let mut all = Sums::default();
-        for h in handles {
-            let mut part = h.join().map_err(|_| ExportError::ReaderPanicked)??;
-            // Fold the smaller map into the larger.
-            if part.len() > all.len() {
-                std::mem::swap(&mut all, &mut part);
+    let by_remote = matches!(group, Group::RemoteIp | Group::Country | Group::Asn);
+    let mut sums = None;
+    if use_rollup && by_remote && only_time(filter) {
+        for _ in 0..ROLLUP_TRIES {
+            let Some(parts) = plan_rollup(&conn, filter).map_err(&query_err)? else {
+                break;
+            };
+            sums = read_parts(db, filter, &scan, &parts)?;
+            if sums.is_some() {
+                break;
             }
-            for (k, v) in part {
-                all.entry(k).or_default().add(&v);
-            }
+            tracing::debug!("top: the rollup moved on while read; again");
         }
-        Ok::<_, ExportError>(all)
-    })?;
+    }
+    let sums = match sums {
+        Some(s) => s,
+        None => {
+            let parts = plan(&conn, filter).map_err(&query_err)?;
+            // Parts of `flows` are never stale.
+            read_parts(db, filter, &scan, &parts)?.unwrap_or_default()
+        }
+    };
+    drop(conn);
     let mut groups: HashMap<GroupKey, Totals> = HashMap::new();
     let mut total = Totals::default();
     for (k, v) in &sums {
@@ -548,6 +719,41 @@ pub fn rank(
     let mut rows: Vec<(GroupKey, Totals)> = groups.into_iter().collect();
     rows.sort_by(|a, b| b.1.get(by).cmp(&a.1.get(by)).then_with(|| a.0.cmp(&b.0)));
     Ok((Ranking { rows, total }, info))
+}
+
+/// Reads the parts, a thread each, and adds them up; `None` when a rollup part found the
+/// plan stale.
+fn read_parts(
+    db: &Path,
+    filter: &Filter,
+    scan: &Scan<'_>,
+    parts: &[Part],
+) -> Result<Option<Sums>, ExportError> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .iter()
+            .map(|&part| {
+                let scan = &scan;
+                s.spawn(move || scan.run(db, filter, part))
+            })
+            .collect();
+        let mut all = Sums::default();
+        let mut stale = false;
+        for h in handles {
+            let Some(mut part) = h.join().map_err(|_| ExportError::ReaderPanicked)?? else {
+                stale = true;
+                continue;
+            };
+            // Fold the smaller map into the larger.
+            if part.len() > all.len() {
+                std::mem::swap(&mut all, &mut part);
+            }
+            for (k, v) in part {
+                all.entry(k).or_default().add(&v);
+            }
+        }
+        Ok((!stale).then_some(all))
+    })
 }
 
 /// Bytes for people: 1 kB = 1000 B.
@@ -630,7 +836,7 @@ pub fn top(
     local: &LocalAddrs,
     out: impl Write,
 ) -> Result<(), ExportError> {
-    let (ranking, info) = rank(db, opts.group, opts.by, &opts.filter, local)?;
+    let (ranking, info) = rank(db, opts.group, opts.by, &opts.filter, local, opts.rollup)?;
     let mut out = BufWriter::new(out);
     let total = ranking.total.get(opts.by);
     let shown = if opts.limit == 0 {

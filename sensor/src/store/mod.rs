@@ -1,6 +1,7 @@
 //! Store: finished flows into SQLite, from a writer on its own thread.
 pub mod ip_info;
 pub mod retention;
+pub mod rollup;
 pub mod schema;
 pub mod writer;
 

@@ -80,15 +80,29 @@ fn delete_chunk(conn: &mut Connection, filter: &str, arg: i64) -> rusqlite::Resu
     let tx = conn.transaction()?;
     let sql = format!(
         "DELETE FROM flows WHERE id IN (SELECT id FROM flows {filter} \
-         ORDER BY first_seen_ms LIMIT {CHUNK_ROWS})"
+         ORDER BY first_seen_ms LIMIT {CHUNK_ROWS}) RETURNING first_seen_ms"
     );
-    let n = if filter.is_empty() {
-        tx.execute(&sql, [])?
-    } else {
-        tx.execute(&sql, [arg])?
-    };
+    // The latest start among the deleted flows: the rollup must give up its day.
+    let mut latest: Option<i64> = None;
+    let mut n = 0u64;
+    {
+        let mut stmt = tx.prepare(&sql)?;
+        let mut rows = if filter.is_empty() {
+            stmt.query([])?
+        } else {
+            stmt.query([arg])?
+        };
+        while let Some(row) = rows.next()? {
+            let ms: i64 = row.get(0)?;
+            latest = Some(latest.map_or(ms, |l| l.max(ms)));
+            n += 1;
+        }
+    }
+    if let Some(ms) = latest {
+        super::rollup::after_prune(&tx, ms)?;
+    }
     tx.commit()?;
-    Ok(n as u64)
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use rusqlite::Connection;
 
 use super::StoreError;
 
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const V1: &str = "
 CREATE TABLE flows (
@@ -75,11 +75,30 @@ CREATE TABLE ip_info (
 ) WITHOUT ROWID;
 ";
 
+/// Version 4: flows added up per UTC day and remote address, for `sensor top` (see
+/// [`super::rollup`]).
+const V4: &str = "
+CREATE TABLE flow_rollup (
+    day     INTEGER NOT NULL,
+    remote  TEXT    NOT NULL,
+    flows   INTEGER NOT NULL,
+    packets INTEGER NOT NULL,
+    bytes   INTEGER NOT NULL,
+    PRIMARY KEY (day, remote)
+) WITHOUT ROWID;
+CREATE TABLE rollup_state (
+    max_id     INTEGER NOT NULL,
+    pruned_day INTEGER
+);
+INSERT INTO rollup_state (max_id, pruned_day) VALUES (0, NULL);
+";
+
 /// Each step takes the schema from its index (plus one) to the next version.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("creating schema v1", V1),
     ("upgrading to schema v2", V2),
     ("upgrading to schema v3", V3),
+    ("upgrading to schema v4", V4),
 ];
 
 /// The database's schema version; an error when it is newer than this build knows.

@@ -127,6 +127,10 @@ pub struct WriterConfig {
     pub retention: Option<super::retention::Retention>,
     /// How often retention looks for work when there was none.
     pub prune_every: Duration,
+    /// Roll flows up for `sensor top` ([`super::rollup`]) when there is nothing to write.
+    pub rollup: bool,
+    /// How often the rollup looks for work when it was caught up.
+    pub rollup_every: Duration,
 }
 
 impl WriterConfig {
@@ -141,6 +145,8 @@ impl WriterConfig {
             held_rows: 100_000,
             retention: None,
             prune_every: Duration::from_secs(60),
+            rollup: false,
+            rollup_every: Duration::from_secs(10),
         }
     }
 }
@@ -324,6 +330,8 @@ struct State {
     /// When writes are failing: the next attempt, and how many failed in a row.
     failing: Option<(Instant, u32)>,
     next_prune: Instant,
+    /// When to look for flows to roll up; now while behind.
+    next_rollup: Instant,
 }
 
 fn now_ms() -> i64 {
@@ -346,6 +354,7 @@ fn run(
         held: std::collections::VecDeque::new(),
         failing: None,
         next_prune: Instant::now() + Duration::from_secs(1),
+        next_rollup: Instant::now() + Duration::from_secs(1),
     };
     let mut infos: Vec<IpInfo> = Vec::new();
     let mut deadline: Option<Instant> = None;
@@ -355,11 +364,15 @@ fn run(
             h.beat();
         }
         // Wake at least once a second to beat the heartbeat, retry, and prune.
-        let timeout = deadline
+        let mut timeout = deadline
             .map_or(Duration::from_secs(1), |d| {
                 d.saturating_duration_since(Instant::now())
             })
             .min(Duration::from_secs(1));
+        if cfg.rollup && rollup_may_run(&st, &cfg, gate, infos.len(), deadline) {
+            // A rollup step is due and there is time: look at the queue, don't wait on it.
+            timeout = timeout.min(st.next_rollup.saturating_duration_since(Instant::now()));
+        }
         let mut take = |row: Row, held: &mut std::collections::VecDeque<FlowRecord>| match row {
             Row::Flow(f) => {
                 held.push_back(f);
@@ -426,6 +439,45 @@ fn run(
         }
         if st.failing.is_none() && Instant::now() >= st.next_prune {
             prune(&mut st, &cfg);
+        }
+        // Between batches, when the writer is not behind.
+        if cfg.rollup && rollup_may_run(&st, &cfg, gate, infos.len(), deadline) {
+            rollup(&mut st, &cfg);
+        }
+    }
+}
+
+/// Whether the writer has time for a rollup step: writes are not failing and not behind
+/// (less than a batch held and queued, the flush of a partial batch not yet due), and the
+/// step is due. A step may delay a partial batch's flush by its own duration.
+fn rollup_may_run(
+    st: &State,
+    cfg: &WriterConfig,
+    gate: &Gate,
+    infos: usize,
+    deadline: Option<Instant>,
+) -> bool {
+    let now = Instant::now();
+    st.failing.is_none()
+        && now >= st.next_rollup
+        && deadline.is_none_or(|d| now < d)
+        && infos < cfg.batch_rows
+        && st.held.len() + gate.queued.load(Ordering::Acquire) < cfg.batch_rows
+}
+
+/// One rollup step; the next one right away (when idle) while behind.
+fn rollup(st: &mut State, cfg: &WriterConfig) {
+    let local = crate::export::top::LocalAddrs::of_this_host();
+    match super::rollup::step(&mut st.conn, &local) {
+        Ok(0) => st.next_rollup = Instant::now() + cfg.rollup_every,
+        Ok(n) => {
+            tracing::trace!(ids = n, "rolled up");
+            st.next_rollup = Instant::now();
+        }
+        Err(e) => {
+            let err = StoreError::sqlite(&st.path, "rolling up flows", e);
+            tracing::warn!("{err}");
+            st.next_rollup = Instant::now() + cfg.rollup_every;
         }
     }
 }
@@ -636,6 +688,47 @@ mod tests {
                 "[::1]:80".parse().unwrap(),
             )
         }
+    }
+
+    #[test]
+    fn an_idle_writer_rolls_up_every_flow_written() {
+        let dir = std::env::temp_dir().join(format!("sensor-writer-rollup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("f.db");
+        let conn = super::super::open_for_writing(&path).unwrap();
+        let w = Writer::spawn(
+            conn,
+            path.clone(),
+            WriterConfig {
+                rollup: true,
+                ..WriterConfig::new(100, Duration::from_millis(10), 10_000)
+            },
+        );
+        for i in 0..250 {
+            w.try_send(flow(i));
+        }
+        let reader = super::super::open_for_reading(&path).unwrap();
+        let rolled = || {
+            reader
+                .query_row(
+                    "SELECT (SELECT max_id FROM rollup_state), \
+                     (SELECT sum(flows) FROM flow_rollup)",
+                    [],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?)),
+                )
+                .unwrap()
+        };
+        let started = Instant::now();
+        while rolled() != (250, Some(250)) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{:?}",
+                rolled()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        w.finish();
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
