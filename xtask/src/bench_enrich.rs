@@ -33,9 +33,16 @@ fn dnsmasq(dir: &Path, ips: &[String]) -> Result<(Killed, String)> {
     }
     f.flush()?;
     drop(f);
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    // UDP and TCP on the same port must both be free (readiness is probed over TCP):
+    // probe both, as the tests' `free_port` does.
+    let port = loop {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            break port;
+        }
+    };
     let child = Command::new("dnsmasq")
         .args([
             "--keep-in-foreground",

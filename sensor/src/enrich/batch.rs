@@ -15,7 +15,6 @@ use serde::Serialize;
 use super::{
     EnrichError, Source,
     cascade::{IpInfo, Progress, Sources},
-    queue::canonical,
 };
 use crate::{config::EnrichConfig, metrics::Metrics};
 
@@ -66,7 +65,7 @@ pub fn read_list(path: &Path) -> Result<(Vec<IpAddr>, Vec<BadLine>), BatchError>
             .next();
         let Some(field) = field else { continue };
         match field.parse::<IpAddr>() {
-            Ok(ip) => ips.push(canonical(ip)),
+            Ok(ip) => ips.push(ip.to_canonical()),
             Err(_) => bad.push(BadLine {
                 line: i + 1,
                 text: line.clone(),

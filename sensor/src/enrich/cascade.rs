@@ -21,6 +21,7 @@ use super::{
     rdns::{Rdns, RdnsOutcome},
     scope::is_public,
     threat::ThreatLists,
+    unix_ms,
 };
 use crate::metrics::Metrics;
 
@@ -106,25 +107,26 @@ pub struct Sources {
     pub metrics: Option<Arc<Metrics>>,
 }
 
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-fn ms(d: Duration) -> i64 {
+/// `d` in milliseconds, saturating.
+pub(super) fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Sources {
-    fn count(&self, source: Source, result: &str, took: Duration) {
-        if let Some(m) = &self.metrics {
-            m.enrich_lookups
-                .with_label_values(&[source.as_str(), result])
-                .inc();
-            m.enrich_lookup_seconds
-                .with_label_values(&[source.as_str()])
-                .observe(took.as_secs_f64());
+    /// Counts `n` lookups of `source` that ended in `result`, each taking `took`.
+    fn count(&self, source: Source, result: &str, took: Duration, n: usize) {
+        let Some(m) = &self.metrics else { return };
+        if n == 0 {
+            return;
+        }
+        m.enrich_lookups
+            .with_label_values(&[source.as_str(), result])
+            .inc_by(n as u64);
+        let seconds = m
+            .enrich_lookup_seconds
+            .with_label_values(&[source.as_str()]);
+        for _ in 0..n {
+            seconds.observe(took.as_secs_f64());
         }
     }
 
@@ -155,6 +157,7 @@ impl Sources {
                     Source::Mmdb,
                     if found { "found" } else { "not_found" },
                     took,
+                    1,
                 );
             }
             if geo.is_some() || info.geo.is_none() {
@@ -173,7 +176,7 @@ impl Sources {
                 } else {
                     "hit"
                 };
-                self.count(Source::Threat, result, t.elapsed());
+                self.count(Source::Threat, result, t.elapsed(), 1);
             }
             info.checked_ms = now;
         }
@@ -266,13 +269,14 @@ impl Sources {
             for ip in ips {
                 match cache.get(*ip, now) {
                     Some(a) => {
-                        self.count(Source::Cymru, "cached", Duration::ZERO);
                         found.insert(*ip, a);
                     }
                     None => ask.push(*ip),
                 }
             }
         }
+        let cached = ips.len() - ask.len();
+        self.count(Source::Cymru, "cached", Duration::ZERO, cached);
         progress.inc("cymru", found.len() as u64);
         if !ask.is_empty() {
             let t = Instant::now();
@@ -280,25 +284,30 @@ impl Sources {
             let took = t.elapsed();
             let expires = Instant::now() + self.ttls.cymru;
             let mut cache = self.cymru_cache.lock().expect("cache lock");
+            let mut with_asn = 0;
+            let answered = answers.len();
             for a in answers {
-                let result = if a.asn.is_some() {
-                    "found"
-                } else {
-                    "not_found"
-                };
-                self.count(Source::Cymru, result, took);
-                if a.prefix.is_some() && a.asn.is_some() {
-                    cache.insert(&a, expires);
+                if a.asn.is_some() {
+                    with_asn += 1;
+                    if a.prefix.is_some() {
+                        cache.insert(&a, expires);
+                    }
                 }
                 found.insert(a.ip, a);
             }
+            drop(cache);
+            self.count(Source::Cymru, "found", took, with_asn);
+            self.count(Source::Cymru, "not_found", took, answered - with_asn);
             for e in &errors {
                 tracing::warn!(error = %e, "Team Cymru lookup");
             }
             let failed = ask.iter().filter(|ip| !found.contains_key(ip)).count();
-            for _ in 0..failed {
-                self.count(Source::Cymru, cymru_error_label(errors.first()), took);
-            }
+            self.count(
+                Source::Cymru,
+                cymru_error_label(errors.first()),
+                took,
+                failed,
+            );
             progress.inc("cymru", ask.len() as u64);
         }
         progress.done("cymru");
@@ -326,7 +335,7 @@ impl Sources {
         let mut out = vec![RdnsOutcome::Failed { reason: "error" }; ips.len()];
         while let Some(done) = tasks.join_next().await {
             if let Ok((i, outcome, took)) = done {
-                self.count(Source::Rdns, outcome.result(), took);
+                self.count(Source::Rdns, outcome.result(), took, 1);
                 out[i] = outcome;
             }
             progress.inc("rdns", 1);

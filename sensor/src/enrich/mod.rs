@@ -16,6 +16,13 @@ pub mod rdns;
 pub mod scope;
 pub mod threat;
 
+/// Wall-clock Unix milliseconds (0 before the epoch): the times `ip_info` keeps.
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Which source answered a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Source {
@@ -204,7 +211,6 @@ impl Prepared {
                 batch_ips: cfg.batch_ips,
                 batch_wait: std::time::Duration::from_millis(cfg.batch_ms),
                 reload_check: std::time::Duration::from_millis(cfg.reload_check_ms),
-                mmdb_ttl: std::time::Duration::from_secs(cfg.mmdb_ttl_s),
                 db_path: Some(db_path.to_path_buf()),
             },
             metrics,

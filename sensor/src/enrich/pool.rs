@@ -20,7 +20,7 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    cascade::{IpInfo, Quiet, Sources},
+    cascade::{IpInfo, Quiet, Sources, ms},
     queue::EnrichQueue,
 };
 use crate::metrics::Metrics;
@@ -33,8 +33,6 @@ pub struct PoolConfig {
     pub batch_wait: Duration,
     /// How often the databases and lists are checked for changes.
     pub reload_check: Duration,
-    /// Database answers (and threat verdicts) are re-applied after this long.
-    pub mmdb_ttl: Duration,
     /// Where earlier answers are (`ip_info`); None: nothing is known before.
     pub db_path: Option<PathBuf>,
 }
@@ -157,11 +155,10 @@ impl Prior {
     }
 }
 
-/// The earliest time any of the record's answers expires.
-pub fn next_due(info: &IpInfo, sources: &Sources, mmdb_ttl: Duration) -> i64 {
-    let mut due = info
-        .checked_ms
-        .saturating_add(i64::try_from(mmdb_ttl.as_millis()).unwrap_or(i64::MAX));
+/// The earliest time any of the record's answers expires (by the TTLs of the sources
+/// that gave them, which a reload may change).
+pub fn next_due(info: &IpInfo, sources: &Sources) -> i64 {
+    let mut due = info.checked_ms.saturating_add(ms(sources.ttls.mmdb));
     if sources.cymru.is_some()
         && let Some(d) = info.cymru_due_ms
     {
@@ -232,6 +229,13 @@ async fn work(
                     if last_reload.elapsed() >= cfg.reload_check {
                         last_reload = Instant::now();
                         reload(&mut sources, &queue, &metrics);
+                        // Expired Cymru prefixes go too: the cache would otherwise keep
+                        // every prefix ever answered.
+                        sources
+                            .cymru_cache
+                            .lock()
+                            .expect("cache lock")
+                            .purge(Instant::now());
                     }
                     continue;
                 }
@@ -271,7 +275,7 @@ async fn work(
         match answers {
             Some(answers) => {
                 for info in &answers {
-                    queue.answered(info.ip, next_due(info, &sources, cfg.mmdb_ttl));
+                    queue.answered(info.ip, next_due(info, &sources));
                 }
                 metrics.enrich_done.inc_by(answers.len() as u64);
                 metrics.enrich_queue.sub(answers.len() as i64);

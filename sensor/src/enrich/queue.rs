@@ -15,7 +15,7 @@ use std::{
 
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-use super::scope::is_public;
+use super::{scope::is_public, unix_ms};
 use crate::metrics::Metrics;
 
 /// How long an address offered but not yet answered counts as known (in progress).
@@ -46,20 +46,6 @@ pub struct EnrichQueue {
     metrics: Arc<Metrics>,
 }
 
-/// Normalises IPv4-mapped IPv6 to IPv4, as flows store them.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 impl EnrichQueue {
     /// A queue of `capacity` addresses; the receiver goes to [`super::pool::spawn`].
     pub fn new(
@@ -79,37 +65,40 @@ impl EnrichQueue {
         (q, rx)
     }
 
-    /// Offers one address. Never waits.
+    /// Offers one address. Never waits; takes the lock once and allocates nothing (beyond
+    /// the known set's amortised growth).
     pub fn offer(&self, ip: IpAddr) {
         let m = &self.metrics;
         m.enrich_offered.inc();
-        let ip = canonical(ip);
+        // IPv4-mapped IPv6 as IPv4, as flows store them.
+        let ip = ip.to_canonical();
         if !is_public(ip) {
             m.enrich_skipped.inc();
             return;
         }
         let now = unix_ms();
-        {
-            let mut known = self.known.lock().expect("known lock");
-            if known.due_ms.get(&ip).is_some_and(|due| *due > now) {
-                m.enrich_cache_hits.inc();
-                return;
-            }
-            known.make_room(now);
-            known.due_ms.insert(ip, now + PENDING_MS);
+        let mut known = self.known.lock().expect("known lock");
+        if known.due_ms.get(&ip).is_some_and(|due| *due > now) {
+            m.enrich_cache_hits.inc();
+            return;
         }
+        // `try_send` never waits, so it runs under the lock: the address is only marked
+        // known when it is really queued, and a concurrent offer of it can't slip between.
         match self.tx.try_send(ip) {
             Ok(()) => {
+                known.make_room(now);
+                known.due_ms.insert(ip, now + PENDING_MS);
+                drop(known);
                 m.enrich_queued.inc();
                 m.enrich_queue.inc();
             }
             Err(e) => {
+                drop(known);
                 let reason = match e {
                     TrySendError::Full(_) => "queue_full",
                     TrySendError::Closed(_) => "shutdown",
                 };
                 m.enrich_shed.with_label_values(&[reason]).inc();
-                self.known.lock().expect("known lock").due_ms.remove(&ip);
             }
         }
     }
