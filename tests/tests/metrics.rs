@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Sensor, http_get, is_root, skip, temp_dir};
+use common::{Sensor, http_get, is_root, metric_value, skip, temp_dir};
 
 fn have(cmd: &str) -> bool {
     Command::new(cmd)
@@ -169,17 +169,6 @@ fn prometheus_scrapes_the_sensor_and_promtool_accepts_it() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The final value of `name{labels}` in a text exposition (0 when absent).
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == series).then(|| v.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
-}
-
 fn sum_prefix(text: &str, prefix: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(prefix))
@@ -221,19 +210,19 @@ fn every_stage_accounts_for_everything_under_overflow() {
     let m = std::fs::read_to_string(&final_metrics).expect("final metrics");
 
     // Kernel ring buffer: what the programs produced was read or counted as dropped.
-    let produced = value(&m, "sensor_ringbuf_produced_events_total");
-    let read = value(&m, "sensor_ringbuf_events_total");
-    let dropped = value(&m, "sensor_ringbuf_dropped_events_total");
+    let produced = metric_value(&m, "sensor_ringbuf_produced_events_total");
+    let read = metric_value(&m, "sensor_ringbuf_events_total");
+    let dropped = metric_value(&m, "sensor_ringbuf_dropped_events_total");
     assert!(dropped > 0.0, "the burst overflowed the 4 KiB ring buffer");
     assert_eq!(produced, read + dropped, "ringbuf: in = out + dropped");
 
     // Capture: every frame was handed off, dropped (counted) or skipped (counted); the
     // flow table took in what was handed off.
-    let captured = value(&m, "sensor_capture_packets_total");
-    let handed = value(&m, "sensor_capture_handed_off_packets_total");
-    let queue_dropped = value(&m, "sensor_capture_dropped_packets_total{reason=\"queue\"}");
-    let skipped = value(&m, "sensor_capture_not_ip_packets_total")
-        + value(&m, "sensor_capture_malformed_packets_total");
+    let captured = metric_value(&m, "sensor_capture_packets_total");
+    let handed = metric_value(&m, "sensor_capture_handed_off_packets_total");
+    let queue_dropped = metric_value(&m, "sensor_capture_dropped_packets_total{reason=\"queue\"}");
+    let skipped = metric_value(&m, "sensor_capture_not_ip_packets_total")
+        + metric_value(&m, "sensor_capture_malformed_packets_total");
     assert!(captured > 0.0);
     assert_eq!(
         captured,
@@ -241,14 +230,14 @@ fn every_stage_accounts_for_everything_under_overflow() {
         "capture: in = out + dropped"
     );
     assert_eq!(
-        value(&m, "sensor_flow_packets_total"),
+        metric_value(&m, "sensor_flow_packets_total"),
         handed,
         "flow table took all"
     );
 
     // Flow tables: every flow created has ended (nothing open after shutdown).
     for table in ["kernel", "packets"] {
-        let created = value(
+        let created = metric_value(
             &m,
             &format!("sensor_flow_created_flows_total{{table=\"{table}\"}}"),
         );
@@ -266,8 +255,8 @@ fn every_stage_accounts_for_everything_under_overflow() {
 
     // Merge: records that reached it = 2 per merged pair + those alone.
     let records = sum_prefix(&m, "sensor_flow_ended_flows_total");
-    let merge_dropped = value(&m, "sensor_merge_dropped_flows_total");
-    let merged = value(&m, "sensor_merge_merged_flows_total");
+    let merge_dropped = metric_value(&m, "sensor_merge_dropped_flows_total");
+    let merged = metric_value(&m, "sensor_merge_merged_flows_total");
     let alone = sum_prefix(&m, "sensor_merge_alone_flows_total");
     assert_eq!(
         records - merge_dropped,
@@ -277,15 +266,15 @@ fn every_stage_accounts_for_everything_under_overflow() {
 
     // Store: what the merge sent was written, failed or dropped (all counted); the rows
     // are in the database.
-    let rows = value(&m, "sensor_store_rows_total");
-    let failed = value(&m, "sensor_store_failed_rows_total");
-    let store_dropped = value(&m, "sensor_store_dropped_rows_total");
+    let rows = metric_value(&m, "sensor_store_rows_total");
+    let failed = metric_value(&m, "sensor_store_failed_rows_total");
+    let store_dropped = metric_value(&m, "sensor_store_dropped_rows_total");
     assert_eq!(
         merged + alone,
         rows + failed + store_dropped,
         "store: in = out + dropped"
     );
-    assert_eq!(value(&m, "sensor_store_pending_rows"), 0.0);
+    assert_eq!(metric_value(&m, "sensor_store_pending_rows"), 0.0);
     let conn = rusqlite::Connection::open(&db).unwrap();
     let n: f64 = conn
         .query_row("SELECT count(*) FROM flows", [], |r| r.get::<_, i64>(0))
@@ -295,7 +284,7 @@ fn every_stage_accounts_for_everything_under_overflow() {
     // Enrichment: both addresses of every flow sent to the writer were offered, and each
     // offer was answered from memory, skipped (not public: all of these are loopback),
     // enriched or shed.
-    let offered = value(&m, "sensor_enrich_offered_addresses_total");
+    let offered = metric_value(&m, "sensor_enrich_offered_addresses_total");
     assert_eq!(
         offered,
         2.0 * (merged + alone),
@@ -303,13 +292,13 @@ fn every_stage_accounts_for_everything_under_overflow() {
     );
     assert_eq!(
         offered,
-        value(&m, "sensor_enrich_cache_hits_total")
-            + value(&m, "sensor_enrich_skipped_addresses_total")
-            + value(&m, "sensor_enrich_done_addresses_total")
+        metric_value(&m, "sensor_enrich_cache_hits_total")
+            + metric_value(&m, "sensor_enrich_skipped_addresses_total")
+            + metric_value(&m, "sensor_enrich_done_addresses_total")
             + sum_prefix(&m, "sensor_enrich_shed_addresses_total"),
         "enrich: in = out + shed"
     );
-    assert_eq!(value(&m, "sensor_enrich_queue_addresses"), 0.0);
+    assert_eq!(metric_value(&m, "sensor_enrich_queue_addresses"), 0.0);
     eprintln!(
         "ringbuf dropped {dropped} of {produced}; capture queue dropped {queue_dropped} of \
          {captured}; merge dropped {merge_dropped}; store dropped {store_dropped}"

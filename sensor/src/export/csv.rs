@@ -46,35 +46,46 @@ pub const COLUMNS: [&str; 36] = [
     "dst_threat",
 ];
 
-/// The SQL reading each of the first columns from `flows`.
-pub const FLOW_SQL: [&str; 24] = [
-    "first_seen_ms",
-    "last_seen_ms",
-    "proto",
-    "src_ip",
-    "src_port",
-    "dst_ip",
-    "dst_port",
-    "src_payload_bytes",
-    "dst_payload_bytes",
-    "src_pid",
-    "src_comm",
-    "dst_pid",
-    "dst_comm",
-    "end_reason",
-    "srtt_us",
-    "retransmits",
-    "src_packets",
-    "dst_packets",
-    "src_bytes",
-    "dst_bytes",
+/// The index of a column in [`COLUMNS`]; at compile time, fails to build for a name not there.
+pub const fn column(name: &str) -> usize {
+    const fn same(a: &[u8], b: &[u8]) -> bool {
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+    let mut i = 0;
+    while i < COLUMNS.len() {
+        if same(COLUMNS[i].as_bytes(), name.as_bytes()) {
+            return i;
+        }
+        i += 1;
+    }
+    panic!("no such export column")
+}
+
+/// The SQL reading each of the first columns from `flows`: the column of the same name,
+/// but for the two below.
+pub const FLOW_SQL: [&str; 24] = {
+    let mut sql = [""; 24];
+    let mut i = 0;
+    while i < sql.len() {
+        sql[i] = COLUMNS[i];
+        i += 1;
+    }
     // tcp_flags: src_tcp_flags | dst_tcp_flags (NULL when both are), worked out while
     // writing, off the reading thread.
-    "NULL",
-    "src_tcp_flags",
-    "dst_tcp_flags",
-    "sources",
-];
+    sql[column("tcp_flags")] = "NULL";
+    sql[column("capture")] = "sources";
+    sql
+};
 
 /// Writes rows as CSV; each row is assembled in one buffer and written at once.
 pub struct CsvWriter<W: Write> {

@@ -178,10 +178,10 @@ impl Batch {
 }
 
 /// Where the source and destination addresses are among the columns.
-const SRC_COL: usize = 3;
-const DST_COL: usize = 5;
+const SRC_COL: usize = csv::column("src_ip");
+const DST_COL: usize = csv::column("dst_ip");
 /// `tcp_flags` is both ends' flags together, made from the two columns after it.
-const TCP_FLAGS_COL: usize = 20;
+const TCP_FLAGS_COL: usize = csv::column("tcp_flags");
 
 /// The reading half: runs the query on `conn` and sends the rows that pass, in batches.
 fn read_batches(

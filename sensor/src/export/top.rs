@@ -91,7 +91,7 @@ pub struct Totals {
 }
 
 impl Totals {
-    fn add(&mut self, o: &Totals) {
+    pub(crate) fn add(&mut self, o: &Totals) {
         self.flows += o.flows;
         self.packets += o.packets;
         self.bytes += o.bytes;
@@ -133,6 +133,16 @@ impl LocalAddrs {
 
     pub fn is_local(&self, ip: &[u8]) -> bool {
         ip.starts_with(b"127.") || ip == b"::1" || self.0.iter().any(|a| **a == *ip)
+    }
+
+    /// The remote end of a flow: the source when only the destination is local, else the
+    /// destination.
+    pub fn remote<'a>(&self, src: &'a [u8], dst: &'a [u8]) -> &'a [u8] {
+        if self.is_local(dst) && !self.is_local(src) {
+            src
+        } else {
+            dst
+        }
     }
 }
 
@@ -176,7 +186,7 @@ pub struct Ranking {
 
 /// Per-thread sums, keyed by the group's bytes as read (remote address, comm, pair, or
 /// protocol and port packed in three bytes).
-type Sums = HashMap<Box<[u8]>, Totals, foldhash::fast::RandomState>;
+pub(crate) type Sums = HashMap<Box<[u8]>, Totals, foldhash::fast::RandomState>;
 
 /// Below this share of the time span the table holds, a time range is read through the
 /// first_seen_ms index; above it a plain scan of the table is cheaper than looking up each
@@ -354,20 +364,20 @@ fn plan_rollup(
 
 /// Sums under inline keys, with the rare key too long to inline (a long process name, say)
 /// kept apart.
-struct InlineSums<const N: usize> {
+pub(crate) struct InlineSums<const N: usize> {
     inline: HashMap<Inline<N>, Totals, foldhash::fast::RandomState>,
     long: Sums,
 }
 
 impl<const N: usize> InlineSums<N> {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             inline: HashMap::default(),
             long: Sums::default(),
         }
     }
 
-    fn add(&mut self, a: &[u8], b: Option<&[u8]>, t: &Totals) {
+    pub(crate) fn add(&mut self, a: &[u8], b: Option<&[u8]>, t: &Totals) {
         match Inline::new(a, b) {
             Some(k) => self.inline.entry(k).or_default().add(t),
             None => {
@@ -381,7 +391,7 @@ impl<const N: usize> InlineSums<N> {
         }
     }
 
-    fn into_sums(self) -> Sums {
+    pub(crate) fn into_sums(self) -> Sums {
         let mut sums = self.long;
         for (k, v) in self.inline {
             sums.entry(k.as_slice().into()).or_default().add(&v);
@@ -480,14 +490,9 @@ impl Scan<'_> {
         let local = self.local;
         let sums = match self.group {
             Group::RemoteIp | Group::Country | Group::Asn => {
-                let mut sums = InlineSums::<47>::new();
+                let mut sums = InlineSums::<{ ipinfo::KEY }>::new();
                 self.each_row(&mut rows, |_, src, dst, t| {
-                    let remote = if local.is_local(dst) && !local.is_local(src) {
-                        src
-                    } else {
-                        dst
-                    };
-                    sums.add(remote, None, t);
+                    sums.add(local.remote(src, dst), None, t);
                     Ok(())
                 })
                 .map_err(&query_err)?;
@@ -595,7 +600,7 @@ fn read_rollup(
             "SELECT remote, flows, packets, bytes FROM flow_rollup WHERE day >= ?1 AND day < ?2",
         )?;
         let mut rows = stmt.query([days.0, days.1])?;
-        let mut sums = InlineSums::<47>::new();
+        let mut sums = InlineSums::<{ ipinfo::KEY }>::new();
         while let Some(row) = rows.next()? {
             let t = Totals {
                 flows: int(row.get_ref(1)?).unwrap_or(0).max(0) as u64,
@@ -675,19 +680,18 @@ pub fn rank(
 ) -> Result<(Ranking, InfoMap), ExportError> {
     let conn = crate::store::open_for_reading(db)?;
     let query_err = ExportError::query(db);
-    let info =
-        if filter.needs_info() || matches!(group, Group::RemoteIp | Group::Country | Group::Asn) {
-            ipinfo::load(&conn).map_err(&query_err)?
-        } else {
-            InfoMap::default()
-        };
+    let by_remote = matches!(group, Group::RemoteIp | Group::Country | Group::Asn);
+    let info = if filter.needs_info() || by_remote {
+        ipinfo::load(&conn).map_err(&query_err)?
+    } else {
+        InfoMap::default()
+    };
     let check = filter.row_check(&info);
     let scan = Scan {
         group,
         check: &check,
         local,
     };
-    let by_remote = matches!(group, Group::RemoteIp | Group::Country | Group::Asn);
     let mut sums = None;
     if use_rollup && by_remote && only_time(filter) {
         for _ in 0..ROLLUP_TRIES {

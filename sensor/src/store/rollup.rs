@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use crate::export::top::{BYTES_SQL, LocalAddrs, PACKETS_SQL};
+use crate::export::top::{BYTES_SQL, InlineSums, LocalAddrs, PACKETS_SQL, Totals};
 
 /// Milliseconds in a UTC day: `day = first_seen_ms.div_euclid(DAY_MS)`.
 pub const DAY_MS: i64 = 86_400_000;
@@ -67,8 +67,8 @@ pub fn step(conn: &mut Connection, local: &LocalAddrs) -> rusqlite::Result<i64> 
         return Ok(0);
     }
     let to = last.min(st.max_id.saturating_add(STEP_IDS));
-    let mut sums: HashMap<(i64, Vec<u8>), [i64; 3], foldhash::fast::RandomState> =
-        HashMap::default();
+    // By day, then by remote address, inline (no allocation a row).
+    let mut sums: HashMap<i64, InlineSums<{ crate::export::ipinfo::KEY }>> = HashMap::new();
     {
         let mut stmt = tx.prepare(&format!(
             "SELECT first_seen_ms, src_ip, dst_ip, {PACKETS_SQL}, {BYTES_SQL} \
@@ -82,17 +82,14 @@ pub fn step(conn: &mut Connection, local: &LocalAddrs) -> rusqlite::Result<i64> 
             }
             let src = row.get_ref(1)?.as_bytes().unwrap_or_default();
             let dst = row.get_ref(2)?.as_bytes().unwrap_or_default();
-            let remote = if local.is_local(dst) && !local.is_local(src) {
-                src
-            } else {
-                dst
+            let t = Totals {
+                flows: 1,
+                packets: row.get::<_, Option<i64>>(3)?.unwrap_or(0).max(0) as u64,
+                bytes: row.get::<_, Option<i64>>(4)?.unwrap_or(0).max(0) as u64,
             };
-            let packets: i64 = row.get::<_, Option<i64>>(3)?.unwrap_or(0).max(0);
-            let bytes: i64 = row.get::<_, Option<i64>>(4)?.unwrap_or(0).max(0);
-            let s = sums.entry((day, remote.to_vec())).or_default();
-            s[0] += 1;
-            s[1] += packets;
-            s[2] += bytes;
+            sums.entry(day)
+                .or_insert_with(InlineSums::new)
+                .add(local.remote(src, dst), None, &t);
         }
     }
     {
@@ -101,10 +98,13 @@ pub fn step(conn: &mut Connection, local: &LocalAddrs) -> rusqlite::Result<i64> 
              ON CONFLICT (day, remote) DO UPDATE SET flows = flows + excluded.flows, \
              packets = packets + excluded.packets, bytes = bytes + excluded.bytes",
         )?;
-        for ((day, remote), [f, p, b]) in &sums {
-            // Stored as text, as flows stores addresses.
-            let remote = std::str::from_utf8(remote).unwrap_or_default();
-            up.execute(params![day, remote, f, p, b])?;
+        for (day, by_remote) in sums {
+            for (remote, t) in by_remote.into_sums() {
+                // Stored as text, as flows stores addresses.
+                let remote = std::str::from_utf8(&remote).unwrap_or_default();
+                let [f, p, b] = [t.flows, t.packets, t.bytes].map(|v| v as i64);
+                up.execute(params![day, remote, f, p, b])?;
+            }
         }
     }
     tx.execute("UPDATE rollup_state SET max_id = ?1", [to])?;

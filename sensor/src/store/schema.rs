@@ -4,7 +4,8 @@ use rusqlite::Connection;
 
 use super::StoreError;
 
-pub const SCHEMA_VERSION: i64 = 4;
+/// The version this build writes: one per step of [`MIGRATIONS`].
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 const V1: &str = "
 CREATE TABLE flows (

@@ -385,20 +385,16 @@ fn run(
             Row::Ip(more) => infos.extend(more),
         };
         let closed = match rx.recv_timeout(timeout) {
-            Ok(row @ (Row::Flow(_) | Row::Flows(_))) => {
+            Ok(row) => {
+                let flows = !matches!(row, Row::Ip(_));
                 take(row, &mut st.held);
-                // Take whatever else is queued up to a batch in one go.
-                while st.held.len() < cfg.batch_rows {
+                // After flows, take whatever else is queued up to a batch in one go.
+                while flows && st.held.len() < cfg.batch_rows {
                     match rx.try_recv() {
                         Ok(row) => take(row, &mut st.held),
                         Err(_) => break,
                     }
                 }
-                deadline.get_or_insert_with(|| Instant::now() + cfg.flush);
-                false
-            }
-            Ok(Row::Ip(more)) => {
-                infos.extend(more);
                 deadline.get_or_insert_with(|| Instant::now() + cfg.flush);
                 false
             }
@@ -419,11 +415,14 @@ fn run(
         bound_held(&mut st, &cfg, stats);
         let retry_due = st.failing.is_none_or(|(at, _)| Instant::now() >= at);
         let full = st.held.len() >= cfg.batch_rows;
-        if !st.held.is_empty() && retry_due && (full || due || closed) {
+        // While writes fail, held flows go at each retry, whatever the batch.
+        if !st.held.is_empty() && retry_due && (full || due || closed || st.failing.is_some()) {
             write_held(&mut st, &cfg, stats);
+        }
+        // A due deadline has been served (what failed waits for the retry, not for it);
+        // with nothing pending there is none. Left past, it would make the wait above 0.
+        if due || (st.held.is_empty() && infos.is_empty()) {
             deadline = None;
-        } else if st.failing.is_some() && !st.held.is_empty() && retry_due {
-            write_held(&mut st, &cfg, stats);
         }
         if closed {
             let lost = st.held.len() as u64;
@@ -727,6 +726,60 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        w.finish();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Enrichment answers that come after the last batch are written at their deadline, and
+    /// the deadline then goes: left in the past it kept the writer from waiting (a busy
+    /// loop) and from rolling up until the next flows came.
+    #[test]
+    fn answers_after_the_last_batch_leave_the_writer_idle() {
+        let dir = std::env::temp_dir().join(format!("sensor-writer-ip-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("f.db");
+        let conn = super::super::open_for_writing(&path).unwrap();
+        let w = Writer::spawn(
+            conn,
+            path.clone(),
+            WriterConfig {
+                rollup: true,
+                ..WriterConfig::new(100, Duration::from_millis(10), 10_000)
+            },
+        );
+        let stats = w.stats();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        for i in 0..50 {
+            w.try_send(flow(i));
+        }
+        let started = Instant::now();
+        while load(&stats.rows_written) < 50 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "flows not written"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        w.handle()
+            .unwrap()
+            .send_ip_info(vec![IpInfo::new("192.0.2.1".parse().unwrap())]);
+        let reader = super::super::open_for_reading(&path).unwrap();
+        let rolled = || {
+            reader
+                .query_row("SELECT max_id FROM rollup_state", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .unwrap()
+        };
+        while rolled() != 50 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "not rolled up: {}",
+                rolled()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(load(&stats.ip_rows_written), 1);
         w.finish();
         let _ = std::fs::remove_dir_all(dir);
     }
