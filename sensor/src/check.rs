@@ -21,7 +21,7 @@ use crate::{
     kernel::{
         self,
         btf::{KernelBtf, sock_offsets},
-        caps::{CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, Cap, CapSet},
+        caps::{Cap, CapSet},
         cgroup::find_cgroup2_root,
         loader::{HOOK_SOCK_OPS, HOOK_TRACEPOINT, HOOK_TRACEPOINT_CLASSIC, HookStatus, try_hook},
         tracefs,
@@ -110,13 +110,10 @@ impl Report {
         );
         match self.exit_code() {
             0 => format!("{counts}: ready for `sensor run`"),
-            77 => {
-                let names: Vec<&str> = self.missing_capabilities.iter().map(|c| c.name).collect();
-                format!(
-                    "{counts}: not ready, missing {} (run as root or grant them)",
-                    names.join(", ")
-                )
-            }
+            77 => format!(
+                "{counts}: not ready, missing {} (run as root or grant them)",
+                names(&self.missing_capabilities)
+            ),
             _ => format!("{counts}: not ready"),
         }
     }
@@ -178,8 +175,7 @@ pub fn check(cfg: &Config) -> Report {
 }
 
 fn names(caps: &[Cap]) -> String {
-    let names: Vec<&str> = caps.iter().map(|c| c.name).collect();
-    names.join(", ")
+    kernel::caps::names(caps, ", ")
 }
 
 fn kernel_version() -> Row {
@@ -307,10 +303,12 @@ fn hooks(cfg: &Config, have: Option<CapSet>) -> Vec<Row> {
     let results: Vec<HookStatus> = all
         .iter()
         .map(|&hook| {
-            let mut needed = vec![CAP_BPF, CAP_PERFMON];
-            if hook == HOOK_SOCK_OPS {
-                needed.push(CAP_NET_ADMIN);
-            }
+            let mode = if hook == HOOK_SOCK_OPS {
+                HookMode::SockOps
+            } else {
+                HookMode::Tracepoint
+            };
+            let needed = kernel::needed_capabilities(mode, false);
             let missing = have.map_or_else(|| needed.clone(), |h| h.missing(&needed));
             if !missing.is_empty() {
                 return HookStatus {
@@ -356,17 +354,6 @@ fn hooks(cfg: &Config, have: Option<CapSet>) -> Vec<Row> {
         .collect()
 }
 
-/// Where tracefs is mounted, from this process's mount table (readable or not).
-fn tracefs_mount() -> Option<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        (right.split_whitespace().next()? == "tracefs")
-            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
-            .flatten()
-    })
-}
-
 /// Where tracefs is mounted for the probe when it is nowhere yet (fresh machines).
 const TRACEFS_DIR: &CStr = c"/sys/kernel/tracing";
 
@@ -381,7 +368,7 @@ fn classic_tracepoint(cfg: &Config) -> HookStatus {
     if tracefs::tracefs_root().is_some() {
         return try_hook(cfg, HOOK_TRACEPOINT_CLASSIC);
     }
-    if let Some(at) = tracefs_mount() {
+    if let Some(at) = tracefs::tracefs_mount() {
         return failed(format!(
             "tracefs at {} is not readable by this user (it is root's, mode 0700: needs \
              CAP_DAC_READ_SEARCH)",
@@ -824,6 +811,7 @@ fn threat_lists(cfg: &Config) -> Row {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::caps::CAP_BPF;
 
     #[test]
     fn dates_from_epoch() {

@@ -213,6 +213,14 @@ fn load_config(path: Option<&std::path::Path>, db: Option<PathBuf>) -> Result<Co
     Ok(cfg)
 }
 
+/// A tokio runtime with I/O and timers; failing to start one is exit status 1.
+fn runtime(builder: &mut tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        tracing::error!("starting the runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -249,15 +257,9 @@ fn main() -> ExitCode {
             if metrics_on_exit.is_some() {
                 cfg.metrics_on_exit = metrics_on_exit;
             }
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime(&mut tokio::runtime::Builder::new_current_thread()) {
                 Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("starting the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match rt.block_on(run::run(cfg)) {
                 Ok(_) => ExitCode::SUCCESS,
@@ -356,16 +358,9 @@ fn main() -> ExitCode {
                 cfg.cymru = true;
                 cfg.cymru_server = server;
             }
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime(tokio::runtime::Builder::new_multi_thread().worker_threads(2)) {
                 Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("starting the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             let metrics = sensor::metrics::Metrics::new();
             let out = std::io::stdout().lock();
@@ -375,11 +370,7 @@ fn main() -> ExitCode {
                 out,
                 std::sync::Arc::clone(&metrics),
             ));
-            if let Some(path) = &metrics_on_exit
-                && let Err(e) = std::fs::write(path, metrics.encode())
-            {
-                tracing::error!(path = %path.display(), "writing the final metrics: {e}");
-            }
+            metrics.write_on_exit(metrics_on_exit.as_deref());
             match result {
                 Ok(s) => {
                     tracing::info!(

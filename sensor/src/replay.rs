@@ -90,11 +90,7 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplaySummary, ReplayEr
             + metrics.enrich_shed.with_label_values(&["shutdown"]).get();
     }
     writer.finish();
-    if let Some(path) = &cfg.metrics_on_exit
-        && let Err(e) = std::fs::write(path, metrics.encode())
-    {
-        tracing::error!(path = %path.display(), "writing the final metrics: {e}");
-    }
+    metrics.write_on_exit(cfg.metrics_on_exit.as_deref());
     summary.flows = store_stats.rows_written.load(Ordering::Relaxed);
     summary.store_dropped = store_stats.queue_dropped.load(Ordering::Relaxed)
         + store_stats.write_failed.load(Ordering::Relaxed);

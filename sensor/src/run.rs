@@ -208,8 +208,8 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
-    let watchdog = crate::systemd::watchdog_interval();
-    let mut last_watchdog = std::time::Instant::now();
+    // Fed once a tick: often enough for any WatchdogSec of 2 s or more.
+    let watchdog = crate::systemd::watchdog_enabled();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut malformed = 0u64;
     let mut last_drops = 0u64;
@@ -217,11 +217,20 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     tracing::info!(db = %db.display(), hooks = %hooks, "sensor ready");
     crate::systemd::ready(&format!("recording flows; hooks: {hooks}"));
     let kernel_sink = merge.as_ref().map(|(s, _)| s.clone());
+    // The counters resolved once: a label lookup takes a lock, and this runs per flow.
+    let ended_by_reason: Vec<(&str, prometheus::IntCounter)> = metrics::END_REASONS
+        .iter()
+        .map(|r| (*r, metrics.flow_ended.with_label_values(&["kernel", r])))
+        .collect();
     let kernel_ended = |f: &flow::FlowRecord| {
-        metrics
-            .flow_ended
-            .with_label_values(&["kernel", f.end_reason.as_str()])
-            .inc();
+        let reason = f.end_reason.as_str();
+        match ended_by_reason.iter().find(|(r, _)| *r == reason) {
+            Some((_, c)) => c.inc(),
+            None => metrics
+                .flow_ended
+                .with_label_values(&["kernel", reason])
+                .inc(),
+        }
     };
     let mut emit = |f| {
         kernel_ended(&f);
@@ -251,10 +260,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                let drops = probe
-                    .as_ref()
-                    .map_or(Ok(0), Probe::ringbuf_drops)
-                    .unwrap_or(last_drops);
+                let (drops, produced) = ringbuf_totals(probe.as_ref(), last_drops);
                 if drops > last_drops {
                     tracing::warn!(lost = drops - last_drops, total = drops,
                         "kernel ring buffer full: events lost (raise ringbuf_bytes)");
@@ -263,15 +269,12 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
                 if let Some(h) = &ringbuf_beat {
                     h.beat();
                 }
-                // The watchdog is fed only while every stage beats: a stuck stage gets the
-                // service restarted by systemd.
-                if let Some(every) = watchdog
-                    && last_watchdog.elapsed() >= every.min(Duration::from_secs(1))
-                {
+                // The watchdog is fed every tick, and only while every stage beats: a stuck
+                // stage gets the service restarted by systemd.
+                if watchdog {
                     let stale = metrics.stale();
                     if stale.is_empty() {
                         crate::systemd::watchdog();
-                        last_watchdog = std::time::Instant::now();
                     } else {
                         tracing::warn!(?stale, "stages stale: not feeding the watchdog");
                     }
@@ -279,8 +282,6 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
                 if let Some(p) = &probe {
                     published.publish_programs(&metrics, &p.program_stats());
                 }
-                let produced = probe.as_ref().map_or(Ok(0), Probe::ringbuf_produced)
-                    .unwrap_or(0);
                 published.publish(&metrics, &Sources {
                     tracker: &tracker,
                     ringbuf_produced: produced,
@@ -304,18 +305,10 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     }
     let open = tracker.open_flows();
     tracker.flush_all(&mut emit);
-    let ringbuf_dropped = probe
-        .as_ref()
-        .map_or(Ok(0), Probe::ringbuf_drops)
-        .unwrap_or(last_drops);
-    let ringbuf_produced = probe
-        .as_ref()
-        .map_or(Ok(0), Probe::ringbuf_produced)
-        .unwrap_or(0);
+    let (ringbuf_dropped, ringbuf_produced) = ringbuf_totals(probe.as_ref(), last_drops);
     let capture_stats = capture.as_ref().map(|(l, _)| Arc::clone(&l.stats));
     let mut capture_dropped = 0;
-    if let Some((live, flows)) = capture {
-        let stats = std::sync::Arc::clone(&live.stats);
+    if let (Some((live, flows)), Some(stats)) = (capture, capture_stats.as_deref()) {
         live.stop();
         let table = flows.join().unwrap_or_default();
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
@@ -364,11 +357,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     }
     writer.finish();
     published.publish_store(&metrics, &store_stats);
-    if let Some(path) = &cfg.metrics_on_exit
-        && let Err(e) = std::fs::write(path, metrics.encode())
-    {
-        tracing::error!(path = %path.display(), "writing the final metrics: {e}");
-    }
+    metrics.write_on_exit(cfg.metrics_on_exit.as_deref());
     let _ = http_stop.send(());
     if let Some(h) = http {
         let _ = h.await;
@@ -406,51 +395,49 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
 /// database, the metrics address) take effect at the next start.
 fn reload(cfg: &Config, pool: Option<&crate::enrich::pool::Pool>, metrics: &Arc<Metrics>) {
     crate::systemd::reloading();
-    let status =
-        match Config::load(cfg.source.as_deref()).and_then(|mut c| c.apply_env().map(|()| c)) {
-            Err(e) => {
-                tracing::error!("SIGHUP: keeping the running configuration: {e}");
-                "reload failed: config".to_string()
-            }
-            Ok(new) => match pool {
-                None => {
-                    tracing::info!("SIGHUP: enrichment is off; other settings apply at restart");
-                    "reloaded".to_string()
-                }
-                Some(pool) if new.enrich.enabled => {
-                    match crate::enrich::cascade::Sources::from_config(
-                        &new.enrich,
-                        Some(Arc::clone(metrics)),
-                    ) {
-                        Ok(sources) => {
-                            pool.replace_sources(sources);
-                            metrics
-                                .enrich_reloads
-                                .with_label_values(&["mmdb", "ok"])
-                                .inc();
-                            tracing::info!(
-                                "SIGHUP: enrichment sources reopened; settings other than \
-                             [enrich] apply at restart"
-                            );
-                            "reloaded".to_string()
-                        }
-                        Err(e) => {
-                            metrics
-                                .enrich_reloads
-                                .with_label_values(&["mmdb", "failed"])
-                                .inc();
-                            tracing::error!("SIGHUP: keeping the running enrichment sources: {e}");
-                            "reload failed: enrichment sources".to_string()
-                        }
-                    }
-                }
-                Some(_) => {
-                    tracing::warn!("SIGHUP: enrich.enabled = false takes effect at restart");
-                    "reloaded".to_string()
-                }
-            },
-        };
-    crate::systemd::reloaded(&status);
+    let status = reload_enrich(cfg, pool, metrics);
+    crate::systemd::reloaded(status);
+}
+
+/// The status [`reload`] reports to systemd.
+fn reload_enrich(
+    cfg: &Config,
+    pool: Option<&crate::enrich::pool::Pool>,
+    metrics: &Arc<Metrics>,
+) -> &'static str {
+    let new = match Config::load(cfg.source.as_deref()).and_then(|mut c| c.apply_env().map(|()| c))
+    {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!("SIGHUP: keeping the running configuration: {e}");
+            return "reload failed: config";
+        }
+    };
+    let Some(pool) = pool else {
+        tracing::info!("SIGHUP: enrichment is off; other settings apply at restart");
+        return "reloaded";
+    };
+    if !new.enrich.enabled {
+        tracing::warn!("SIGHUP: enrich.enabled = false takes effect at restart");
+        return "reloaded";
+    }
+    let reloads = |outcome| metrics.enrich_reloads.with_label_values(&["mmdb", outcome]);
+    match crate::enrich::cascade::Sources::from_config(&new.enrich, Some(Arc::clone(metrics))) {
+        Ok(sources) => {
+            pool.replace_sources(sources);
+            reloads("ok").inc();
+            tracing::info!(
+                "SIGHUP: enrichment sources reopened; settings other than [enrich] apply at \
+                 restart"
+            );
+            "reloaded"
+        }
+        Err(e) => {
+            reloads("failed").inc();
+            tracing::error!("SIGHUP: keeping the running enrichment sources: {e}");
+            "reload failed: enrichment sources"
+        }
+    }
 }
 
 /// Where the totals published as metrics come from.
@@ -559,6 +546,17 @@ impl Published {
         let pending = load(&st.accepted).saturating_sub(now[0] + now[2]);
         m.store_pending_rows.set(pending as i64);
     }
+}
+
+/// The ring buffer's (dropped, produced) totals, all CPUs; a failed read keeps `last_drops`
+/// and counts nothing produced (the metrics only ever grow).
+fn ringbuf_totals(probe: Option<&Probe>, last_drops: u64) -> (u64, u64) {
+    probe.map_or((0, 0), |p| {
+        (
+            p.ringbuf_drops().unwrap_or(last_drops),
+            p.ringbuf_produced().unwrap_or(0),
+        )
+    })
 }
 
 /// Reads every event waiting in the ring buffer. Returns how many were too short to be an

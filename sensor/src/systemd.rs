@@ -1,8 +1,6 @@
 //! systemd integration: READY once the hooks are attached, WATCHDOG pings while every
 //! stage beats its heartbeat, RELOADING/STOPPING around SIGHUP and shutdown. Outside
 //! systemd (no `NOTIFY_SOCKET`) every call is a no-op.
-use std::time::Duration;
-
 use sd_notify::NotifyState;
 
 fn send(states: &[NotifyState<'_>]) {
@@ -19,9 +17,9 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
-/// How often the watchdog must be fed (half of `WatchdogSec`), when systemd asks for it.
-pub fn watchdog_interval() -> Option<Duration> {
-    sd_notify::watchdog_enabled().map(|d| d / 2)
+/// Whether systemd asks for the watchdog to be fed (`WatchdogSec`).
+pub fn watchdog_enabled() -> bool {
+    sd_notify::watchdog_enabled().is_some()
 }
 
 /// Feeds the watchdog: only called while every stage is healthy, so a stuck stage gets

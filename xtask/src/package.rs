@@ -9,7 +9,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cargo, run};
+use crate::{
+    cargo, run,
+    setup::{output, succeeds},
+};
 
 const UNIT: &str = "deploy/sensor.service";
 const CONFIG: &str = "deploy/sensor.toml";
@@ -79,11 +82,7 @@ fn systemd_running() -> bool {
 
 /// Creates the `sensor` system user unless it exists.
 fn ensure_user() -> Result<()> {
-    let exists = Command::new("getent")
-        .args(["passwd", "sensor"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !exists {
+    if !succeeds(Command::new("getent").args(["passwd", "sensor"])) {
         run(Command::new("useradd").args([
             "--system",
             "--user-group",
@@ -167,25 +166,22 @@ fi
 exit 0
 "#;
 
+/// The package architecture; a failing dpkg is an error, not an empty name.
 fn arch() -> Result<String> {
-    let out = Command::new("dpkg")
-        .arg("--print-architecture")
-        .output()
-        .context("dpkg --print-architecture")?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    Ok(output(Command::new("dpkg").arg("--print-architecture"))?
+        .trim()
+        .to_string())
 }
 
 /// `cargo xtask deb [--debug]`: the package in target/deb/. Returns its path.
 pub fn deb(debug: bool) -> Result<PathBuf> {
-    let (args, bin): (&[&str], &str) = if debug {
-        (&["build", "-p", "sensor"], "target/debug/sensor")
+    let bin = if debug {
+        run(cargo().args(["build", "-p", "sensor"]))?;
+        "target/debug/sensor"
     } else {
-        (
-            &["build", "--release", "-p", "sensor"],
-            "target/release/sensor",
-        )
+        crate::build_release()?;
+        "target/release/sensor"
     };
-    run(cargo().args(args))?;
     let version = env!("CARGO_PKG_VERSION");
     let arch = arch()?;
     let name = format!("sensor_{version}_{arch}");

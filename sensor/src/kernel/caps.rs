@@ -9,38 +9,29 @@ pub struct Cap {
     pub name: &'static str,
 }
 
-pub const CAP_DAC_OVERRIDE: Cap = Cap {
-    bit: 1,
-    name: "CAP_DAC_OVERRIDE",
-};
-pub const CAP_DAC_READ_SEARCH: Cap = Cap {
-    bit: 2,
-    name: "CAP_DAC_READ_SEARCH",
-};
-pub const CAP_NET_RAW: Cap = Cap {
-    bit: 13,
-    name: "CAP_NET_RAW",
-};
-pub const CAP_NET_ADMIN: Cap = Cap {
-    bit: 12,
-    name: "CAP_NET_ADMIN",
-};
-pub const CAP_SYS_PTRACE: Cap = Cap {
-    bit: 19,
-    name: "CAP_SYS_PTRACE",
-};
-pub const CAP_SYS_ADMIN: Cap = Cap {
-    bit: 21,
-    name: "CAP_SYS_ADMIN",
-};
-pub const CAP_PERFMON: Cap = Cap {
-    bit: 38,
-    name: "CAP_PERFMON",
-};
-pub const CAP_BPF: Cap = Cap {
-    bit: 39,
-    name: "CAP_BPF",
-};
+/// One `pub const` per capability, named as the kernel names it.
+macro_rules! caps {
+    ($($name:ident = $bit:literal),* $(,)?) => {
+        $(pub const $name: Cap = Cap { bit: $bit, name: stringify!($name) };)*
+    };
+}
+
+caps! {
+    CAP_DAC_OVERRIDE = 1,
+    CAP_DAC_READ_SEARCH = 2,
+    CAP_NET_ADMIN = 12,
+    CAP_NET_RAW = 13,
+    CAP_SYS_PTRACE = 19,
+    CAP_SYS_ADMIN = 21,
+    CAP_PERFMON = 38,
+    CAP_BPF = 39,
+}
+
+/// The capabilities' names, joined by `sep`.
+pub fn names(caps: &[Cap], sep: &str) -> String {
+    let names: Vec<&str> = caps.iter().map(|c| c.name).collect();
+    names.join(sep)
+}
 
 impl fmt::Display for Cap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

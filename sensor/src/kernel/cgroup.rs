@@ -9,14 +9,27 @@ pub fn find_cgroup2_root() -> Option<PathBuf> {
 }
 
 fn parse_mountinfo(info: &str) -> Option<PathBuf> {
-    info.lines().find_map(|line| {
+    mounts(info).find_map(|m| (m.fstype == "cgroup2" && m.root == "/").then(|| m.point.into()))
+}
+
+/// One line of `/proc/self/mountinfo`.
+pub(crate) struct Mount<'a> {
+    pub root: &'a str,
+    pub point: &'a str,
+    pub fstype: &'a str,
+}
+
+/// The mounts of a `/proc/self/mountinfo`, skipping lines that do not parse.
+pub(crate) fn mounts(info: &str) -> impl Iterator<Item = Mount<'_>> {
+    info.lines().filter_map(|line| {
         // "<id> <parent> <maj:min> <root> <mount point> <opts> [optional...] - <fstype> ..."
         let (left, right) = line.split_once(" - ")?;
-        let fstype = right.split_whitespace().next()?;
-        let root = left.split_whitespace().nth(3)?;
-        (fstype == "cgroup2" && root == "/")
-            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
-            .flatten()
+        let mut left = left.split_whitespace().skip(3);
+        Some(Mount {
+            root: left.next()?,
+            point: left.next()?,
+            fstype: right.split_whitespace().next()?,
+        })
     })
 }
 

@@ -85,9 +85,8 @@ pub fn require_capabilities(
     if missing.is_empty() {
         return Ok(());
     }
-    let names: Vec<&str> = missing.iter().map(|c| c.name).collect();
     Err(KernelError::MissingCapabilities {
-        missing: names.join(", "),
-        missing_plain: names.join(" "),
+        missing: caps::names(&missing, ", "),
+        missing_plain: caps::names(&missing, " "),
     })
 }

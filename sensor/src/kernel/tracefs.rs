@@ -13,6 +13,13 @@ pub fn tracefs_root() -> Option<PathBuf> {
         .find(|p| p.join("events").is_dir())
 }
 
+/// Where tracefs is mounted according to this process's mount table, whether or not this
+/// process may read it (unlike [`tracefs_root`]).
+pub fn tracefs_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    super::cgroup::mounts(&info).find_map(|m| (m.fstype == "tracefs").then(|| m.point.into()))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
     #[error("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)")]

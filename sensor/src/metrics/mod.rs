@@ -446,6 +446,16 @@ impl Metrics {
             .expect("text encoding of valid metrics");
         buf
     }
+
+    /// `--metrics-on-exit`: every metric's final value to `path`, if one is given. A
+    /// failure is logged, not returned: the command's own outcome stands.
+    pub fn write_on_exit(&self, path: Option<&std::path::Path>) {
+        if let Some(path) = path
+            && let Err(e) = std::fs::write(path, self.encode())
+        {
+            tracing::error!(path = %path.display(), "writing the final metrics: {e}");
+        }
+    }
 }
 
 /// Adds the growth of a running total to a counter (stages keep plain totals).
