@@ -45,6 +45,7 @@ fn packets(n: usize, flows: u32) -> Vec<Packet> {
                 dst_port: dp,
                 ip_len: 40 + (x >> 40) as u32 % 1400,
                 tcp_flags: 0x10,
+                tcp_seq: 0,
                 fragment: None,
             }
         })

@@ -87,11 +87,21 @@ pub struct Config {
     pub retention_max_db_bytes: u64,
     /// cgroup v2 mount to attach `sock_ops` to; found in /proc/self/mountinfo when unset.
     pub cgroup_path: Option<PathBuf>,
-    /// A packet flow ends after this long without packets.
+    /// A packet flow ends after this long without packets (UDP, ICMP, one-way TCP).
     pub idle_timeout_ms: u64,
+    /// A TCP connection (packets seen both ways, not closed) ends after this long without
+    /// packets: keepalives minutes apart do not cut one connection into several rows.
+    pub tcp_idle_timeout_ms: u64,
+    /// A TCP flow that saw only SYNs (never answered) ends after this long without
+    /// packets; Linux retries a SYN for 127 s, the last gap 64 s.
+    pub tcp_syn_timeout_ms: u64,
     /// A flow open this long is written out and goes on in a new record.
     pub active_timeout_ms: u64,
-    /// After FIN both ways or RST, a flow ends once quiet this long.
+    /// A closed TCP connection (RST, or FIN both ways and the last ACK) is written at once
+    /// and stays this long to take its late packets (a peer's ACK, a retransmitted FIN, a
+    /// repeated RST), which amend its row; a new SYN on the tuple starts a new connection
+    /// at once. The kernel's TIME_WAIT is 60 s. Also read as `close_linger_ms`.
+    #[serde(alias = "close_linger_ms")]
     pub tcp_close_linger_ms: u64,
     /// Most packet flows held at once; beyond it the least recently active are evicted.
     pub max_flows: usize,
@@ -208,8 +218,10 @@ impl Default for Config {
             retention_max_db_bytes: 0,
             cgroup_path: None,
             idle_timeout_ms: 60_000,
+            tcp_idle_timeout_ms: 3_600_000,
+            tcp_syn_timeout_ms: 130_000,
             active_timeout_ms: 300_000,
-            tcp_close_linger_ms: 2_000,
+            tcp_close_linger_ms: 60_000,
             max_flows: 1 << 20,
             interfaces: vec!["all".to_string()],
             capture_queue_packets: 1 << 16,
@@ -231,6 +243,7 @@ impl Config {
             self.store_queue_rows,
         );
         w.held_rows = self.store_held_rows;
+        w.amend_window = std::time::Duration::from_millis(self.tcp_close_linger_ms + 5_000);
         w.rollup = true;
         w.retention = Some(crate::store::retention::Retention {
             max_age: (self.retention_max_age_s > 0)
@@ -244,6 +257,8 @@ impl Config {
     pub fn table(&self) -> crate::flow::TableConfig {
         crate::flow::TableConfig {
             idle_timeout_ns: self.idle_timeout_ms * 1_000_000,
+            tcp_idle_timeout_ns: self.tcp_idle_timeout_ms * 1_000_000,
+            tcp_syn_timeout_ns: self.tcp_syn_timeout_ms * 1_000_000,
             active_timeout_ns: self.active_timeout_ms * 1_000_000,
             close_linger_ns: self.tcp_close_linger_ms * 1_000_000,
             max_flows: self.max_flows,
@@ -482,6 +497,8 @@ mod example_file {
         assert_eq!(c.retention_max_db_bytes, d.retention_max_db_bytes);
         assert_eq!(c.cgroup_path, d.cgroup_path);
         assert_eq!(c.idle_timeout_ms, d.idle_timeout_ms);
+        assert_eq!(c.tcp_idle_timeout_ms, d.tcp_idle_timeout_ms);
+        assert_eq!(c.tcp_syn_timeout_ms, d.tcp_syn_timeout_ms);
         assert_eq!(c.active_timeout_ms, d.active_timeout_ms);
         assert_eq!(c.tcp_close_linger_ms, d.tcp_close_linger_ms);
         assert_eq!(c.max_flows, d.max_flows);

@@ -159,7 +159,9 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     } else {
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.store_queue_rows);
         let handle = writer.handle().expect("writer open");
-        let wait = Duration::from_millis(cfg.tcp_close_linger_ms + 2_000);
+        // A record waits for its twin as long as the packet view may take to write a
+        // closed connection (the last ACK's wait) and a sweep or two more.
+        let wait = Duration::from_nanos(cfg.table().last_ack_wait_ns()) + Duration::from_secs(2);
         let thread = merge::spawn(wait, rx, Some(Arc::clone(&metrics)), move |f| {
             handle.try_send(f);
         });
@@ -461,6 +463,7 @@ struct Published {
     created: u64,
     capture: [u64; 7],
     store: [u64; 4],
+    amendments: [u64; 3],
     merge_dropped: u64,
     /// Per program: (runs, run time ns).
     programs: std::collections::HashMap<String, (u64, u64)>,
@@ -543,7 +546,19 @@ impl Published {
         for ((counter, last), now) in targets.iter().zip(&mut self.store).zip(now) {
             add_delta(counter, last, now);
         }
-        let pending = load(&st.accepted).saturating_sub(now[0] + now[2]);
+        let amended = [
+            load(&st.amendments_applied),
+            load(&st.amendments_missed),
+            load(&st.amendments_dropped),
+        ];
+        for ((result, last), now) in ["applied", "missed", "dropped"]
+            .iter()
+            .zip(&mut self.amendments)
+            .zip(amended)
+        {
+            add_delta(&m.store_amendments.with_label_values(&[result]), last, now);
+        }
+        let pending = load(&st.accepted).saturating_sub(now[0] + now[2] + amended[0] + amended[1]);
         m.store_pending_rows.set(pending as i64);
     }
 }

@@ -1,6 +1,8 @@
 //! `sensor replay` against tshark, the independent judge: for every capture, the same set of
 //! TCP and UDP conversations (unordered 5-tuples; ICMP per address pair) and, per
-//! conversation, the same packets and IP-layer bytes each way.
+//! conversation, the same packets and IP-layer bytes each way. Rows are judged too, not only
+//! sums: per TCP 5-tuple as many rows as tshark has `tcp.stream`s (records cut by the active
+//! timeout aside), and the SYN's sender as each row's source.
 //!
 //! tshark dissects each frame (`-T fields`); this test only adds up its answers. IPv4
 //! fragments are attributed to their datagram's conversation by (src, dst, proto, id), as
@@ -14,7 +16,7 @@ use std::{
 
 use common::{
     sensor_bin, skip, temp_dir,
-    tshark::{sensor_convs, tshark_convs},
+    tshark::{identity_problems, sensor_convs, tshark_convs},
 };
 
 fn captures_under(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -39,6 +41,7 @@ fn compare_all(root: &Path, name: &str) -> usize {
     assert!(!files.is_empty(), "no captures under {}", root.display());
     let dir = temp_dir(name);
     let mut failures = Vec::new();
+    let (mut connections, mut identity) = (0, Vec::new());
     for file in &files {
         let want = tshark_convs(file);
         let db = dir.join(format!(
@@ -56,6 +59,13 @@ fn compare_all(root: &Path, name: &str) -> usize {
             "sensor replay failed on {}: {}",
             file.display(),
             String::from_utf8_lossy(&out.stderr)
+        );
+        let (n, problems) = identity_problems(file, &db);
+        connections += n;
+        identity.extend(
+            problems
+                .into_iter()
+                .map(|p| format!("{}: {p}", file.display())),
         );
         let got = sensor_convs(&db);
         if want != got {
@@ -85,6 +95,18 @@ fn compare_all(root: &Path, name: &str) -> usize {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    eprintln!(
+        "identity: {connections} TCP connections in {} captures, {} problems",
+        files.len(),
+        identity.len()
+    );
+    assert!(
+        identity.is_empty(),
+        "{} of {connections} TCP connections are not exactly one row with the SYN sender as \
+         source:\n{}",
+        identity.len(),
+        identity.join("\n")
+    );
     assert!(
         failures.is_empty(),
         "{} of {} captures differ from tshark:\n{}",

@@ -97,6 +97,9 @@ pub struct Packet {
     /// TCP flags byte (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10 URG=0x20 ECE=0x40
     /// CWR=0x80); 0 if not TCP or not captured.
     pub tcp_flags: u8,
+    /// TCP sequence number (a SYN's is the connection's ISN: a SYN with the same one again is
+    /// a retransmission, another one a new connection); 0 if not TCP or not captured.
+    pub tcp_seq: u32,
     /// Set for IPv4 packets with MF set or a non-zero offset, and for every IPv6 packet with
     /// a Fragment extension header.
     pub fragment: Option<Fragment>,
@@ -353,10 +356,10 @@ fn ipv4(frame: &[u8], o: usize) -> Result<Packet, ParseError> {
         more,
     });
     let proto = h[9];
-    let (src_port, dst_port, tcp_flags) = if offset == 0 {
+    let (src_port, dst_port, tcp_flags, tcp_seq) = if offset == 0 {
         transport(proto, frame.get(o + hlen..end).unwrap_or(&[]))
     } else {
-        (0, 0, 0)
+        (0, 0, 0, 0)
     };
     Ok(Packet {
         src: IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15])),
@@ -366,6 +369,7 @@ fn ipv4(frame: &[u8], o: usize) -> Result<Packet, ParseError> {
         dst_port,
         ip_len,
         tcp_flags,
+        tcp_seq,
         fragment,
     })
 }
@@ -454,7 +458,8 @@ fn ipv6(frame: &[u8], o: usize) -> Result<Packet, ParseError> {
             // ESP, No Next Header: nothing more to read.
             50 | 59 => break,
             _ => {
-                let (src_port, dst_port, tcp_flags) = transport(nh, pkt.get(p..).unwrap_or(&[]));
+                let (src_port, dst_port, tcp_flags, tcp_seq) =
+                    transport(nh, pkt.get(p..).unwrap_or(&[]));
                 return Ok(Packet {
                     src: IpAddr::V6(Ipv6Addr::from(src)),
                     dst: IpAddr::V6(Ipv6Addr::from(dst)),
@@ -463,6 +468,7 @@ fn ipv6(frame: &[u8], o: usize) -> Result<Packet, ParseError> {
                     dst_port,
                     ip_len,
                     tcp_flags,
+                    tcp_seq,
                     fragment,
                 });
             }
@@ -476,6 +482,7 @@ fn ipv6(frame: &[u8], o: usize) -> Result<Packet, ParseError> {
         dst_port: 0,
         ip_len,
         tcp_flags: 0,
+        tcp_seq: 0,
         fragment,
     })
 }
@@ -497,21 +504,22 @@ fn jumbo_payload(mut opts: &[u8]) -> Option<u32> {
     None
 }
 
-/// Ports (or ICMP type/code) and TCP flags from a transport header; whatever is not captured
-/// is 0.
+/// Ports (or ICMP type/code), TCP flags and sequence number from a transport header;
+/// whatever is not captured is 0.
 #[inline(always)]
-fn transport(proto: u8, l4: &[u8]) -> (u16, u16, u8) {
+fn transport(proto: u8, l4: &[u8]) -> (u16, u16, u8, u32) {
     match proto {
         PROTO_TCP => {
             let (s, d) = ports(l4);
-            (s, d, l4.get(13).copied().unwrap_or(0))
+            let seq = be32(l4, 4).unwrap_or(0);
+            (s, d, l4.get(13).copied().unwrap_or(0), seq)
         }
         PROTO_UDP | PROTO_SCTP => {
             let (s, d) = ports(l4);
-            (s, d, 0)
+            (s, d, 0, 0)
         }
-        PROTO_ICMP | PROTO_ICMPV6 => (0, be16(l4, 0).unwrap_or(0), 0),
-        _ => (0, 0, 0),
+        PROTO_ICMP | PROTO_ICMPV6 => (0, be16(l4, 0).unwrap_or(0), 0, 0),
+        _ => (0, 0, 0, 0),
     }
 }
 
@@ -664,6 +672,7 @@ mod tests {
                 dst_port: 443,
                 ip_len: 20 + 20 + 5,
                 tcp_flags: 0x12,
+                tcp_seq: 1000,
                 fragment: None, // DF alone is not a fragment
             }
         );

@@ -33,6 +33,9 @@ pub struct MergeStats {
     pub merged: u64,
     pub kernel_alone: u64,
     pub packets_alone: u64,
+    /// Amendments added to a packet record still waiting here, and those passed on.
+    pub amendments_folded: u64,
+    pub amendments_passed: u64,
 }
 
 type Key = (SocketAddr, SocketAddr);
@@ -83,8 +86,30 @@ pub fn combine(kernel: FlowRecord, packets: FlowRecord) -> FlowRecord {
         src_tcp_flags: sf,
         dst_tcp_flags: df,
         sources,
+        packet_start_ns: packets.packet_start_ns,
         ..kernel
     }
+}
+
+/// Adds an amendment's late packets to the record it amends (same orientation).
+pub fn add_amendment(to: &mut FlowRecord, a: &FlowRecord) {
+    let add = |x: &mut Option<u64>, y: Option<u64>| {
+        if let Some(y) = y {
+            *x = Some(x.unwrap_or(0) + y);
+        }
+    };
+    add(&mut to.src_packets, a.src_packets);
+    add(&mut to.dst_packets, a.dst_packets);
+    add(&mut to.src_bytes, a.src_bytes);
+    add(&mut to.dst_bytes, a.dst_bytes);
+    let or = |x: &mut Option<u8>, y: Option<u8>| {
+        if let Some(y) = y {
+            *x = Some(x.unwrap_or(0) | y);
+        }
+    };
+    or(&mut to.src_tcp_flags, a.src_tcp_flags);
+    or(&mut to.dst_tcp_flags, a.dst_tcp_flags);
+    to.last_seen_ms = to.last_seen_ms.max(a.last_seen_ms);
 }
 
 /// Where both views send their records. Full-queue policy: drop and count, like the
@@ -154,6 +179,29 @@ impl Merger {
             return;
         }
         let k = key(&record);
+        if record.amends {
+            // Late packets of a connection: into its packet record if that still waits
+            // here, else on to the store, which amends the row (order is kept: the record
+            // went out before its amendment).
+            let waiting = self.pending.get_mut(&k).and_then(|q| {
+                q.iter_mut().find(|w| {
+                    !w.kernel
+                        && w.record.packet_start_ns == record.packet_start_ns
+                        && w.record.src == record.src
+                })
+            });
+            match waiting {
+                Some(w) => {
+                    self.stats.amendments_folded += 1;
+                    add_amendment(&mut w.record, &record);
+                }
+                None => {
+                    self.stats.amendments_passed += 1;
+                    out(record);
+                }
+            }
+            return;
+        }
         let queue = self.pending.entry(k).or_default();
         if let Some(pos) = queue.iter().position(|w| w.kernel != kernel) {
             let other = queue.remove(pos).expect("found").record;
@@ -218,6 +266,10 @@ pub fn spawn(
                     add_delta(&kernel, &mut last.kernel_alone, s.kernel_alone);
                     let packets = mx.merge_alone.with_label_values(&["packets"]);
                     add_delta(&packets, &mut last.packets_alone, s.packets_alone);
+                    let folded = mx.merge_amendments.with_label_values(&["folded"]);
+                    add_delta(&folded, &mut last.amendments_folded, s.amendments_folded);
+                    let passed = mx.merge_amendments.with_label_values(&["passed"]);
+                    add_delta(&passed, &mut last.amendments_passed, s.amendments_passed);
                 }
             };
             loop {

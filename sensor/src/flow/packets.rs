@@ -30,9 +30,13 @@ pub fn spawn(
             let mut packets = 0u64;
             let mut emit = |f: FlowRecord| {
                 if let Some(m) = &metrics {
-                    m.flow_ended
-                        .with_label_values(&["packets", f.end_reason.as_str()])
-                        .inc();
+                    if f.amends {
+                        m.flow_amendments.inc();
+                    } else {
+                        m.flow_ended
+                            .with_label_values(&["packets", f.end_reason.as_str()])
+                            .inc();
+                    }
                 }
                 emit(f);
             };

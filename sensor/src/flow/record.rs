@@ -83,6 +83,8 @@ impl FlowRecord {
             dst_bytes: None,
             src_tcp_flags: None,
             dst_tcp_flags: None,
+            packet_start_ns: None,
+            amends: false,
         }
     }
 
@@ -126,4 +128,11 @@ pub struct FlowRecord {
     /// Union of the TCP flags each way sent.
     pub src_tcp_flags: Option<u8>,
     pub dst_tcp_flags: Option<u8>,
+    /// The packet view's start of this flow, in ns: with `src` and `dst` as the packet view
+    /// has them, the identity its amendments name. `None` for kernel-only records.
+    pub packet_start_ns: Option<u64>,
+    /// An amendment, not a flow: packets of a TCP connection that came after its close
+    /// had been written (a late ACK, a retransmitted FIN, a repeated RST). Its counts and
+    /// flags are added to the row with the same identity; it never becomes a row itself.
+    pub amends: bool,
 }

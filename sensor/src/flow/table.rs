@@ -5,11 +5,20 @@
 //! SYN was not captured); when neither was seen (the capture started mid-connection, or not
 //! TCP), the sender of the first packet seen.
 //!
-//! Flows end on: FIN both ways or RST, followed by `close_linger` without packets (so the last
-//! ACKs stay in the flow) or by a new SYN on the same tuple (port reuse); `idle_timeout`
-//! without packets; `active_timeout` since the record started (the record is exported and
-//! the flow goes on with fresh counters, so long flows reach the database in time and their
-//! records add up to the totals); eviction when the table is at `max_flows`.
+//! One TCP connection is one record. A connection is *closed* by a RST, or by FIN both ways
+//! and the first closer's ACK of the second FIN. Its record is written at once (so it reaches
+//! the store, and its kernel twin in the merge, without waiting), and the entry stays in the
+//! table, closed, for `close_linger`: late packets of the connection (the peer's ACK after a
+//! simultaneous close, a retransmitted FIN, a repeated RST) join it and leave as one
+//! *amendment* when the linger ends, which the store adds to the row already written. A new
+//! SYN on the tuple during the linger is port reuse: the closed flow ends at once and the SYN
+//! starts a new one. A FIN one way, or FIN both ways without the final ACK, ends the flow
+//! after `close_linger` without packets.
+//!
+//! Flows also end on: `idle_timeout` without packets; `active_timeout` since the record
+//! started (the record is exported and the flow goes on with fresh counters, so long flows
+//! reach the database in time and their records add up to the totals); eviction when the
+//! table is at `max_flows`.
 //!
 //! Time is the packets' own, so replaying a capture gives the same flows whatever the speed.
 use std::{
@@ -36,18 +45,40 @@ const ACK: u8 = 0x10;
 
 #[derive(Debug, Clone, Copy)]
 pub struct TableConfig {
+    /// Flows without packets this long end (`idle`): UDP, ICMP, one-way TCP.
     pub idle_timeout_ns: u64,
+    /// TCP connections (packets seen both ways, not closed) idle this long end: a quiet
+    /// connection kept alive by keepalives every few minutes is still one connection.
+    pub tcp_idle_timeout_ns: u64,
+    /// TCP flows that saw only SYNs (unanswered) end after this long without packets:
+    /// Linux retries a SYN for 127 s, the last gap 64 s.
+    pub tcp_syn_timeout_ns: u64,
     pub active_timeout_ns: u64,
+    /// How long a closed connection stays to take its late packets (as the kernel keeps
+    /// TIME_WAIT); a FIN both ways without the final ACK is closed after
+    /// [`TableConfig::last_ack_wait_ns`].
     pub close_linger_ns: u64,
     pub max_flows: usize,
 }
+
+impl TableConfig {
+    /// How long FIN both ways waits for the final ACK before the record goes anyway.
+    pub fn last_ack_wait_ns(&self) -> u64 {
+        self.close_linger_ns.min(LAST_ACK_WAIT_NS)
+    }
+}
+
+/// See [`TableConfig::last_ack_wait_ns`].
+const LAST_ACK_WAIT_NS: u64 = 2_000_000_000;
 
 impl Default for TableConfig {
     fn default() -> Self {
         Self {
             idle_timeout_ns: 60_000_000_000,
+            tcp_idle_timeout_ns: 3_600_000_000_000,
+            tcp_syn_timeout_ns: 130_000_000_000,
             active_timeout_ns: 300_000_000_000,
-            close_linger_ns: 2_000_000_000,
+            close_linger_ns: 60_000_000_000,
             max_flows: 1 << 20,
         }
     }
@@ -133,7 +164,24 @@ impl Hash for Key<[u8; 16]> {
     }
 }
 
-/// Per-flow state. Index 0 counts packets sent by `a`, index 1 by `b`.
+/// Bits of [`Entry::state`]: FIN seen from `a`, from `b`; RST seen.
+const FIN_A: u8 = 1;
+const FIN_B: u8 = 2;
+const RST_SEEN: u8 = 4;
+/// The first FIN came from `b` (its sender's ACK of the other FIN is the last packet).
+const FIRST_FIN_B: u8 = 8;
+/// `b` initiated (else `a`).
+const INIT_B: u8 = 16;
+/// The initiator is known from a SYN or SYN-ACK, not only from the first packet.
+const BY_SYN: u8 = 32;
+/// The closed connection's record was written: the counters since are an amendment.
+const REPORTED: u8 = 64;
+/// A TCP packet with ACK was seen: a connection (not a lone SYN), which may idle up to
+/// `tcp_idle_timeout`.
+const CONNECTED: u8 = 128;
+
+/// Per-flow state. Index 0 counts packets sent by `a`, index 1 by `b`. Kept at 56 bytes
+/// (the table's speed is mostly cache misses): the flags are bits of one byte.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     /// Start of the current record (a new one starts at each active timeout).
@@ -142,17 +190,14 @@ struct Entry {
     packets: [u64; 2],
     bytes: [u64; 2],
     flags: [u8; 2],
-    /// 0: `a` initiated, 1: `b` did.
-    initiator: u8,
-    /// The initiator is known from a SYN (not only from the first packet).
-    by_syn: bool,
-    /// FIN seen from a (bit 0) / from b (bit 1); RST (bit 2).
-    closing: u8,
-    /// Which side sent the first FIN (0 `a`, 1 `b`, 2 none yet): its ACK of the other
-    /// side's FIN is the connection's last packet.
-    first_fin: u8,
-    /// ICMP type << 8 | code of the first packet, reported as the destination port.
-    icmp: u16,
+    /// ICMP: type << 8 | code of the first packet, reported as the destination port.
+    /// TCP: the initiator's SYN sequence number (0: no SYN seen), so a retransmitted SYN
+    /// stays in its connection and a SYN with another one starts a new connection.
+    aux: u32,
+    /// `FIN_A` ... `CONNECTED`.
+    state: u8,
+    /// TCP: which side's first sequence number `aux` holds (0 `a`, 1 `b`).
+    seq_side: u8,
 }
 
 /// What the timeouts say about a flow at `now_ns`.
@@ -161,35 +206,58 @@ enum Expiry {
     End(EndReason),
     /// The record is over (active timeout); the flow goes on in a new one.
     Restart,
+    /// The connection is closed (FIN both ways, the last ACK not seen): its record goes,
+    /// and the entry stays for `close_linger` to take late packets.
+    Close(EndReason),
 }
 
 impl Entry {
-    fn new(ts_ns: u64, initiator: u8, icmp: u16) -> Self {
+    fn new(ts_ns: u64, initiator: u8, aux: u32) -> Self {
         Self {
             first_ns: ts_ns,
             last_ns: ts_ns,
             packets: [0; 2],
             bytes: [0; 2],
             flags: [0; 2],
-            initiator,
-            by_syn: false,
-            closing: 0,
-            first_fin: 2,
-            icmp,
+            aux,
+            state: if initiator == 1 { INIT_B } else { 0 },
+            seq_side: initiator,
         }
     }
 
-    fn expiry(&self, now_ns: u64, cfg: &TableConfig) -> Option<Expiry> {
+    fn has(&self, bit: u8) -> bool {
+        self.state & bit != 0
+    }
+
+    /// FIN_A | FIN_B | RST_SEEN.
+    fn closing(&self) -> u8 {
+        self.state & (FIN_A | FIN_B | RST_SEEN)
+    }
+
+    /// 0: `a` initiated, 1: `b` did.
+    fn initiator(&self) -> usize {
+        usize::from(self.has(INIT_B))
+    }
+
+    fn expiry(&self, now_ns: u64, cfg: &TableConfig, tcp: bool) -> Option<Expiry> {
         let idle = now_ns.saturating_sub(self.last_ns);
-        if self.closing != 0 && idle >= cfg.close_linger_ns {
+        if self.has(REPORTED) {
+            return (idle >= cfg.close_linger_ns).then(|| Expiry::End(self.end_reason()));
+        }
+        let idle_timeout = match (tcp, self.has(CONNECTED)) {
+            (true, true) => cfg.tcp_idle_timeout_ns,
+            (true, false) => cfg.tcp_syn_timeout_ns,
+            _ => cfg.idle_timeout_ns,
+        };
+        if self.closing() != 0 && idle >= cfg.last_ack_wait_ns() {
             match self.end_reason() {
-                EndReason::Shutdown if idle >= cfg.idle_timeout_ns => {
+                EndReason::Shutdown if idle >= idle_timeout => {
                     Some(Expiry::End(EndReason::IdleTimeout))
                 }
                 EndReason::Shutdown => None,
-                r => Some(Expiry::End(r)),
+                r => Some(Expiry::Close(r)),
             }
-        } else if idle >= cfg.idle_timeout_ns {
+        } else if idle >= idle_timeout {
             Some(Expiry::End(EndReason::IdleTimeout))
         } else if now_ns.saturating_sub(self.first_ns) >= cfg.active_timeout_ns {
             Some(Expiry::Restart)
@@ -198,18 +266,20 @@ impl Entry {
         }
     }
 
-    /// Starts the next record of a flow that goes on.
+    /// Starts the next record of a flow that goes on (or the next amendment).
     fn restart(&mut self, now_ns: u64) {
-        self.first_ns = now_ns;
+        if !self.has(REPORTED) {
+            self.first_ns = now_ns;
+        }
         self.packets = [0; 2];
         self.bytes = [0; 2];
         self.flags = [0; 2];
     }
 
     fn end_reason(&self) -> EndReason {
-        match self.closing {
-            c if c & 4 != 0 => EndReason::Rst,
-            c if c & 3 == 3 => EndReason::Fin,
+        match self.closing() {
+            c if c & RST_SEEN != 0 => EndReason::Rst,
+            c if c & (FIN_A | FIN_B) == FIN_A | FIN_B => EndReason::Fin,
             _ => EndReason::Shutdown,
         }
     }
@@ -227,6 +297,10 @@ pub struct TableStats {
     pub evicted: u64,
     /// Non-first fragments whose first fragment was never seen.
     pub orphan_fragments: u64,
+    /// Amendments written: closed connections that had late packets.
+    pub amendments: u64,
+    /// Packets that came after their connection's close (in amendments).
+    pub late_packets: u64,
 }
 
 impl TableStats {
@@ -298,19 +372,21 @@ struct Seen {
     ts_ns: u64,
     ip_len: u32,
     tcp_flags: u8,
+    tcp_seq: u32,
     pure_syn: bool,
-    icmp: u16,
+    /// ICMP type << 8 | code.
+    icmp: u32,
 }
 
 fn record<A: Addr>(ctx: &Ctx, k: &Key<A>, e: &Entry, reason: EndReason) -> FlowRecord {
-    let (i, r) = if e.initiator == 0 { (0, 1) } else { (1, 0) };
+    let (i, r) = if e.initiator() == 0 { (0, 1) } else { (1, 0) };
     let ends = [
         SocketAddr::new(normalise(k.a.ip()), k.a_port),
         SocketAddr::new(normalise(k.b.ip()), k.b_port),
     ];
     let mut dst = ends[r];
     if matches!(k.proto, ICMP | ICMPV6) {
-        dst.set_port(e.icmp);
+        dst.set_port(e.aux as u16);
     }
     let ms = |ns: u64| (ns / 1_000_000) as i64;
     FlowRecord {
@@ -323,10 +399,14 @@ fn record<A: Addr>(ctx: &Ctx, k: &Key<A>, e: &Entry, reason: EndReason) -> FlowR
         dst_bytes: Some(e.bytes[r]),
         src_tcp_flags: (k.proto == TCP).then_some(e.flags[i]),
         dst_tcp_flags: (k.proto == TCP).then_some(e.flags[r]),
+        packet_start_ns: Some(e.first_ns),
+        amends: e.has(REPORTED),
         ..FlowRecord::new(k.proto, ends[i], dst, ctx.source)
     }
 }
 
+/// A flow leaves the table: its record, or for a closed connection already written, the
+/// amendment of its late packets (nothing when there were none).
 fn end<A: Addr>(
     ctx: &mut Ctx,
     k: &Key<A>,
@@ -334,8 +414,28 @@ fn end<A: Addr>(
     reason: EndReason,
     out: &mut impl FnMut(FlowRecord),
 ) {
+    if e.has(REPORTED) {
+        if e.packets != [0, 0] {
+            ctx.stats.amendments += 1;
+            ctx.stats.late_packets += e.packets[0] + e.packets[1];
+            out(record(ctx, k, e, e.end_reason()));
+        }
+        return;
+    }
     ctx.stats.count_end(reason);
     out(record(ctx, k, e, reason));
+}
+
+/// Whether a pure SYN from side `dir` starts a new connection on `e`'s tuple: its sequence
+/// number differs from that side's first one (as tshark starts a new `tcp.stream`), or,
+/// when that side's first sequence number is not known, the old connection was closing.
+/// A SYN with the same number is a retransmission and stays in its connection.
+fn new_connection(e: &Entry, dir: usize, seq: u32) -> bool {
+    if usize::from(e.seq_side) == dir {
+        e.aux != seq
+    } else {
+        e.closing() != 0
+    }
 }
 
 /// Accounts a packet to its flow in `map`, creating the flow if needed.
@@ -350,13 +450,18 @@ fn account<A: Addr>(
     Key<A>: Hash,
 {
     let dir = usize::from(from_b);
-    // A new connection on a closed tuple: end the old flow first. (Only a SYN pays for
-    // this lookup; the common path below hashes the key once.)
+    let aux = if key.proto == TCP { p.tcp_seq } else { p.icmp };
+    // A new connection on the tuple (port reuse): end the old flow first. (Only a SYN pays
+    // for this lookup; the common path below hashes the key once.)
     if p.pure_syn
         && let Some(e) = map.get(&key)
-        && e.closing != 0
+        && new_connection(e, dir, p.tcp_seq)
     {
-        let reason = e.end_reason();
+        let reason = match e.end_reason() {
+            // Never closed as far as we saw: it ended before this SYN.
+            EndReason::Shutdown => EndReason::IdleTimeout,
+            r => r,
+        };
         let old = map.remove(&key).expect("present");
         end(ctx, &key, &old, reason, out);
     }
@@ -364,58 +469,84 @@ fn account<A: Addr>(
         std::collections::hash_map::Entry::Occupied(o) => {
             let e = o.into_mut();
             // Timeouts are applied here too, so they are exact whenever the sweep runs.
-            match e.expiry(p.ts_ns, &ctx.cfg) {
+            match e.expiry(p.ts_ns, &ctx.cfg, key.proto == TCP) {
                 Some(Expiry::End(reason)) => {
-                    let old = std::mem::replace(e, Entry::new(p.ts_ns, dir as u8, p.icmp));
+                    let old = std::mem::replace(e, Entry::new(p.ts_ns, dir as u8, aux));
+                    e.seq_side = dir as u8;
                     ctx.stats.created += 1;
                     end(ctx, &key, &old, reason, out);
                 }
                 Some(Expiry::Restart) => {
-                    end(ctx, &key, e, EndReason::ActiveTimeout, out);
+                    // An idle stretch makes no empty record.
+                    if e.packets != [0, 0] {
+                        end(ctx, &key, e, EndReason::ActiveTimeout, out);
+                    }
                     e.restart(p.ts_ns);
                 }
+                Some(Expiry::Close(reason)) => close(ctx, &key, e, reason, p.ts_ns, out),
                 None => {}
             }
             e
         }
         std::collections::hash_map::Entry::Vacant(v) => {
             ctx.stats.created += 1;
-            v.insert(Entry::new(p.ts_ns, dir as u8, p.icmp))
+            let e = v.insert(Entry::new(p.ts_ns, dir as u8, aux));
+            e.seq_side = dir as u8;
+            e
         }
     };
-    if !e.by_syn && key.proto == TCP && p.tcp_flags & SYN != 0 {
+    // (Not after a close: an amendment keeps its record's orientation.)
+    if e.state & (BY_SYN | REPORTED) == 0 && key.proto == TCP && p.tcp_flags & SYN != 0 {
         // SYN: its sender initiated; SYN-ACK: its receiver did.
-        e.initiator = if p.pure_syn { dir as u8 } else { 1 - dir as u8 };
-        e.by_syn = true;
+        let initiator = if p.pure_syn { dir } else { 1 - dir };
+        e.state = (e.state & !INIT_B) | if initiator == 1 { INIT_B } else { 0 } | BY_SYN;
     }
     e.packets[dir] += 1;
     e.bytes[dir] += u64::from(p.ip_len);
     e.flags[dir] |= p.tcp_flags;
     e.last_ns = e.last_ns.max(p.ts_ns);
-    if key.proto == TCP {
+    if key.proto == TCP && !e.has(REPORTED) {
+        if p.tcp_flags & ACK != 0 {
+            e.state |= CONNECTED;
+        }
         // The last packet of an orderly close (the first closer's ACK of the second FIN)
-        // or a reset ends the flow now, so it reaches the store (and its kernel twin in
-        // the merge) without waiting for `close_linger`; later stray packets would only
-        // start a flow of their own.
-        let last_ack = e.closing & 3 == 3
-            && e.first_fin == dir as u8
+        // or a reset closes the connection: its record goes now, so it reaches the store
+        // (and its kernel twin in the merge) without waiting; the entry stays for
+        // `close_linger` to take the connection's late packets into an amendment.
+        let first_fin = usize::from(e.has(FIRST_FIN_B));
+        let last_ack = e.state & (FIN_A | FIN_B) == FIN_A | FIN_B
+            && first_fin == dir
             && p.tcp_flags & (FIN | SYN | RST) == 0
             && p.tcp_flags & ACK != 0;
         if p.tcp_flags & FIN != 0 {
-            if e.first_fin == 2 {
-                e.first_fin = dir as u8;
+            if e.state & (FIN_A | FIN_B) == 0 && dir == 1 {
+                e.state |= FIRST_FIN_B;
             }
-            e.closing |= 1 << dir;
+            e.state |= if dir == 0 { FIN_A } else { FIN_B };
         }
         if p.tcp_flags & RST != 0 {
-            e.closing |= 4;
+            e.state |= RST_SEEN;
         }
         if last_ack || p.tcp_flags & RST != 0 {
             let reason = e.end_reason();
-            let old = map.remove(&key).expect("present");
-            end(ctx, &key, &old, reason, out);
+            close(ctx, &key, e, reason, p.ts_ns, out);
         }
     }
+}
+
+/// A connection closes: its record goes now, and the entry stays, reported, so its late
+/// packets become an amendment.
+fn close<A: Addr>(
+    ctx: &mut Ctx,
+    k: &Key<A>,
+    e: &mut Entry,
+    reason: EndReason,
+    now_ns: u64,
+    out: &mut impl FnMut(FlowRecord),
+) {
+    end(ctx, k, e, reason, out);
+    e.state |= REPORTED;
+    e.restart(now_ns);
 }
 
 /// Adds a later fragment to its flow; false when the flow is gone.
@@ -466,19 +597,33 @@ fn sweep_map<A: Addr>(
 {
     let cfg = ctx.cfg;
     let mut ended: Vec<(Key<A>, EndReason)> = Vec::new();
-    let mut restarted: Vec<(Key<A>, Entry)> = Vec::new();
+    // Records (active timeout, closes) and amendments that go while the flow stays.
+    let mut written: Vec<(Key<A>, Entry, EndReason)> = Vec::new();
     for (k, e) in map.iter_mut() {
-        match e.expiry(now_ns, &cfg) {
+        match e.expiry(now_ns, &cfg, k.proto == TCP) {
             Some(Expiry::End(reason)) => ended.push((*k, reason)),
+            // An idle stretch makes no empty record.
+            Some(Expiry::Restart) if e.packets == [0, 0] => e.restart(now_ns),
             Some(Expiry::Restart) => {
-                restarted.push((*k, *e));
+                written.push((*k, *e, EndReason::ActiveTimeout));
+                e.restart(now_ns);
+            }
+            Some(Expiry::Close(reason)) => {
+                written.push((*k, *e, reason));
+                e.state |= REPORTED;
+                e.restart(now_ns);
+            }
+            // Late packets of a closed connection go as an amendment at each sweep, so its
+            // row is exact within a sweep or two.
+            None if e.has(REPORTED) && e.packets != [0, 0] => {
+                written.push((*k, *e, EndReason::Fin));
                 e.restart(now_ns);
             }
             None => {}
         }
     }
-    for (k, e) in restarted {
-        end(ctx, &k, &e, EndReason::ActiveTimeout, out);
+    for (k, e, reason) in written {
+        end(ctx, &k, &e, reason, out);
     }
     for (k, reason) in ended {
         if let Some(e) = map.remove(&k) {
@@ -498,7 +643,7 @@ fn flush_map<A: Addr>(
     let mut all: Vec<(Key<A>, Entry)> = map.drain().collect();
     all.sort_by_key(|(_, e)| e.first_ns);
     for (k, e) in all {
-        let reason = match e.expiry(now_ns, &ctx.cfg) {
+        let reason = match e.expiry(now_ns, &ctx.cfg, k.proto == TCP) {
             Some(Expiry::End(r)) => r,
             _ => e.end_reason(),
         };
@@ -578,8 +723,9 @@ impl FlowTable {
             ts_ns,
             ip_len: p.ip_len,
             tcp_flags: p.tcp_flags,
+            tcp_seq: p.tcp_seq,
             pure_syn: p.proto == TCP && p.tcp_flags & (SYN | ACK) == SYN,
-            icmp: if icmp { p.dst_port } else { 0 },
+            icmp: if icmp { u32::from(p.dst_port) } else { 0 },
         };
         let full = self.active() >= self.ctx.cfg.max_flows;
         let first_fragment = p.fragment.filter(|f| f.offset == 0 && f.more);
@@ -656,6 +802,7 @@ mod tests {
             dst_port: d.port(),
             ip_len: len,
             tcp_flags: flags,
+            tcp_seq: 0,
             fragment: None,
         }
     }
@@ -725,6 +872,66 @@ mod tests {
         );
         // The second SYN went unanswered: idle 8 s < 60 s, still open.
         assert_eq!(t.active(), 2);
+    }
+
+    #[test]
+    fn late_packets_after_a_close_amend_the_record_and_reuse_starts_anew() {
+        let (mut t, mut out) = table(TableConfig::default());
+        let (c, s) = ("10.0.0.1:5000", "10.0.0.2:80");
+        let p = |t: &mut FlowTable, ts: u64, from: &str, to: &str, flags: u8, out: &mut Vec<_>| {
+            t.packet(ts, &pkt(from, to, TCP, flags, 52), &mut |r| out.push(r));
+        };
+        p(&mut t, S, c, s, SYN, &mut out);
+        p(&mut t, S, s, c, SYN | ACK, &mut out);
+        p(&mut t, S, c, s, ACK, &mut out);
+        // Simultaneous close: both FINs cross, then each side ACKs the other's.
+        p(&mut t, 2 * S, c, s, FIN | ACK, &mut out);
+        p(&mut t, 2 * S, s, c, FIN | ACK, &mut out);
+        p(&mut t, 2 * S, c, s, ACK, &mut out);
+        assert_eq!(out.len(), 1, "the record goes at the close");
+        assert!(!out[0].amends);
+        assert_eq!((out[0].src_packets, out[0].dst_packets), (Some(4), Some(2)));
+        // The responder's ACK, a retransmitted FIN and a RST come after the record.
+        p(&mut t, 2 * S + 1, s, c, ACK, &mut out);
+        p(&mut t, 2 * S + 300_000_000, s, c, FIN | ACK, &mut out);
+        p(&mut t, 2 * S + 300_000_001, c, s, RST, &mut out);
+        assert_eq!(out.len(), 1, "late packets wait for the linger");
+        // A retransmitted SYN (same sequence number) is one more late packet...
+        p(&mut t, 2 * S + 400_000_000, c, s, SYN, &mut out);
+        assert_eq!(out.len(), 1);
+        // ... while a SYN with another one is port reuse: the amendment goes, then a new
+        // flow starts.
+        let mut reuse = pkt(c, s, TCP, SYN, 52);
+        reuse.tcp_seq = 777;
+        t.packet(3 * S, &reuse, &mut |r| out.push(r));
+        assert_eq!(out.len(), 2);
+        let a = &out[1];
+        assert!(a.amends);
+        assert_eq!(a.src, c.parse().unwrap(), "same orientation as its record");
+        assert_eq!(a.packet_start_ns, out[0].packet_start_ns);
+        assert_eq!((a.src_packets, a.dst_packets), (Some(2), Some(2)));
+        assert_eq!(a.dst_tcp_flags, Some(FIN | ACK));
+        assert_eq!(t.stats().amendments, 1);
+        assert_eq!(t.stats().late_packets, 4);
+        assert_eq!(t.stats().created, 2);
+        // The new connection is refused; its repeated RSTs join it, never a flow of their own.
+        p(&mut t, 3 * S, s, c, RST | ACK, &mut out);
+        p(&mut t, 3 * S + 10, s, c, RST | ACK, &mut out);
+        t.flush_all(&mut |r| out.push(r));
+        assert_eq!(out.len(), 4);
+        assert_eq!(out[2].end_reason, EndReason::Rst);
+        assert_eq!((out[2].src_packets, out[2].dst_packets), (Some(1), Some(1)));
+        assert!(out[3].amends && out[3].dst_packets == Some(1));
+        assert_ne!(out[2].packet_start_ns, out[0].packet_start_ns);
+        // A closed flow with no late packets leaves without an amendment.
+        let (mut t, mut out) = table(TableConfig::default());
+        t.packet(S, &pkt(c, s, TCP, SYN, 60), &mut |r| out.push(r));
+        t.packet(S, &pkt(s, c, TCP, RST | ACK, 40), &mut |r| out.push(r));
+        t.sweep(10 * S, &mut |r| out.push(r));
+        assert_eq!(t.active(), 1, "lingers");
+        t.sweep(100 * S, &mut |r| out.push(r));
+        assert_eq!(out.len(), 1);
+        assert_eq!(t.active(), 0, "gone after the linger");
     }
 
     #[test]

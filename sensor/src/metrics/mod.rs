@@ -66,6 +66,12 @@ pub struct Metrics {
     pub merge_merged: IntCounter,
     pub merge_alone: IntCounterVec,
     pub merge_dropped: IntCounter,
+    /// Late packets of closed connections: amendments the packet table sent, what the merge
+    /// did with them (`folded` into a record still waiting, `passed` on to the store), and
+    /// what the store did (`applied` to the row, `missed`: no row, `dropped`: queue full).
+    pub flow_amendments: IntCounter,
+    pub merge_amendments: IntCounterVec,
+    pub store_amendments: IntCounterVec,
     /// Store.
     pub store_rows: IntCounter,
     pub store_batches: IntCounter,
@@ -248,6 +254,21 @@ impl Metrics {
                 "sensor_merge_dropped_flows_total",
                 "Flow records dropped because the merge queue was full.",
             ),
+            flow_amendments: counter(
+                "sensor_flow_amendments_total",
+                "Closed TCP connections whose late packets (after the record was written) \
+                 were sent as an amendment to their row.",
+            ),
+            merge_amendments: counter_vec(
+                "sensor_merge_amendments_total",
+                "Amendments folded into a record still waiting for its twin, or passed on.",
+                &["result"],
+            ),
+            store_amendments: counter_vec(
+                "sensor_store_amendments_total",
+                "Amendments applied to their row, missed (no such row), or dropped (queue full).",
+                &["result"],
+            ),
             store_rows: counter(
                 "sensor_store_rows_total",
                 "Flow rows written to the database.",
@@ -383,6 +404,12 @@ impl Metrics {
         }
         for reason in ["age", "size"] {
             m.store_pruned_rows.with_label_values(&[reason]);
+        }
+        for result in ["folded", "passed"] {
+            m.merge_amendments.with_label_values(&[result]);
+        }
+        for result in ["applied", "missed", "dropped"] {
+            m.store_amendments.with_label_values(&[result]);
         }
         for reason in ["queue_full", "shutdown"] {
             m.enrich_shed.with_label_values(&[reason]);

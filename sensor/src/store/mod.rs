@@ -1,4 +1,5 @@
 //! Store: finished flows into SQLite, from a writer on its own thread.
+pub mod amend;
 pub mod ip_info;
 pub mod retention;
 pub mod rollup;

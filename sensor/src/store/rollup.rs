@@ -55,6 +55,15 @@ pub fn state(conn: &Connection) -> rusqlite::Result<RollupState> {
 /// Rolls up the flows with ids in `(max_id, max_id + STEP_IDS]`, in one transaction.
 /// Returns how many ids the watermark moved (0: caught up).
 pub fn step(conn: &mut Connection, local: &LocalAddrs) -> rusqlite::Result<i64> {
+    step_below(conn, local, None)
+}
+
+/// [`step`], taking no id at or past `below` (rows that may still change).
+pub fn step_below(
+    conn: &mut Connection,
+    local: &LocalAddrs,
+    below: Option<i64>,
+) -> rusqlite::Result<i64> {
     let tx = conn.transaction()?;
     let st = state(&tx)?;
     let Some(last) = tx.query_row("SELECT max(id) FROM flows", [], |r| {
@@ -63,6 +72,7 @@ pub fn step(conn: &mut Connection, local: &LocalAddrs) -> rusqlite::Result<i64> 
     else {
         return Ok(0);
     };
+    let last = below.map_or(last, |b| last.min(b - 1));
     if last <= st.max_id {
         return Ok(0);
     }

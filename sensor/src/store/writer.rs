@@ -24,7 +24,10 @@ use std::{
 
 use rusqlite::{Connection, params};
 
-use super::StoreError;
+use super::{
+    StoreError,
+    amend::{self, Amendable, Outcome},
+};
 use crate::{
     enrich::{cascade::IpInfo, queue::EnrichQueue},
     flow::FlowRecord,
@@ -131,6 +134,9 @@ pub struct WriterConfig {
     pub rollup: bool,
     /// How often the rollup looks for work when it was caught up.
     pub rollup_every: Duration,
+    /// How long (in the flows' own time) a closed TCP connection's row may still be amended
+    /// with late packets ([`super::amend`]): the packet table's `close_linger` and a margin.
+    pub amend_window: Duration,
 }
 
 impl WriterConfig {
@@ -147,6 +153,7 @@ impl WriterConfig {
             prune_every: Duration::from_secs(60),
             rollup: false,
             rollup_every: Duration::from_secs(10),
+            amend_window: Duration::from_secs(7),
         }
     }
 }
@@ -163,6 +170,12 @@ pub struct StoreStats {
     /// Flows lost because writes failed for longer than the held buffer could bridge (or
     /// still failed at shutdown).
     pub write_failed: AtomicU64,
+    /// Amendments (late packets of a written connection) added to their row, and those
+    /// that found no row (it was dropped, pruned, or the amendment came too late).
+    pub amendments_applied: AtomicU64,
+    pub amendments_missed: AtomicU64,
+    /// Amendments dropped because the writer's queue was full.
+    pub amendments_dropped: AtomicU64,
     /// `ip_info` rows written, and lost (queue full or a failed transaction).
     pub ip_rows_written: AtomicU64,
     pub ip_rows_dropped: AtomicU64,
@@ -185,6 +198,7 @@ pub struct WriterHandle {
 }
 
 fn try_send(q: &Queue, stats: &StoreStats, flow: FlowRecord) {
+    let amends = flow.amends;
     if q.gate.try_reserve() {
         if q.tx.send(Row::Flow(flow)).is_ok() {
             stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -192,10 +206,18 @@ fn try_send(q: &Queue, stats: &StoreStats, flow: FlowRecord) {
         }
         q.gate.taken(1);
     }
-    stats.queue_dropped.fetch_add(1, Ordering::Relaxed);
+    if amends {
+        stats.amendments_dropped.fetch_add(1, Ordering::Relaxed);
+    } else {
+        stats.queue_dropped.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 fn offer(enrich: &Option<EnrichQueue>, flow: &FlowRecord) {
+    // An amendment's addresses were offered with its row.
+    if flow.amends {
+        return;
+    }
     if let Some(q) = enrich {
         q.offer(flow.src.ip());
         q.offer(flow.dst.ip());
@@ -332,6 +354,8 @@ struct State {
     next_prune: Instant,
     /// When to look for flows to roll up; now while behind.
     next_rollup: Instant,
+    /// Rows that may still be amended.
+    amendable: Amendable,
 }
 
 fn now_ms() -> i64 {
@@ -355,6 +379,7 @@ fn run(
         failing: None,
         next_prune: Instant::now() + Duration::from_secs(1),
         next_rollup: Instant::now() + Duration::from_secs(1),
+        amendable: Amendable::new(cfg.amend_window.as_millis() as u64),
     };
     let mut infos: Vec<IpInfo> = Vec::new();
     let mut deadline: Option<Instant> = None;
@@ -467,7 +492,9 @@ fn rollup_may_run(
 /// One rollup step; the next one right away (when idle) while behind.
 fn rollup(st: &mut State, cfg: &WriterConfig) {
     let local = crate::export::top::LocalAddrs::of_this_host();
-    match super::rollup::step(&mut st.conn, &local) {
+    // Rows that may still be amended are rolled up once they no longer can.
+    let below = st.amendable.oldest();
+    match super::rollup::step_below(&mut st.conn, &local, below) {
         Ok(0) => st.next_rollup = Instant::now() + cfg.rollup_every,
         Ok(n) => {
             tracing::trace!(ids = n, "rolled up");
@@ -499,16 +526,25 @@ fn write_held(st: &mut State, cfg: &WriterConfig, stats: &StoreStats) {
     while !st.held.is_empty() {
         let n = st.held.len().min(cfg.batch_rows);
         let started = Instant::now();
-        let result = insert_all(&mut st.conn, st.held.range(..n));
+        let result = insert_all(&mut st.conn, &mut st.amendable, st.held.range(..n));
         match result {
-            Ok(()) => {
-                stats.rows_written.fetch_add(n as u64, Ordering::Relaxed);
+            Ok(done) => {
+                stats.rows_written.fetch_add(done.rows, Ordering::Relaxed);
+                stats
+                    .amendments_applied
+                    .fetch_add(done.applied, Ordering::Relaxed);
+                stats
+                    .amendments_missed
+                    .fetch_add(done.missed, Ordering::Relaxed);
                 stats.batches.fetch_add(1, Ordering::Relaxed);
+                if let Some(last) = st.held.range(..n).map(|f| f.last_seen_ms).max() {
+                    st.amendable.tick(last);
+                }
                 if let Some(m) = &cfg.metrics {
                     m.store_write_seconds
                         .observe(started.elapsed().as_secs_f64());
                     let now = now_ms();
-                    for f in st.held.range(..n) {
+                    for f in st.held.range(..n).filter(|f| !f.amends) {
                         let ms = (now - f.last_seen_ms).max(0);
                         m.store_close_to_row_seconds.observe(ms as f64 / 1000.0);
                     }
@@ -626,15 +662,51 @@ impl IpText {
     }
 }
 
+/// What one committed batch did.
+#[derive(Default)]
+struct Done {
+    rows: u64,
+    applied: u64,
+    missed: u64,
+    /// Rows remembered as amendable (forgotten again if the transaction fails).
+    remembered: usize,
+}
+
+/// Inserts a batch (applying its amendments) in one transaction. Rows that may be amended
+/// are remembered at once, so an amendment later in the same batch finds its row, and
+/// forgotten again when the transaction fails (the batch is written again).
 fn insert_all<'a>(
     conn: &mut Connection,
+    amendable: &mut Amendable,
     batch: impl Iterator<Item = &'a FlowRecord>,
+) -> rusqlite::Result<Done> {
+    let mut done = Done::default();
+    let result = insert_batch(conn, amendable, batch, &mut done);
+    if result.is_err() {
+        amendable.forget_last(done.remembered);
+    }
+    result.map(|()| done)
+}
+
+fn insert_batch<'a>(
+    conn: &mut Connection,
+    amendable: &mut Amendable,
+    batch: impl Iterator<Item = &'a FlowRecord>,
+    done: &mut Done,
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare_cached(INSERT)?;
         let (mut src, mut dst) = (IpText::default(), IpText::default());
         for f in batch {
+            if f.amends {
+                match amendable.apply(&tx, f)? {
+                    Outcome::Applied => done.applied += 1,
+                    Outcome::Missed => done.missed += 1,
+                }
+                continue;
+            }
+            done.rows += 1;
             stmt.execute(params![
                 f.first_seen_ms,
                 f.last_seen_ms,
@@ -660,6 +732,10 @@ fn insert_all<'a>(
                 f.src_tcp_flags,
                 f.dst_tcp_flags,
             ])?;
+            if let Some(r) = amend::remembered(f, tx.last_insert_rowid()) {
+                amendable.remember([r]);
+                done.remembered += 1;
+            }
         }
     }
     tx.commit()
@@ -687,6 +763,106 @@ mod tests {
                 "[::1]:80".parse().unwrap(),
             )
         }
+    }
+
+    /// A packet view's record of a closed connection, as the merge may orient it.
+    fn closed(src: &str, dst: &str, start_ns: u64, packets: [u64; 2]) -> FlowRecord {
+        FlowRecord {
+            first_seen_ms: 1_000,
+            last_seen_ms: 2_000,
+            end_reason: EndReason::Fin,
+            src_packets: Some(packets[0]),
+            dst_packets: Some(packets[1]),
+            src_bytes: Some(packets[0] * 100),
+            dst_bytes: Some(packets[1] * 100),
+            src_tcp_flags: Some(0x12),
+            dst_tcp_flags: Some(0x12),
+            packet_start_ns: Some(start_ns),
+            ..FlowRecord::new(6, src.parse().unwrap(), dst.parse().unwrap(), "capture")
+        }
+    }
+
+    #[test]
+    fn amendments_add_to_their_row_whatever_its_orientation_and_hold_the_rollup_back() {
+        let dir = std::env::temp_dir().join(format!("sensor-writer-amend-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("f.db");
+        let conn = super::super::open_for_writing(&path).unwrap();
+        let w = Writer::spawn(
+            conn,
+            path.clone(),
+            WriterConfig {
+                rollup: true,
+                rollup_every: Duration::from_millis(10),
+                ..WriterConfig::new(100, Duration::from_millis(10), 10_000)
+            },
+        );
+        let stats = w.stats();
+        let (a, b) = ("10.0.0.1:5000", "10.0.0.2:80");
+        // Two connections on one tuple (port reuse): the row named by the start is amended.
+        w.try_send(closed(a, b, 7, [3, 2]));
+        w.try_send(closed(a, b, 9, [5, 5]));
+        // The merged row of the second names the other end as source; the packet view's
+        // amendment still says a -> b.
+        let mut late = closed(b, a, 7, [0, 1]);
+        late.amends = true;
+        late.src_tcp_flags = Some(0x04);
+        late.dst_tcp_flags = Some(0x11);
+        late.last_seen_ms = 2_500;
+        w.try_send(late);
+        // One for a row that never was: missed, and no row.
+        let mut stray = closed(a, b, 8, [1, 0]);
+        stray.amends = true;
+        w.try_send(stray);
+        let reader = super::super::open_for_reading(&path).unwrap();
+        let started = Instant::now();
+        while stats.amendments_missed.load(Ordering::Relaxed) < 1 {
+            assert!(started.elapsed() < Duration::from_secs(10), "not written");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The rollup waits: both rows may still be amended.
+        std::thread::sleep(Duration::from_millis(300));
+        let max_id: i64 = reader
+            .query_row("SELECT max_id FROM rollup_state", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(max_id, 0, "rows that may change are not rolled up");
+        let rows: Vec<(i64, i64, i64, i64, i64, i64)> = reader
+            .prepare(
+                "SELECT src_packets, dst_packets, src_bytes, dst_bytes, src_tcp_flags,                  last_seen_ms FROM flows ORDER BY id",
+            )
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(rows.len(), 2, "an amendment is never a row");
+        // Row 1 (a -> b) got a's one late packet, named dst in the b -> a amendment.
+        assert_eq!(rows[0], (4, 2, 400, 200, 0x12 | 0x11, 2_500));
+        assert_eq!(rows[1], (5, 5, 500, 500, 0x12, 2_000));
+        assert_eq!(stats.amendments_applied.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.rows_written.load(Ordering::Relaxed), 2);
+        // Once flows well past the window arrive, the rows are final and rolled up.
+        let mut later = flow(1);
+        later.last_seen_ms = 60_000;
+        w.try_send(later);
+        let started = Instant::now();
+        loop {
+            let max_id: i64 = reader
+                .query_row("SELECT max_id FROM rollup_state", [], |r| r.get(0))
+                .unwrap();
+            if max_id >= 2 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "never rolled up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        w.finish();
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //!
 //! Each connection starts with a 12-byte header (request length including the header,
 //! response length, mode; big-endian u32s). Modes say who closes and how:
-//! 0 client FIN first, 1 client RST, 2 server FIN first, 3 server RST.
+//! 0 client FIN first, 1 client RST, 2 server FIN first, 3 server RST, 4 both at once (the
+//! client sends one last byte after the response and closes; the server closes as soon as
+//! it reads it, so the two FINs cross, as with curl and a keep-alive-less server).
 //! The two roles name themselves `tl-server` / `tl-client` (the kernel's `comm`).
 use std::{
     io::{ErrorKind, Read, Write},
@@ -162,6 +164,10 @@ fn serve_one(mut s: TcpStream) {
             drain(&mut s);
         }
         2 => {}
+        4 => {
+            let mut last = [0u8; 1];
+            let _ = s.read_exact(&mut last);
+        }
         _ => set_linger_zero(&s),
     }
     drop(s);
@@ -205,7 +211,7 @@ fn client(v4: SocketAddr, v6: SocketAddr, per_family: usize, threads: usize) {
 fn one_connection(peer: SocketAddr, i: usize) -> String {
     let req = HEADER + (i * 7919) % 6000;
     let resp = (i * 104_729) % 9000;
-    let mode = (i / 2) % 4;
+    let mode = (i / 2) % 5;
     let mut s = TcpStream::connect(peer).expect("connect");
     let local = s.local_addr().expect("local addr");
     let mut msg = Vec::with_capacity(req);
@@ -222,11 +228,17 @@ fn one_connection(peer: SocketAddr, i: usize) -> String {
                 set_linger_zero(&s);
             }
         }
+        4 => {
+            s.read_exact(&mut got).expect("read response");
+            s.write_all(b"x").expect("send the last byte");
+        }
         _ => {
             // The server closes first: read to EOF (or its reset).
             drain(&mut s);
         }
     }
     drop(s);
-    format!("C {local} {peer} {req} {resp} {mode}")
+    // Bytes the client sent: the request, and mode 4's last byte.
+    let sent = req + usize::from(mode == 4);
+    format!("C {local} {peer} {sent} {resp} {mode}")
 }

@@ -200,3 +200,205 @@ pub fn sensor_convs(db: &Path) -> BTreeMap<Conv, Counts> {
     }
     convs
 }
+
+/// One TCP connection as tshark sees it: a `tcp.stream` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stream {
+    pub id: u64,
+    /// Sender of the first SYN without ACK, when one was captured.
+    pub syn_sender: Option<(IpAddr, u16)>,
+}
+
+/// tshark's TCP connections of `file` per unordered 5-tuple (the `Conv` key), in stream
+/// order. Only TCP right after the outermost IP layer counts: a tunnel's inner TCP and an
+/// ICMP error's quoted header are not connections of this layer.
+pub fn tshark_streams(file: &Path) -> BTreeMap<Conv, Vec<Stream>> {
+    let out = Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(file)
+        .args([
+            "-o",
+            "ip.defragment:FALSE",
+            "-o",
+            "ipv6.defragment:FALSE",
+            "-Y",
+            "tcp",
+            "-T",
+            "fields",
+            "-E",
+            "occurrence=f",
+            "-E",
+            "separator=|",
+            "-e",
+            "frame.protocols",
+            "-e",
+            "tcp.stream",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+            "-e",
+            "ipv6.src",
+            "-e",
+            "ipv6.dst",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "tcp.dstport",
+            "-e",
+            "tcp.flags",
+        ])
+        .output()
+        .expect("run tshark");
+    assert!(
+        out.status.success(),
+        "tshark failed on {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut by_id: BTreeMap<u64, (Conv, Option<(IpAddr, u16)>)> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = line.split('|').collect();
+        if f.len() < 9 {
+            continue;
+        }
+        let protos: Vec<&str> = f[0].split(':').collect();
+        let Some(ip_at) = protos.iter().position(|p| *p == "ip" || *p == "ipv6") else {
+            continue;
+        };
+        let next = protos[ip_at + 1..]
+            .iter()
+            .find(|p| !p.starts_with("ipv6."))
+            .copied()
+            .unwrap_or("");
+        if next != "tcp" {
+            continue;
+        }
+        let v6 = protos[ip_at] == "ipv6";
+        let (src, dst) = if v6 { (f[4], f[5]) } else { (f[2], f[3]) };
+        let (Ok(id), Ok(src), Ok(dst), Ok(sp), Ok(dp)) = (
+            f[1].parse::<u64>(),
+            src.parse::<IpAddr>(),
+            dst.parse::<IpAddr>(),
+            f[6].parse::<u16>(),
+            f[7].parse::<u16>(),
+        ) else {
+            continue;
+        };
+        let flags = u16::from_str_radix(f[8].trim_start_matches("0x"), 16).unwrap_or(0);
+        let pure_syn = flags & 0x12 == 0x02;
+        let (k, _) = conv(6, (src, sp), (dst, dp));
+        let e = by_id.entry(id).or_insert((k, None));
+        if pure_syn && e.1.is_none() {
+            e.1 = Some((src, sp));
+        }
+    }
+    let mut streams: BTreeMap<Conv, Vec<Stream>> = BTreeMap::new();
+    for (id, (k, syn_sender)) in by_id {
+        streams
+            .entry(k)
+            .or_default()
+            .push(Stream { id, syn_sender });
+    }
+    streams
+}
+
+/// One TCP row of the sensor's database.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub src: (IpAddr, u16),
+    pub end_reason: String,
+    pub first_seen_ms: i64,
+    pub packets: u64,
+}
+
+/// The sensor's TCP rows in `db` per unordered 5-tuple, oldest first.
+pub fn sensor_tcp_rows(db: &Path) -> BTreeMap<Conv, Vec<Row>> {
+    let conn = rusqlite::Connection::open(db).expect("open db");
+    let mut stmt = conn
+        .prepare(
+            "SELECT src_ip, src_port, dst_ip, dst_port, end_reason, first_seen_ms,
+                    COALESCE(src_packets, 0) + COALESCE(dst_packets, 0)
+             FROM flows WHERE proto = 6 ORDER BY first_seen_ms, id",
+        )
+        .expect("prepare");
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, u16>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, u16>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        })
+        .expect("query");
+    let mut out: BTreeMap<Conv, Vec<Row>> = BTreeMap::new();
+    for row in rows {
+        let (sip, sp, dip, dp, end_reason, first_seen_ms, packets) = row.expect("row");
+        let s: IpAddr = sip.parse().expect("src ip");
+        let d: IpAddr = dip.parse().expect("dst ip");
+        let (k, _) = conv(6, (s, sp), (d, dp));
+        out.entry(k).or_default().push(Row {
+            src: (s, sp),
+            end_reason,
+            first_seen_ms,
+            packets: packets as u64,
+        });
+    }
+    out
+}
+
+/// Connection identity, judged against tshark: per TCP 5-tuple, as many rows (not counting
+/// records cut by the active timeout) as tshark has streams, and where a stream's SYN was
+/// captured, the row's source is the SYN's sender. Returns (connections, problems).
+pub fn identity_problems(file: &Path, db: &Path) -> (usize, Vec<String>) {
+    let want = tshark_streams(file);
+    let got = sensor_tcp_rows(db);
+    let mut problems = Vec::new();
+    let mut connections = 0;
+    for (k, streams) in &want {
+        connections += streams.len();
+        let rows: Vec<&Row> = got
+            .get(k)
+            .map(|v| v.iter().filter(|r| r.end_reason != "active").collect())
+            .unwrap_or_default();
+        if rows.len() != streams.len() {
+            problems.push(format!(
+                "{k:?}: {} tshark streams, {} sensor rows ({:?})",
+                streams.len(),
+                rows.len(),
+                rows.iter()
+                    .map(|r| format!("{}@{}:{}p", r.end_reason, r.first_seen_ms, r.packets))
+                    .collect::<Vec<_>>()
+            ));
+            continue;
+        }
+        // Every record of a connection (active-timeout cuts included) names one source.
+        let all = &got[k];
+        for (stream, row) in streams.iter().zip(&rows) {
+            if let Some(syn) = stream.syn_sender
+                && row.src != syn
+            {
+                problems.push(format!(
+                    "{k:?} stream {}: source {:?}, SYN sent by {syn:?}",
+                    stream.id, row.src
+                ));
+            }
+        }
+        if streams.len() == 1
+            && let Some(syn) = streams[0].syn_sender
+            && all.iter().any(|r| r.src != syn)
+        {
+            problems.push(format!(
+                "{k:?}: an active-timeout record names the responder"
+            ));
+        }
+    }
+    for k in got.keys().filter(|k| !want.contains_key(k)) {
+        problems.push(format!("{k:?}: sensor rows, no tshark stream"));
+    }
+    (connections, problems)
+}
