@@ -5,10 +5,15 @@
 //! This runs once per packet on the aggregation hot path, so it borrows the frame
 //! (`&[u8]`, zero-copy), never allocates and never panics: every read is bounds-checked
 //! and any input, however malformed or truncated, yields `Ok` or a [`ParseError`].
-//! Tunnels (GRE, IP-in-IP, VXLAN...) are deliberately not decoded: the outer packet is
-//! the flow.
+//! The outer packet is always the flow; with decapsulation on ([`parse_with`]), a tunnel's
+//! first inner packet is decoded too, into [`Packet::inner`] (see [`super::tunnel`] for the
+//! rule). The test for a tunnel is one match on the protocol and ports, so other packets
+//! pay nothing more.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::tunnel;
+pub use super::tunnel::{Inner, TunnelKind};
 
 /// Link-layer framing of a capture, by the pcap LINKTYPE_ numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,11 +35,14 @@ pub enum LinkType {
     Null,
     /// LINKTYPE_LOOP (108): like [`LinkType::Null`] but the family is big-endian.
     Loop,
+    /// LINKTYPE_NFLOG (239): Linux netfilter log messages: a 4-byte header (address family,
+    /// version, resource id), then TLVs; the packet is the NFULA_PAYLOAD TLV, raw IP.
+    Nflog,
 }
 
 impl LinkType {
     /// Every link type this parser decodes.
-    pub const ALL: [LinkType; 8] = [
+    pub const ALL: [LinkType; 9] = [
         LinkType::Ethernet,
         LinkType::Raw,
         LinkType::Ipv4,
@@ -43,6 +51,7 @@ impl LinkType {
         LinkType::LinuxSll2,
         LinkType::Null,
         LinkType::Loop,
+        LinkType::Nflog,
     ];
 
     /// From a pcap/pcapng link type number; None for ones we do not decode.
@@ -56,10 +65,53 @@ impl LinkType {
             113 => Self::LinuxSll,
             228 => Self::Ipv4,
             229 => Self::Ipv6,
+            239 => Self::Nflog,
             276 => Self::LinuxSll2,
             _ => return None,
         })
     }
+}
+
+/// The LINKTYPE_ name of a link type number, for the ones a user may meet (tcpdump.org's
+/// link-layer header types list); None for the rest.
+pub fn linktype_name(n: u32) -> Option<&'static str> {
+    Some(match n {
+        0 => "NULL",
+        1 => "ETHERNET",
+        6 => "IEEE802_5",
+        8 => "SLIP",
+        9 => "PPP",
+        10 => "FDDI",
+        12 | 14 | 101 => "RAW",
+        50 => "PPP_HDLC",
+        51 => "PPP_ETHER",
+        104 => "C_HDLC",
+        105 => "IEEE802_11",
+        107 => "FRELAY",
+        108 => "LOOP",
+        113 => "LINUX_SLL",
+        119 => "IEEE802_11_PRISM",
+        127 => "IEEE802_11_RADIOTAP",
+        147..=162 => "USER0..USER15",
+        163 => "IEEE802_11_AVS",
+        187 => "BLUETOOTH_HCI_H4",
+        189 => "USB_LINUX",
+        192 => "PPI",
+        195 => "IEEE802_15_4_WITHFCS",
+        197 => "ERF",
+        201 => "BLUETOOTH_HCI_H4_WITH_PHDR",
+        215 => "IEEE802_15_4_NONASK_PHY",
+        220 => "USB_LINUX_MMAPPED",
+        227 => "CAN_SOCKETCAN",
+        228 => "IPV4",
+        229 => "IPV6",
+        239 => "NFLOG",
+        249 => "USBPCAP",
+        251 => "BLUETOOTH_LE_LL",
+        252 => "WIRESHARK_UPPER_PDU",
+        276 => "LINUX_SLL2",
+        _ => return None,
+    })
 }
 
 /// IPv4 fragment facts: non-first fragments carry no transport header; the flow table
@@ -100,6 +152,8 @@ pub struct Packet {
     /// Set for IPv4 packets with MF set or a non-zero offset, and for every IPv6 packet with
     /// a Fragment extension header.
     pub fragment: Option<Fragment>,
+    /// The first inner packet of a tunnel, when decapsulation is on and this is one.
+    pub inner: Option<Inner>,
 }
 
 /// Why a frame could not be decoded. `len` in [`ParseError::Truncated`] is the whole frame's
@@ -110,7 +164,7 @@ pub enum ParseError {
     #[error("frame too short for {layer} header: {len} bytes")]
     Truncated {
         /// Which header: "Ethernet", "VLAN", "MPLS", "PPPoE", "SLL", "SLL2", "loopback",
-        /// "IP", "IPv4", "IPv6", "IPv6 extension", "IPv6 fragment".
+        /// "IP", "IPv4", "IPv6", "IPv6 extension", "IPv6 fragment", "FabricPath", "NFLOG".
         layer: &'static str,
         /// Captured length of the whole frame.
         len: usize,
@@ -151,6 +205,9 @@ const ETH_QINQ: u16 = 0x88A8;
 const ETH_VLAN_OLD: u16 = 0x9100;
 const ETH_MPLS: u16 = 0x8847;
 const ETH_PPPOE: u16 = 0x8864;
+/// Cisco FabricPath: the outer header's ethertype, then a 2-byte FTag/TTL, then the whole
+/// inner Ethernet header (Wireshark's `cfp` dissector).
+const ETH_FABRICPATH: u16 = 0x8903;
 
 const PROTO_ICMP: u8 = 1;
 const PROTO_TCP: u8 = 6;
@@ -158,29 +215,36 @@ const PROTO_UDP: u8 = 17;
 const PROTO_ICMPV6: u8 = 58;
 const PROTO_SCTP: u8 = 132;
 
-/// Parses one frame. `Err(NotIp)` is not a malformed packet (ARP, LLDP...): callers count it
-/// separately from the other errors.
+/// Parses one frame, tunnels not decapsulated. `Err(NotIp)` is not a malformed packet (ARP,
+/// LLDP...): callers count it separately from the other errors.
 #[inline]
 pub fn parse(link: LinkType, frame: &[u8]) -> Result<Packet, ParseError> {
+    parse_with(link, frame, false)
+}
+
+/// Parses one frame; with `decap`, a tunnel's inner packet goes in [`Packet::inner`].
+#[inline]
+pub fn parse_with(link: LinkType, frame: &[u8], decap: bool) -> Result<Packet, ParseError> {
+    let d = decap;
     match link {
         LinkType::Ethernet => {
             let et = be16(frame, 12).ok_or_else(|| truncated("Ethernet", frame))?;
-            ethertype(frame, 14, et)
+            ethertype(frame, 14, et, d)
         }
-        LinkType::Raw => ip_any(frame, 0),
-        LinkType::Ipv4 => ipv4(frame, 0),
-        LinkType::Ipv6 => ipv6(frame, 0),
+        LinkType::Raw => ip_any(frame, 0, d),
+        LinkType::Ipv4 => ipv4(frame, 0, d),
+        LinkType::Ipv6 => ipv6(frame, 0, d),
         LinkType::LinuxSll => {
             // The header is fixed-size: the protocol type is its last field.
             let et = be16(frame, 14).ok_or_else(|| truncated("SLL", frame))?;
-            ethertype(frame, 16, et)
+            ethertype(frame, 16, et, d)
         }
         LinkType::LinuxSll2 => {
             if frame.len() < 20 {
                 return Err(truncated("SLL2", frame));
             }
             let et = be16(frame, 0).ok_or_else(|| truncated("SLL2", frame))?;
-            ethertype(frame, 20, et)
+            ethertype(frame, 20, et, d)
         }
         LinkType::Null => {
             let b = *bytes::<4>(frame, 0).ok_or_else(|| truncated("loopback", frame))?;
@@ -188,12 +252,71 @@ pub fn parse(link: LinkType, frame: &[u8]) -> Result<Packet, ParseError> {
             // whichever reading fits in 16 bits is the right one.
             let le = u32::from_le_bytes(b);
             let af = if le <= 0xFFFF { le } else { le.swap_bytes() };
-            loopback(frame, af)
+            loopback(frame, af, d)
         }
         LinkType::Loop => {
             let b = *bytes::<4>(frame, 0).ok_or_else(|| truncated("loopback", frame))?;
-            loopback(frame, u32::from_be_bytes(b))
+            loopback(frame, u32::from_be_bytes(b), d)
         }
+        LinkType::Nflog => nflog(frame, d),
+    }
+}
+
+/// The inner packets of tunnels: IPv4, IPv6, by version nibble, or an Ethernet frame; never
+/// decapsulated further.
+pub(super) fn inner_ipv4(b: &[u8], off: usize) -> Result<Packet, ParseError> {
+    ipv4(b, off, false)
+}
+
+pub(super) fn inner_ipv6(b: &[u8], off: usize) -> Result<Packet, ParseError> {
+    ipv6(b, off, false)
+}
+
+pub(super) fn inner_ip_any(b: &[u8], off: usize) -> Result<Packet, ParseError> {
+    ip_any(b, off, false)
+}
+
+pub(super) fn inner_ethernet(b: &[u8]) -> Result<Packet, ParseError> {
+    let et = be16(b, 12).ok_or_else(|| truncated("Ethernet", b))?;
+    ethertype(b, 14, et, false)
+}
+
+/// The address families NFLOG announces.
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const NFULA_PAYLOAD: u16 = 9;
+
+/// NFLOG: the TLVs' length (which counts their own 4-byte header) and type are in the
+/// capturing host's byte order, each TLV padded to 4 bytes. Little-endian is tried first; a
+/// length that cannot be right (below 4, past the end) is read big-endian.
+fn nflog(frame: &[u8], d: bool) -> Result<Packet, ParseError> {
+    let family = *frame.first().ok_or_else(|| truncated("NFLOG", frame))?;
+    let mut off = 4;
+    loop {
+        let h = *bytes::<4>(frame, off).ok_or_else(|| truncated("NFLOG", frame))?;
+        let fits = |len: u16| len >= 4 && off + usize::from(len) <= frame.len();
+        let le = u16::from_le_bytes([h[0], h[1]]);
+        let (len, kind) = if fits(le) {
+            (le, u16::from_le_bytes([h[2], h[3]]))
+        } else {
+            let be = u16::from_be_bytes([h[0], h[1]]);
+            if !fits(be) {
+                return Err(truncated("NFLOG", frame));
+            }
+            (be, u16::from_be_bytes([h[2], h[3]]))
+        };
+        // The top bits of the type are netlink's nested / byte-order flags.
+        if kind & 0x3FFF == NFULA_PAYLOAD {
+            let ip = &frame[off + 4..off + usize::from(len)];
+            return match family {
+                AF_INET => ipv4(ip, 0, d),
+                AF_INET6 => ipv6(ip, 0, d),
+                other => Err(ParseError::NotIp {
+                    ethertype: u16::from(other),
+                }),
+            };
+        }
+        off += (usize::from(len) + 3) & !3;
     }
 }
 
@@ -224,11 +347,11 @@ fn be32(b: &[u8], off: usize) -> Option<u32> {
 
 /// BSD loopback: dispatch on the address family.
 #[inline]
-fn loopback(frame: &[u8], af: u32) -> Result<Packet, ParseError> {
+fn loopback(frame: &[u8], af: u32, d: bool) -> Result<Packet, ParseError> {
     match af {
-        2 => ipv4(frame, 4),
+        2 => ipv4(frame, 4, d),
         // AF_INET6 is 24 on NetBSD/OpenBSD, 28 on FreeBSD, 30 on Darwin.
-        24 | 28 | 30 => ipv6(frame, 4),
+        24 | 28 | 30 => ipv6(frame, 4, d),
         _ => Err(ParseError::NotIp {
             ethertype: (af & 0xFFFF) as u16,
         }),
@@ -237,25 +360,30 @@ fn loopback(frame: &[u8], af: u32) -> Result<Packet, ParseError> {
 
 /// Ethertype dispatch for the payload at `off`, peeling VLAN tags, MPLS labels and PPPoE.
 #[inline]
-fn ethertype(frame: &[u8], mut off: usize, mut et: u16) -> Result<Packet, ParseError> {
-    // Each tag consumes 4 bytes, so the loop ends with the frame at the latest.
+fn ethertype(frame: &[u8], mut off: usize, mut et: u16, d: bool) -> Result<Packet, ParseError> {
+    // Each tag consumes 4 bytes or more, so the loop ends with the frame at the latest.
     loop {
         match et {
-            ETH_IPV4 => return ipv4(frame, off),
-            ETH_IPV6 => return ipv6(frame, off),
+            ETH_IPV4 => return ipv4(frame, off, d),
+            ETH_IPV6 => return ipv6(frame, off, d),
             ETH_VLAN | ETH_QINQ | ETH_VLAN_OLD => {
                 et = be16(frame, off + 2).ok_or_else(|| truncated("VLAN", frame))?;
                 off += 4;
             }
-            ETH_MPLS => return mpls(frame, off),
-            ETH_PPPOE => return pppoe(frame, off),
+            ETH_FABRICPATH => {
+                // FTag/TTL (2), inner destination and source MACs (12), inner ethertype.
+                et = be16(frame, off + 14).ok_or_else(|| truncated("FabricPath", frame))?;
+                off += 16;
+            }
+            ETH_MPLS => return mpls(frame, off, d),
+            ETH_PPPOE => return pppoe(frame, off, d),
             other => return Err(ParseError::NotIp { ethertype: other }),
         }
     }
 }
 
 /// MPLS label stack: skip to the bottom of stack, then guess IP by the version nibble.
-fn mpls(frame: &[u8], mut off: usize) -> Result<Packet, ParseError> {
+fn mpls(frame: &[u8], mut off: usize, d: bool) -> Result<Packet, ParseError> {
     loop {
         let label = bytes::<4>(frame, off).ok_or_else(|| truncated("MPLS", frame))?;
         off += 4;
@@ -264,8 +392,8 @@ fn mpls(frame: &[u8], mut off: usize) -> Result<Packet, ParseError> {
         }
     }
     match frame.get(off).map(|b| b >> 4) {
-        Some(4) => ipv4(frame, off),
-        Some(6) => ipv6(frame, off),
+        Some(4) => ipv4(frame, off, d),
+        Some(6) => ipv6(frame, off, d),
         Some(_) => Err(ParseError::NotIp {
             ethertype: ETH_MPLS,
         }),
@@ -274,7 +402,7 @@ fn mpls(frame: &[u8], mut off: usize) -> Result<Packet, ParseError> {
 }
 
 /// PPPoE session: 6-byte PPPoE header, then the PPP protocol (2 bytes, or 1 if compressed).
-fn pppoe(frame: &[u8], off: usize) -> Result<Packet, ParseError> {
+fn pppoe(frame: &[u8], off: usize, d: bool) -> Result<Packet, ParseError> {
     let first = *frame
         .get(off + 6)
         .ok_or_else(|| truncated("PPPoE", frame))?;
@@ -288,8 +416,8 @@ fn pppoe(frame: &[u8], off: usize) -> Result<Packet, ParseError> {
         )
     };
     match proto {
-        0x0021 => ipv4(frame, ip_off),
-        0x0057 => ipv6(frame, ip_off),
+        0x0021 => ipv4(frame, ip_off, d),
+        0x0057 => ipv6(frame, ip_off, d),
         _ => Err(ParseError::NotIp {
             ethertype: ETH_PPPOE,
         }),
@@ -298,10 +426,10 @@ fn pppoe(frame: &[u8], off: usize) -> Result<Packet, ParseError> {
 
 /// Raw IP: the version nibble decides.
 #[inline]
-fn ip_any(frame: &[u8], off: usize) -> Result<Packet, ParseError> {
+fn ip_any(frame: &[u8], off: usize, d: bool) -> Result<Packet, ParseError> {
     match frame.get(off).map(|b| b >> 4) {
-        Some(4) => ipv4(frame, off),
-        Some(6) => ipv6(frame, off),
+        Some(4) => ipv4(frame, off, d),
+        Some(6) => ipv6(frame, off, d),
         Some(version) => Err(ParseError::BadVersion { version }),
         None => Err(truncated("IP", frame)),
     }
@@ -317,7 +445,7 @@ fn short_ip(frame: &[u8], off: usize, want: u8, layer: &'static str) -> ParseErr
 }
 
 #[inline]
-fn ipv4(frame: &[u8], o: usize) -> Result<Packet, ParseError> {
+fn ipv4(frame: &[u8], o: usize, d: bool) -> Result<Packet, ParseError> {
     let Some(h) = bytes::<20>(frame, o) else {
         return Err(short_ip(frame, o, 4, "IPv4"));
     };
@@ -353,10 +481,16 @@ fn ipv4(frame: &[u8], o: usize) -> Result<Packet, ParseError> {
         more,
     });
     let proto = h[9];
+    let l4 = frame.get(o + hlen..end).unwrap_or(&[]);
     let (src_port, dst_port, tcp_flags) = if offset == 0 {
-        transport(proto, frame.get(o + hlen..end).unwrap_or(&[]))
+        transport(proto, l4)
     } else {
         (0, 0, 0)
+    };
+    let inner = if d && offset == 0 && tunnel::maybe(proto, src_port, dst_port) {
+        tunnel::decap(false, proto, src_port, dst_port, l4)
+    } else {
+        None
     };
     Ok(Packet {
         src: IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15])),
@@ -367,11 +501,12 @@ fn ipv4(frame: &[u8], o: usize) -> Result<Packet, ParseError> {
         ip_len,
         tcp_flags,
         fragment,
+        inner,
     })
 }
 
 #[inline]
-fn ipv6(frame: &[u8], o: usize) -> Result<Packet, ParseError> {
+fn ipv6(frame: &[u8], o: usize, d: bool) -> Result<Packet, ParseError> {
     let Some(h) = bytes::<40>(frame, o) else {
         return Err(short_ip(frame, o, 6, "IPv6"));
     };
@@ -454,7 +589,13 @@ fn ipv6(frame: &[u8], o: usize) -> Result<Packet, ParseError> {
             // ESP, No Next Header: nothing more to read.
             50 | 59 => break,
             _ => {
-                let (src_port, dst_port, tcp_flags) = transport(nh, pkt.get(p..).unwrap_or(&[]));
+                let l4 = pkt.get(p..).unwrap_or(&[]);
+                let (src_port, dst_port, tcp_flags) = transport(nh, l4);
+                let inner = if d && tunnel::maybe(nh, src_port, dst_port) {
+                    tunnel::decap(true, nh, src_port, dst_port, l4)
+                } else {
+                    None
+                };
                 return Ok(Packet {
                     src: IpAddr::V6(Ipv6Addr::from(src)),
                     dst: IpAddr::V6(Ipv6Addr::from(dst)),
@@ -464,6 +605,7 @@ fn ipv6(frame: &[u8], o: usize) -> Result<Packet, ParseError> {
                     ip_len,
                     tcp_flags,
                     fragment,
+                    inner,
                 });
             }
         }
@@ -477,6 +619,7 @@ fn ipv6(frame: &[u8], o: usize) -> Result<Packet, ParseError> {
         ip_len,
         tcp_flags: 0,
         fragment,
+        inner: None,
     })
 }
 
@@ -665,6 +808,7 @@ mod tests {
                 ip_len: 20 + 20 + 5,
                 tcp_flags: 0x12,
                 fragment: None, // DF alone is not a fragment
+                inner: None,
             }
         );
     }
