@@ -46,6 +46,7 @@ fn packets(n: usize, flows: u32) -> Vec<Packet> {
                 ip_len: 40 + (x >> 40) as u32 % 1400,
                 tcp_flags: 0x10,
                 fragment: None,
+                inner: None,
             }
         })
         .collect()

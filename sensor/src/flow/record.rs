@@ -1,5 +1,19 @@
 //! A finished flow: what the aggregator hands to the store.
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+
+pub use crate::capture::tunnel::TunnelKind;
+
+/// The tunnel an inner flow was carried in (see [`crate::capture::tunnel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tunnel {
+    pub kind: TunnelKind,
+    /// VNI, TEID or GRE key; None when the tunnel has none.
+    pub id: Option<u32>,
+    /// Outer source address of the inner initiator's packets.
+    pub src: IpAddr,
+    /// Outer destination address of the inner initiator's packets.
+    pub dst: IpAddr,
+}
 
 /// The process that owns one end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +97,7 @@ impl FlowRecord {
             dst_bytes: None,
             src_tcp_flags: None,
             dst_tcp_flags: None,
+            tunnel: None,
         }
     }
 
@@ -126,4 +141,7 @@ pub struct FlowRecord {
     /// Union of the TCP flags each way sent.
     pub src_tcp_flags: Option<u8>,
     pub dst_tcp_flags: Option<u8>,
+    /// For the inner flow of a tunnel: the tunnel; None for every other flow (the tunnel's
+    /// own outer flow included).
+    pub tunnel: Option<Tunnel>,
 }

@@ -24,7 +24,9 @@ use foldhash::fast::RandomState;
 
 use crate::capture::parse::Packet;
 
-use super::record::{EndReason, FlowRecord};
+use super::record::{EndReason, FlowRecord, Tunnel};
+
+mod inner;
 
 const TCP: u8 = 6;
 const ICMP: u8 = 1;
@@ -57,6 +59,11 @@ impl Default for TableConfig {
 /// entry is a quarter smaller (the table's speed is mostly cache misses).
 trait Addr: Copy + Ord + Eq + std::fmt::Debug {
     fn ip(self) -> IpAddr;
+
+    /// The tunnel of a flow between `a` and `b` (initiator 0: `a`); None but for inner flows.
+    fn tunnel(_a: Self, _b: Self, _initiator: usize) -> Option<Tunnel> {
+        None
+    }
 }
 
 impl Addr for [u8; 4] {
@@ -274,6 +281,8 @@ pub struct FlowTable {
     since_sweep: u64,
     /// The latest packet time seen.
     latest_ns: u64,
+    /// Inner flows of tunnels.
+    tunnels: inner::Tunnels,
 }
 
 /// IPv4-mapped IPv6 addresses become IPv4, so both views of one peer agree.
@@ -323,6 +332,7 @@ fn record<A: Addr>(ctx: &Ctx, k: &Key<A>, e: &Entry, reason: EndReason) -> FlowR
         dst_bytes: Some(e.bytes[r]),
         src_tcp_flags: (k.proto == TCP).then_some(e.flags[i]),
         dst_tcp_flags: (k.proto == TCP).then_some(e.flags[r]),
+        tunnel: A::tunnel(k.a, k.b, i),
         ..FlowRecord::new(k.proto, ends[i], dst, ctx.source)
     }
 }
@@ -522,6 +532,7 @@ impl FlowTable {
             next_sweep_ns: 0,
             since_sweep: 0,
             latest_ns: 0,
+            tunnels: inner::Tunnels::default(),
         }
     }
 
@@ -530,7 +541,7 @@ impl FlowTable {
     }
 
     pub fn active(&self) -> usize {
-        self.v4.len() + self.v6.len()
+        self.v4.len() + self.v6.len() + self.tunnels.len()
     }
 
     /// Accounts one packet seen at `ts_ns`; flows that end are passed to `out`.
@@ -542,6 +553,9 @@ impl FlowTable {
             && self.since_sweep >= ((self.v4.capacity() + self.v6.capacity()) / 16) as u64
         {
             self.sweep(ts_ns, out);
+        }
+        if let Some(i) = &p.inner {
+            self.tunnel_packet(ts_ns, p, i, out);
         }
         let (src, dst) = (normalise(p.src), normalise(p.dst));
         let icmp = matches!(p.proto, ICMP | ICMPV6);
@@ -624,6 +638,7 @@ impl FlowTable {
         self.since_sweep = 0;
         sweep_map(&mut self.v4, &mut self.ctx, now_ns, out);
         sweep_map(&mut self.v6, &mut self.ctx, now_ns, out);
+        self.tunnels.sweep(&mut self.ctx, now_ns, out);
         let idle_timeout = self.ctx.cfg.idle_timeout_ns;
         self.fragments
             .retain(|_, (_, _, seen)| now_ns.saturating_sub(*seen) < idle_timeout);
@@ -634,6 +649,7 @@ impl FlowTable {
         let now = self.latest_ns;
         flush_map(&mut self.v4, &mut self.ctx, now, out);
         flush_map(&mut self.v6, &mut self.ctx, now, out);
+        self.tunnels.flush(&mut self.ctx, now, out);
         self.fragments.clear();
     }
 }
@@ -657,6 +673,7 @@ mod tests {
             ip_len: len,
             tcp_flags: flags,
             fragment: None,
+            inner: None,
         }
     }
 
