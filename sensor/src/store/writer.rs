@@ -223,9 +223,9 @@ impl WriterHandle {
 pub const INSERT: &str = "INSERT INTO flows (first_seen_ms, last_seen_ms, proto, src_ip, src_port,
     dst_ip, dst_port, src_payload_bytes, dst_payload_bytes, src_pid, src_comm, dst_pid,
     dst_comm, srtt_us, retransmits, end_reason, sources, src_packets, dst_packets, src_bytes,
-    dst_bytes, src_tcp_flags, dst_tcp_flags)
+    dst_bytes, src_tcp_flags, dst_tcp_flags, tunnel, tunnel_src_ip, tunnel_dst_ip, tunnel_id)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-    ?19, ?20, ?21, ?22, ?23)";
+    ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)";
 
 impl Writer {
     /// Starts the thread on an open connection (see [`super::open_for_writing`]).
@@ -634,7 +634,9 @@ fn insert_all<'a>(
     {
         let mut stmt = tx.prepare_cached(INSERT)?;
         let (mut src, mut dst) = (IpText::default(), IpText::default());
+        let (mut tsrc, mut tdst) = (IpText::default(), IpText::default());
         for f in batch {
+            let t = f.tunnel.as_ref();
             stmt.execute(params![
                 f.first_seen_ms,
                 f.last_seen_ms,
@@ -659,6 +661,10 @@ fn insert_all<'a>(
                 f.dst_bytes.map(|v| v as i64),
                 f.src_tcp_flags,
                 f.dst_tcp_flags,
+                t.map(|t| t.kind.as_str()),
+                t.map(|t| tsrc.format(t.src)),
+                t.map(|t| tdst.format(t.dst)),
+                t.and_then(|t| t.id),
             ])?;
         }
     }
