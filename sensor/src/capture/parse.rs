@@ -773,6 +773,7 @@ mod tests {
         for n in 0..=frame.len() {
             for link in LinkType::ALL {
                 let _ = parse(link, &frame[..n]);
+                let _ = parse_with(link, &frame[..n], true);
             }
         }
     }
@@ -1089,6 +1090,332 @@ mod tests {
         assert_eq!((p.proto, p.src_port, p.dst_port), (1, 0, 0x0303));
     }
 
+    /// IPv4 between the given addresses (no options).
+    fn ipv4_between(proto: u8, src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+        let mut p = ipv4(proto, 1, 0, payload, None);
+        p[12..16].copy_from_slice(&src);
+        p[16..20].copy_from_slice(&dst);
+        p
+    }
+
+    const IN_SRC: [u8; 4] = [10, 0, 0, 1];
+    const IN_DST: [u8; 4] = [10, 0, 0, 2];
+
+    fn inner_tcp() -> Vec<u8> {
+        ipv4_between(6, IN_SRC, IN_DST, &tcp(40000, 443, 0x02, b"hi"))
+    }
+
+    /// Outer Ethernet / IPv4 / UDP `sport` -> `dport` around `payload`.
+    fn over_udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        eth(ETH_IPV4, &ipv4(17, 7, 0, &udp(sport, dport, payload), None))
+    }
+
+    /// Decapsulated: the outer facts are those of `parse` without decapsulation, and the
+    /// inner part is there. Every prefix of the frame parses without panicking.
+    fn decap(frame: &[u8]) -> Inner {
+        let with = parse_with(LinkType::Ethernet, frame, true).unwrap();
+        let without = parse(LinkType::Ethernet, frame).unwrap();
+        assert_eq!(without.inner, None);
+        assert_eq!(
+            Packet {
+                inner: None,
+                ..with
+            },
+            without,
+            "outer facts unchanged"
+        );
+        for n in 0..=frame.len() {
+            let _ = parse_with(LinkType::Ethernet, &frame[..n], true);
+        }
+        with.inner.expect("an inner packet")
+    }
+
+    fn no_decap(frame: &[u8]) {
+        let p = parse_with(LinkType::Ethernet, frame, true).unwrap();
+        assert_eq!(p.inner, None, "{p:?}");
+    }
+
+    fn assert_inner_tcp(i: &Inner) {
+        assert_eq!((i.src, i.dst), (v4addr(IN_SRC), v4addr(IN_DST)));
+        assert_eq!(
+            (i.proto, i.src_port, i.dst_port, i.tcp_flags),
+            (6, 40000, 443, 0x02)
+        );
+        assert_eq!(i.ip_len, 20 + 20 + 2);
+    }
+
+    #[test]
+    fn fabricpath_inner_ethernet() {
+        let mut fp = vec![0x00, 0x21]; // FTag 2, TTL 1
+        fp.extend_from_slice(&MAC_DST);
+        fp.extend_from_slice(&MAC_SRC);
+        fp.extend_from_slice(&ETH_IPV4.to_be_bytes());
+        fp.extend_from_slice(&ipv4(17, 1, 0, &udp(53, 5353, b"x"), None));
+        let f = eth(ETH_FABRICPATH, &fp);
+        let p = parse(LinkType::Ethernet, &f).unwrap();
+        assert_eq!(
+            (p.src, p.proto, p.src_port, p.dst_port),
+            (v4addr(V4_SRC), 17, 53, 5353)
+        );
+        assert_eq!(p.ip_len, 29);
+        every_prefix(&f);
+        // The inner Ethernet header cut short.
+        assert_eq!(
+            parse(LinkType::Ethernet, &f[..14 + 15]),
+            Err(ParseError::Truncated {
+                layer: "FabricPath",
+                len: 29
+            })
+        );
+    }
+
+    /// NFLOG: header, a prefix TLV padded to 8, a timestamp-ish TLV, then the payload.
+    fn nflog_frame(family: u8, ip: &[u8], big_endian: bool) -> Vec<u8> {
+        let tlv = |len: u16, kind: u16| -> [u8; 4] {
+            let (l, k) = if big_endian {
+                (len.to_be_bytes(), kind.to_be_bytes())
+            } else {
+                (len.to_le_bytes(), kind.to_le_bytes())
+            };
+            [l[0], l[1], k[0], k[1]]
+        };
+        let mut f = vec![family, 0, 0, 42];
+        f.extend_from_slice(&tlv(5, 10)); // NFULA_PREFIX, 1 byte, padded
+        f.extend_from_slice(&[b'p', 0, 0, 0]);
+        f.extend_from_slice(&tlv(8, 1)); // NFULA_PACKET_HDR
+        f.extend_from_slice(&[0x08, 0x00, 1, 0]);
+        f.extend_from_slice(&tlv(4 + ip.len() as u16, 9));
+        f.extend_from_slice(ip);
+        f
+    }
+
+    #[test]
+    fn nflog_payload_tlv() {
+        assert_eq!(LinkType::from_linktype(239), Some(LinkType::Nflog));
+        let ip = ipv4(6, 1, 0, &tcp(1234, 80, 0x02, b""), None);
+        for be in [false, true] {
+            let f = nflog_frame(AF_INET, &ip, be);
+            let p = parse(LinkType::Nflog, &f).unwrap();
+            assert_eq!(
+                (p.src, p.proto, p.src_port, p.dst_port),
+                (v4addr(V4_SRC), 6, 1234, 80)
+            );
+            assert_eq!(p.ip_len, 40);
+            every_prefix(&f);
+        }
+        let ip6 = ipv6(17, &udp(1, 2, b"abc"));
+        let p = parse(LinkType::Nflog, &nflog_frame(AF_INET6, &ip6, false)).unwrap();
+        assert_eq!((p.src, p.src_port, p.ip_len), (v6addr(1), 1, 51));
+        // The family says IPv6, the payload is IPv4.
+        assert_eq!(
+            parse(LinkType::Nflog, &nflog_frame(AF_INET6, &ip, false)),
+            Err(ParseError::BadVersion { version: 4 })
+        );
+        // Neither IPv4 nor IPv6 (AF_BRIDGE).
+        assert_eq!(
+            parse(LinkType::Nflog, &nflog_frame(7, &ip, false)),
+            Err(ParseError::NotIp { ethertype: 7 })
+        );
+        // No payload TLV at all.
+        let mut f = nflog_frame(AF_INET, &ip, false);
+        f.truncate(4 + 8 + 8);
+        assert!(matches!(
+            parse(LinkType::Nflog, &f),
+            Err(ParseError::Truncated { layer: "NFLOG", .. })
+        ));
+    }
+
+    #[test]
+    fn vxlan_inner_ethernet_and_vni() {
+        let mut vx = vec![0x08, 0, 0, 0, 0x12, 0x34, 0x56, 0];
+        vx.extend_from_slice(&eth(ETH_IPV4, &inner_tcp()));
+        for port in [tunnel::UDP_VXLAN, tunnel::UDP_VXLAN_LINUX] {
+            let i = decap(&over_udp(50000, port, &vx));
+            assert_eq!((i.kind, i.id), (TunnelKind::Vxlan, Some(0x123456)));
+            assert_inner_tcp(&i);
+        }
+        // The port on the source side (a reply): still VXLAN.
+        assert_eq!(decap(&over_udp(4789, 50000, &vx)).kind, TunnelKind::Vxlan);
+        // I flag clear: not VXLAN.
+        let mut bad = vx.clone();
+        bad[0] = 0;
+        no_decap(&over_udp(50000, 4789, &bad));
+        // ARP inside: the outer packet only.
+        let mut arp = vx[..8].to_vec();
+        arp.extend_from_slice(&eth(0x0806, &[0, 1, 8, 0, 6, 4, 0, 1]));
+        no_decap(&over_udp(50000, 4789, &arp));
+    }
+
+    #[test]
+    fn geneve_with_options_raw_ipv6() {
+        let mut g = vec![0x02, 0x00]; // version 0, 2 words of options
+        g.extend_from_slice(&ETH_IPV6.to_be_bytes());
+        g.extend_from_slice(&[0, 0, 0x2A, 0]); // VNI 42
+        g.extend_from_slice(&[0xAA; 8]);
+        g.extend_from_slice(&ipv6(17, &udp(7000, 7001, b"x")));
+        let i = decap(&over_udp(12345, tunnel::UDP_GENEVE, &g));
+        assert_eq!((i.kind, i.id), (TunnelKind::Geneve, Some(42)));
+        assert_eq!(
+            (i.src, i.proto, i.src_port, i.dst_port),
+            (v6addr(1), 17, 7000, 7001)
+        );
+        assert_eq!(i.ip_len, 40 + 9);
+        // Transparent Ethernet inside.
+        let mut e = vec![0, 0];
+        e.extend_from_slice(&0x6558u16.to_be_bytes());
+        e.extend_from_slice(&[0, 0, 1, 0]);
+        e.extend_from_slice(&eth(ETH_IPV4, &inner_tcp()));
+        assert_inner_tcp(&decap(&over_udp(1, tunnel::UDP_GENEVE, &e)));
+        // Version 1: not decoded.
+        g[0] = 0x42;
+        no_decap(&over_udp(12345, tunnel::UDP_GENEVE, &g));
+    }
+
+    #[test]
+    fn gre_flags_key_and_payload_types() {
+        // Checksum, key and sequence present.
+        let mut g = vec![0xB0, 0x00];
+        g.extend_from_slice(&ETH_IPV4.to_be_bytes());
+        g.extend_from_slice(&[0; 4]); // checksum + reserved
+        g.extend_from_slice(&0xCAFE_0001u32.to_be_bytes()); // key
+        g.extend_from_slice(&7u32.to_be_bytes()); // sequence
+        g.extend_from_slice(&inner_tcp());
+        let f = eth(ETH_IPV4, &ipv4(47, 1, 0, &g, None));
+        let i = decap(&f);
+        assert_eq!((i.kind, i.id), (TunnelKind::Gre, Some(0xCAFE_0001)));
+        assert_inner_tcp(&i);
+
+        // Plain, IPv6 inside: no key.
+        let mut g6 = vec![0, 0];
+        g6.extend_from_slice(&ETH_IPV6.to_be_bytes());
+        g6.extend_from_slice(&ipv6(6, &tcp(1, 2, 0x10, b"")));
+        let i = decap(&eth(ETH_IPV4, &ipv4(47, 1, 0, &g6, None)));
+        assert_eq!(
+            (i.kind, i.id, i.src, i.dst_port),
+            (TunnelKind::Gre, None, v6addr(1), 2)
+        );
+
+        // Transparent Ethernet bridging.
+        let mut teb = vec![0x20, 0];
+        teb.extend_from_slice(&0x6558u16.to_be_bytes());
+        teb.extend_from_slice(&9u32.to_be_bytes());
+        teb.extend_from_slice(&eth(ETH_IPV4, &inner_tcp()));
+        let i = decap(&eth(ETH_IPV4, &ipv4(47, 1, 0, &teb, None)));
+        assert_eq!(i.id, Some(9));
+        assert_inner_tcp(&i);
+
+        // ERSPAN type II (0x88BE), PPTP's version 1, source routing: outer only.
+        for (flags, proto) in [(0x1000u16, 0x88BEu16), (0x3001, 0x880B), (0x4000, 0x0800)] {
+            let mut g = flags.to_be_bytes().to_vec();
+            g.extend_from_slice(&proto.to_be_bytes());
+            g.extend_from_slice(&[0; 8]);
+            g.extend_from_slice(&inner_tcp());
+            no_decap(&eth(ETH_IPV4, &ipv4(47, 1, 0, &g, None)));
+        }
+    }
+
+    #[test]
+    fn gtpu_extension_headers_and_teid() {
+        // Version 1, PT, E and S; G-PDU; one 4-byte extension header (PDU session container).
+        let mut g = vec![0x36, 0xFF];
+        let inner = inner_tcp();
+        g.extend_from_slice(&((4 + 4 + inner.len()) as u16).to_be_bytes());
+        g.extend_from_slice(&0x0102_0304u32.to_be_bytes());
+        g.extend_from_slice(&[0, 1, 0, 0x85]); // sequence 1, N-PDU 0, next: 0x85
+        g.extend_from_slice(&[1, 0x10, 0x05, 0]); // 1 word, next: none
+        g.extend_from_slice(&inner);
+        let i = decap(&over_udp(2152, tunnel::UDP_GTPU, &g));
+        assert_eq!((i.kind, i.id), (TunnelKind::Gtpu, Some(0x0102_0304)));
+        assert_inner_tcp(&i);
+        // No optional fields, IPv6 inside.
+        let mut g6 = vec![0x30, 0xFF, 0, 0];
+        g6.extend_from_slice(&5u32.to_be_bytes());
+        g6.extend_from_slice(&ipv6(58, &[128, 0, 0, 0, 0, 1, 0, 1]));
+        let i = decap(&over_udp(2152, 2152, &g6));
+        assert_eq!((i.id, i.proto, i.dst_port), (Some(5), 58, 0x8000));
+        // Echo request (type 1) and GTPv2: outer only. An extension header of 0 words: not
+        // decoded (it would never end).
+        let mut echo = g6.clone();
+        echo[1] = 1;
+        no_decap(&over_udp(2152, 2152, &echo));
+        let mut v2 = g6.clone();
+        v2[0] = 0x48;
+        no_decap(&over_udp(2152, 2152, &v2));
+        let mut zero = g.clone();
+        zero[12] = 0;
+        no_decap(&over_udp(2152, 2152, &zero));
+    }
+
+    #[test]
+    fn ip_in_ip_kinds() {
+        let inner6 = ipv6(17, &udp(30000, 13000, b"x"));
+        let cases = [
+            (
+                eth(ETH_IPV4, &ipv4(4, 1, 0, &inner_tcp(), None)),
+                TunnelKind::Ipip,
+            ),
+            (
+                eth(ETH_IPV4, &ipv4(41, 1, 0, &inner6, None)),
+                TunnelKind::SixIn4,
+            ),
+            (eth(ETH_IPV6, &ipv6(4, &inner_tcp())), TunnelKind::FourIn6),
+            (eth(ETH_IPV6, &ipv6(41, &inner6)), TunnelKind::SixIn6),
+        ];
+        for (f, kind) in cases {
+            let i = decap(&f);
+            assert_eq!((i.kind, i.id), (kind, None));
+            let want_port = if i.proto == 6 { 40000 } else { 30000 };
+            assert_eq!(i.src_port, want_port, "{kind:?}");
+        }
+        // Outer IPv6 with a Hop-by-Hop header before the tunnel.
+        let mut hop = hbh(4);
+        hop.extend_from_slice(&inner_tcp());
+        assert_inner_tcp(&decap(&eth(ETH_IPV6, &ipv6(0, &hop))));
+        // A later outer fragment: its payload is not a header.
+        let f = eth(ETH_IPV4, &ipv4(4, 1, 185, &inner_tcp(), None));
+        no_decap(&f);
+        // Inner IPv4 malformed: outer only.
+        let mut bad = inner_tcp();
+        bad[0] = 0x44;
+        no_decap(&eth(ETH_IPV4, &ipv4(4, 1, 0, &bad, None)));
+    }
+
+    #[test]
+    fn teredo_indicators() {
+        let inner6 = ipv6(58, &[128, 0, 0, 0, 0, 1, 0, 1]);
+        let mut origin = vec![0, 0, 0x12, 0x34, 1, 2, 3, 4];
+        origin.extend_from_slice(&inner6);
+        let mut auth = vec![0, 1, 2, 3, b'i', b'd', 1, 2, 3];
+        auth.extend_from_slice(&[0; 9]); // nonce and confirmation
+        auth.extend_from_slice(&origin);
+        for payload in [&inner6, &origin, &auth] {
+            let i = decap(&over_udp(tunnel::UDP_TEREDO, 3797, payload));
+            assert_eq!(
+                (i.kind, i.id, i.src, i.proto),
+                (TunnelKind::Teredo, None, v6addr(1), 58)
+            );
+        }
+        // IPv4 after the indicators: not Teredo.
+        let mut v4 = vec![0, 0, 0, 0, 0, 0, 0, 0];
+        v4.extend_from_slice(&inner_tcp());
+        no_decap(&over_udp(3544, 3797, &v4));
+    }
+
+    #[test]
+    fn unknown_linktype_names() {
+        assert_eq!(linktype_name(105), Some("IEEE802_11"));
+        assert_eq!(linktype_name(239), Some("NFLOG"));
+        assert_eq!(linktype_name(150), Some("USER0..USER15"));
+        assert_eq!(linktype_name(99_999), None);
+        // Every decoded link type has a name.
+        for n in [0, 1, 12, 14, 101, 108, 113, 228, 229, 239, 276] {
+            assert!(
+                LinkType::from_linktype(n).is_some() && linktype_name(n).is_some(),
+                "{n}"
+            );
+        }
+    }
+
     #[test]
     fn sctp_ports_and_other_protocols() {
         let mut sctp = Vec::new();
@@ -1322,7 +1649,7 @@ mod tests {
                 *b = next() as u8;
             }
             let len = (next() % 129) as usize;
-            match i % 6 {
+            match i % 8 {
                 0 => buf[12..14].copy_from_slice(&ETH_IPV6.to_be_bytes()),
                 1 => buf[12..14].copy_from_slice(&ETH_IPV4.to_be_bytes()),
                 2 => {
@@ -1334,10 +1661,27 @@ mod tests {
                     buf[0] = 0x60;
                     buf[6] = [0, 43, 44, 60, 51, 135][(next() % 6) as usize];
                 }
+                // Outer IPv4 (no options, whole frame) towards a tunnel.
+                5 | 6 => {
+                    buf[12..14].copy_from_slice(&ETH_IPV4.to_be_bytes());
+                    buf[14] = 0x45;
+                    buf[16..18].copy_from_slice(&0u16.to_be_bytes());
+                    buf[20..22].copy_from_slice(&0u16.to_be_bytes());
+                    buf[23] = [4, 41, 47, 17][(next() % 4) as usize];
+                    let port = [4789u16, 8472, 6081, 2152, 3544][(next() % 5) as usize];
+                    buf[36..38].copy_from_slice(&port.to_be_bytes());
+                    if i % 8 == 6 {
+                        // A plausible tunnel header's first bytes.
+                        buf[34] = [0x08, 0x00, 0x30, 0x36][(next() % 4) as usize];
+                        buf[42] = buf[34];
+                        buf[43] = 0xFF;
+                    }
+                }
                 _ => {}
             }
             for link in LinkType::ALL {
                 let _ = parse(link, &buf[..len]);
+                let _ = parse_with(link, &buf[..len], true);
             }
         }
     }
