@@ -203,3 +203,141 @@ fn evict(t: &mut Tunnels, ctx: &mut Ctx, out: &mut impl FnMut(FlowRecord)) {
         evict_one(&mut t.v6, ctx, out);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::flow::{EndReason, TableConfig};
+
+    const S: u64 = 1_000_000_000;
+
+    /// An outer VXLAN packet between `outer_src` and `outer_dst` carrying a TCP packet from
+    /// `src` to `dst` in VNI `vni`.
+    fn vxlan(outer: (&str, &str), vni: u32, src: &str, dst: &str, flags: u8, len: u32) -> Packet {
+        let s: SocketAddr = src.parse().unwrap();
+        let d: SocketAddr = dst.parse().unwrap();
+        // One outer UDP flow: the lower tunnel end's port is 50000, the other's 4789.
+        let (src_port, dst_port) = if outer.0 < outer.1 {
+            (50000, 4789)
+        } else {
+            (4789, 50000)
+        };
+        Packet {
+            src: outer.0.parse().unwrap(),
+            dst: outer.1.parse().unwrap(),
+            proto: 17,
+            src_port,
+            dst_port,
+            ip_len: len + 50,
+            tcp_flags: 0,
+            fragment: None,
+            inner: Some(Inner {
+                kind: TunnelKind::Vxlan,
+                id: Some(vni),
+                src: s.ip(),
+                dst: d.ip(),
+                proto: TCP,
+                src_port: s.port(),
+                dst_port: d.port(),
+                ip_len: len,
+                tcp_flags: flags,
+                fragment: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn inner_flows_apart_by_vni_beside_the_outer_flow() {
+        let mut t = FlowTable::new(TableConfig::default(), "file");
+        let mut out = Vec::new();
+        let (o1, o2) = ("192.0.2.1", "192.0.2.2");
+        // The same tenant tuple in VNI 10 and VNI 20; the reply of VNI 10 comes first, from
+        // the other tunnel end.
+        let a = "10.0.0.1:40000";
+        let b = "10.0.0.2:443";
+        for (ts, p) in [
+            (S, vxlan((o2, o1), 10, b, a, SYN | ACK, 60)),
+            (S, vxlan((o1, o2), 10, a, b, ACK, 52)),
+            (S, vxlan((o1, o2), 20, a, b, SYN, 60)),
+            (2 * S, vxlan((o1, o2), 20, a, b, ACK, 40)),
+        ] {
+            t.packet(ts, &p, &mut |r| out.push(r));
+        }
+        assert_eq!(t.active(), 3, "one outer flow, two inner");
+        t.flush_all(&mut |r| out.push(r));
+        let outer: Vec<_> = out.iter().filter(|r| r.tunnel.is_none()).collect();
+        assert_eq!(outer.len(), 1);
+        // Outer counts as without decapsulation: the first packet's sender initiated.
+        assert_eq!(outer[0].src.ip().to_string(), o2);
+        assert_eq!(
+            (outer[0].src_packets, outer[0].dst_packets),
+            (Some(1), Some(3))
+        );
+        assert_eq!(
+            (outer[0].src_bytes, outer[0].dst_bytes),
+            (Some(110), Some(102 + 110 + 90))
+        );
+        let inner = |vni| {
+            out.iter()
+                .find(|r| r.tunnel.is_some_and(|t| t.id == Some(vni)))
+                .unwrap_or_else(|| panic!("no flow in VNI {vni}: {out:?}"))
+        };
+        let v10 = inner(10);
+        // Initiator from the SYN-ACK: a; its packets went o1 -> o2, though the first packet
+        // seen was b's, o2 -> o1.
+        assert_eq!(v10.src, a.parse().unwrap());
+        assert_eq!(v10.dst, b.parse().unwrap());
+        let t10 = v10.tunnel.unwrap();
+        assert_eq!(t10.kind, TunnelKind::Vxlan);
+        assert_eq!(
+            (t10.src.to_string(), t10.dst.to_string()),
+            (o1.into(), o2.into())
+        );
+        assert_eq!((v10.src_packets, v10.dst_packets), (Some(1), Some(1)));
+        assert_eq!((v10.src_bytes, v10.dst_bytes), (Some(52), Some(60)));
+        assert_eq!(v10.src_tcp_flags, Some(ACK));
+        let v20 = inner(20);
+        assert_eq!((v20.src_packets, v20.dst_packets), (Some(2), Some(0)));
+        assert_eq!(v20.src_bytes, Some(100));
+        assert_eq!(v20.end_reason, EndReason::Shutdown);
+        assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn inner_flows_time_out_and_count_towards_max_flows() {
+        let cfg = TableConfig {
+            max_flows: 2,
+            ..TableConfig::default()
+        };
+        let mut t = FlowTable::new(cfg, "file");
+        let mut out = Vec::new();
+        let o = ("192.0.2.1", "192.0.2.2");
+        t.packet(
+            S,
+            &vxlan(o, 1, "10.0.0.1:1", "10.0.0.2:2", ACK, 40),
+            &mut |r| out.push(r),
+        );
+        assert_eq!(t.active(), 2);
+        // A second inner flow: the table is full, an inner flow makes room.
+        t.packet(
+            S,
+            &vxlan(o, 2, "10.0.0.1:1", "10.0.0.2:2", ACK, 40),
+            &mut |r| out.push(r),
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].end_reason, EndReason::Evicted);
+        assert_eq!(out[0].tunnel.map(|t| t.id), Some(Some(1)));
+        // Idle past the timeout: both the outer and the inner flow end as idle.
+        t.sweep(S + cfg.idle_timeout_ns, &mut |r| out.push(r));
+        assert_eq!(t.active(), 0);
+        assert_eq!(out.len(), 3);
+        assert!(
+            out[1..]
+                .iter()
+                .all(|r| r.end_reason == EndReason::IdleTimeout)
+        );
+        assert_eq!(out[1..].iter().filter(|r| r.tunnel.is_some()).count(), 1);
+    }
+}
