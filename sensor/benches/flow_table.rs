@@ -47,6 +47,7 @@ fn packets(n: usize, flows: u32) -> Vec<Packet> {
                 tcp_flags: 0x10,
                 tcp_seq: 0,
                 fragment: None,
+                inner: None,
             }
         })
         .collect()

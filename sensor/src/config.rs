@@ -105,6 +105,10 @@ pub struct Config {
     pub tcp_close_linger_ms: u64,
     /// Most packet flows held at once; beyond it the least recently active are evicted.
     pub max_flows: usize,
+    /// Decapsulate tunnels (VXLAN, Geneve, GRE, GTP-U, IP-in-IP, 6in4, 4in6, Teredo): the
+    /// first inner connection becomes a flow of its own, with the tunnel and its outer
+    /// addresses, beside the outer flow (counted as without it). Off: outer flows only.
+    pub decap: bool,
     /// Interfaces to capture packets on; `["all"]` (the default) for every interface that
     /// is up; empty for none (the kernel's connection view only).
     pub interfaces: Vec<String>,
@@ -223,6 +227,7 @@ impl Default for Config {
             active_timeout_ms: 300_000,
             tcp_close_linger_ms: 60_000,
             max_flows: 1 << 20,
+            decap: true,
             interfaces: vec!["all".to_string()],
             capture_queue_packets: 1 << 16,
             capture_buffer_bytes: 8 << 20,
@@ -502,6 +507,7 @@ mod example_file {
         assert_eq!(c.active_timeout_ms, d.active_timeout_ms);
         assert_eq!(c.tcp_close_linger_ms, d.tcp_close_linger_ms);
         assert_eq!(c.max_flows, d.max_flows);
+        assert_eq!(c.decap, d.decap);
         assert_eq!(c.interfaces, d.interfaces);
         assert_eq!(c.capture_queue_packets, d.capture_queue_packets);
         assert_eq!(c.capture_buffer_bytes, d.capture_buffer_bytes);

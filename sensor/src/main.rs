@@ -75,6 +75,9 @@ enum Command {
         /// Don't look up the flows' addresses (geo, ASN, reverse DNS, threat lists).
         #[arg(long)]
         no_enrich: bool,
+        /// Don't decapsulate tunnels (the config's `decap = false`): outer flows only.
+        #[arg(long)]
+        no_decap: bool,
         /// Write every metric's final value to FILE when done.
         #[arg(long, value_name = "FILE")]
         metrics_on_exit: Option<PathBuf>,
@@ -287,6 +290,7 @@ fn main() -> ExitCode {
             db,
             config,
             no_enrich,
+            no_decap,
             metrics_on_exit,
             files,
         } => {
@@ -296,6 +300,9 @@ fn main() -> ExitCode {
             };
             if no_enrich {
                 cfg.enrich.enabled = false;
+            }
+            if no_decap {
+                cfg.decap = false;
             }
             if metrics_on_exit.is_some() {
                 cfg.metrics_on_exit = metrics_on_exit;

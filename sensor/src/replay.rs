@@ -27,6 +27,12 @@ pub enum ReplayError {
     /// The flows read before the damage were kept.
     #[error("{0} (flows read before it were kept)")]
     File(#[from] FileError),
+    /// Several files were given and some could not be read in full; each was logged as it
+    /// happened and the others were read.
+    #[error(
+        "{failed} of {files} files could not be read in full (each named above); the flows read were kept"
+    )]
+    Files { failed: usize, files: usize },
     #[error(transparent)]
     Enrich(#[from] crate::enrich::EnrichError),
 }
@@ -46,7 +52,9 @@ pub struct ReplaySummary {
     pub enrich_shed: u64,
 }
 
-/// Replays `files` in order into the database `cfg.db_path`.
+/// Replays `files` in order into the database `cfg.db_path`. A file that cannot be read in
+/// full (damaged, or of a link type not decoded) is an error, but the files after it are
+/// still read: one bad file must not hide the rest.
 pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplaySummary, ReplayError> {
     let conn = store::open_for_writing(&cfg.db_path)?;
     let metrics = crate::metrics::Metrics::new();
@@ -73,13 +81,15 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplaySummary, ReplayEr
         None => None,
     };
     let mut summary = ReplaySummary::default();
-    let mut result = Ok(());
+    let mut failures: Vec<FileError> = Vec::new();
     for path in files {
         match replay_one(cfg, path, &writer, &mut summary) {
             Ok(()) => summary.files += 1,
             Err(e) => {
-                result = Err(e);
-                break;
+                if files.len() > 1 {
+                    tracing::error!("{e} (flows read before it were kept)");
+                }
+                failures.push(e);
             }
         }
     }
@@ -94,7 +104,14 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplaySummary, ReplayEr
     summary.flows = store_stats.rows_written.load(Ordering::Relaxed);
     summary.store_dropped = store_stats.queue_dropped.load(Ordering::Relaxed)
         + store_stats.write_failed.load(Ordering::Relaxed);
-    result.map(|()| summary).map_err(ReplayError::from)
+    match failures.len() {
+        0 => Ok(summary),
+        1 if files.len() == 1 => Err(ReplayError::File(failures.remove(0))),
+        failed => Err(ReplayError::Files {
+            failed,
+            files: files.len(),
+        }),
+    }
 }
 
 fn replay_one(
@@ -130,7 +147,7 @@ fn replay_one(
     });
     let r = file::read(path, |ts_ns, link, frame| {
         bytes += frame.len() as u64 + 16;
-        match parse::parse(link, frame) {
+        match parse::parse_with(link, frame, cfg.decap) {
             Ok(p) => table.packet(ts_ns, &p, &mut emit),
             Err(ParseError::NotIp { .. }) => summary.not_ip += 1,
             Err(_) => summary.malformed += 1,
@@ -180,12 +197,12 @@ fn replay_one(
         secs = format!("{:.4}", started.elapsed().as_secs_f64()),
         "replayed"
     );
-    if stats.unsupported_link > 0 {
-        tracing::warn!(
-            file = %path.display(),
-            packets = stats.unsupported_link,
-            "packets on interfaces of a link type we do not decode were skipped"
-        );
+    if let Some(linktype) = stats.unsupported_linktype {
+        return Err(FileError::UnsupportedLink {
+            path: path.to_path_buf(),
+            linktype,
+            packets: stats.unsupported_link,
+        });
     }
     Ok(())
 }

@@ -178,6 +178,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         let live = LiveCapture::start(
             capture_ifaces,
             cfg.capture_buffer_bytes,
+            cfg.decap,
             tx,
             Some(metrics.heartbeat("capture")),
         )?;

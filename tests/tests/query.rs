@@ -19,7 +19,7 @@ use common::{sensor_bin, temp_dir};
 use rusqlite::{Connection, params, types::Value};
 
 /// The export's columns, in the order scripts rely on.
-const COLUMNS: [&str; 36] = [
+const COLUMNS: [&str; 40] = [
     "first_seen_ms",
     "last_seen_ms",
     "proto",
@@ -56,6 +56,10 @@ const COLUMNS: [&str; 36] = [
     "dst_as_org",
     "dst_hostname",
     "dst_threat",
+    "tunnel",
+    "tunnel_src_ip",
+    "tunnel_dst_ip",
+    "tunnel_id",
 ];
 
 /// The export as the test reads it straight from the database: both ends joined from
@@ -68,7 +72,8 @@ const REFERENCE_SQL: &str = "SELECT f.first_seen_ms, f.last_seen_ms, f.proto, f.
          ELSE ifnull(f.src_tcp_flags, 0) | ifnull(f.dst_tcp_flags, 0) END, \
     f.src_tcp_flags, f.dst_tcp_flags, f.sources, \
     s.country, s.city, s.asn, s.as_org, s.hostname, s.threat, \
-    d.country, d.city, d.asn, d.as_org, d.hostname, d.threat \
+    d.country, d.city, d.asn, d.as_org, d.hostname, d.threat, \
+    f.tunnel, f.tunnel_src_ip, f.tunnel_dst_ip, f.tunnel_id \
     FROM flows f LEFT JOIN ip_info s ON s.ip = f.src_ip LEFT JOIN ip_info d ON d.ip = f.dst_ip \
     ORDER BY f.first_seen_ms, f.id";
 
@@ -381,6 +386,14 @@ fn synthetic_db(name: &str) -> Db {
             .unwrap();
         }
     }
+    // Some flows are a tunnel's inner flows: the tunnel columns come last in every format.
+    tx.execute_batch(
+        "UPDATE flows SET tunnel = 'vxlan', tunnel_src_ip = '192.0.2.250', \
+         tunnel_dst_ip = '2001:db8::fe', tunnel_id = 4242 WHERE id % 7 = 0;
+         UPDATE flows SET tunnel = 'ipip', tunnel_src_ip = '198.51.100.250', \
+         tunnel_dst_ip = '198.51.100.251' WHERE id % 7 = 3;",
+    )
+    .unwrap();
     tx.commit().unwrap();
     drop(conn);
     let (flows, info) = read_back(&path);
@@ -562,6 +575,17 @@ fn every_export_format_holds_the_database_rows() {
     assert!(array.iter().all(|o| o["first_seen_ms"].is_i64()));
     assert!(array.iter().any(|o| o["src_packets"].is_null()));
     assert!(array.iter().any(|o| o["src_country"].is_string()));
+    assert!(
+        array
+            .iter()
+            .any(|o| o["tunnel_id"] == 4242 && o["tunnel"] == "vxlan")
+    );
+    assert!(
+        array
+            .iter()
+            .any(|o| o["tunnel"] == "ipip" && o["tunnel_id"].is_null())
+    );
+    assert!(array.iter().any(|o| o["tunnel"].is_null()));
 }
 
 /// `t` (Unix ms) in RFC 3339, by date(1).

@@ -119,3 +119,53 @@ fn malformed_packets_are_counted_and_skipped() {
     assert!(err.contains("packets=2"), "{err}");
     assert_eq!(rows(&db), 1, "the good packet's flow");
 }
+
+/// A file of a link type the parser does not decode is an error naming the file and the
+/// link type, not zero rows; the good file given after it is still read and stored, and
+/// the exit status says something failed.
+#[test]
+fn unsupported_link_type_names_file_and_type_and_the_rest_is_read() {
+    let dir = temp_dir("linktype");
+    let good = data("four_ipv6_http_streams.pcap");
+    let mut bytes = std::fs::read(&good).expect("read");
+    // The pcap header's link type (bytes 20..24, little-endian here): 802.11.
+    assert_eq!(
+        &bytes[..4],
+        &0xa1b2_c3d4u32.to_le_bytes(),
+        "a little-endian pcap"
+    );
+    bytes[20..24].copy_from_slice(&105u32.to_le_bytes());
+    let bad = dir.join("wifi.pcap");
+    std::fs::write(&bad, &bytes).expect("write");
+    let db = dir.join("f.db");
+    let out = Command::new(sensor_bin())
+        .args(["replay", "--no-enrich", "--db"])
+        .arg(&db)
+        .arg(&bad)
+        .arg(&good)
+        .output()
+        .expect("run sensor replay");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(bad.to_str().unwrap()), "names the file: {err}");
+    assert!(err.contains("link type 105 (IEEE802_11)"), "{err}");
+    assert!(err.contains("1 of 2 files"), "{err}");
+    // The good file's flows, and only its: the bad one gave none.
+    let alone = dir.join("alone.db");
+    let (code, e) = replay(&alone, &good);
+    assert_eq!(code, Some(0), "{e}");
+    assert!(rows(&alone) > 0);
+    assert_eq!(
+        rows(&db),
+        rows(&alone),
+        "the good file after the bad one is stored"
+    );
+
+    // Alone, the bad file fails the same way.
+    let (code, err) = replay(&dir.join("g.db"), &bad);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("link type 105 (IEEE802_11)") && err.contains("wifi.pcap"),
+        "{err}"
+    );
+}

@@ -7,6 +7,11 @@
 //! tshark dissects each frame (`-T fields`); this test only adds up its answers. IPv4
 //! fragments are attributed to their datagram's conversation by (src, dst, proto, id), as
 //! IPFIX counts them (tshark's reassembly is turned off so every fragment is a frame).
+//!
+//! Tunnels: the outer conversations above are compared with the sensor's outer flows
+//! (`tunnel IS NULL`) on every capture, tunnels included; on the captures under
+//! `data/tunnels/` the inner conversations (tshark's second IP layer inside a tunnel) must
+//! equal the sensor's inner flows too, with the tunnel's kind, id and outer addresses.
 mod common;
 
 use std::{
@@ -16,7 +21,9 @@ use std::{
 
 use common::{
     sensor_bin, skip, temp_dir,
-    tshark::{identity_problems, sensor_convs, tshark_convs},
+    tshark::{
+        identity_problems, sensor_convs, sensor_inner_convs, tshark_convs, tshark_inner_convs,
+    },
 };
 
 fn captures_under(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -115,6 +122,111 @@ fn compare_all(root: &Path, name: &str) -> usize {
         failures.join("\n")
     );
     files.len()
+}
+
+/// Replays `file` into `db` with `extra` arguments; panics naming the file on failure.
+fn replay(db: &Path, file: &Path, extra: &[&str]) {
+    let out = Command::new(sensor_bin())
+        .args(["replay", "--no-enrich"])
+        .args(extra)
+        .arg("--db")
+        .arg(db)
+        .arg(file)
+        .output()
+        .expect("run sensor replay");
+    assert!(
+        out.status.success(),
+        "sensor replay failed on {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn tunnel_captures() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    captures_under(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tunnels"),
+        &mut files,
+    );
+    files.sort();
+    assert!(
+        files.len() >= 10,
+        "the tunnel captures are missing: {files:?}"
+    );
+    files
+}
+
+#[test]
+fn tunnel_inner_flows_match_tshark() {
+    if !have_tshark() {
+        skip(
+            "tunnel_inner_flows_match_tshark",
+            "tshark is not installed (cargo xtask setup installs it)",
+        );
+        return;
+    }
+    let dir = temp_dir("tshark-inner");
+    let mut failures = Vec::new();
+    let mut kinds = std::collections::BTreeSet::new();
+    for file in tunnel_captures() {
+        let want = tshark_inner_convs(&file);
+        assert!(
+            !want.is_empty(),
+            "{}: tshark sees no tunnel in it",
+            file.display()
+        );
+        let db = dir.join(format!(
+            "{}.db",
+            file.file_name().expect("name").to_string_lossy()
+        ));
+        replay(&db, &file, &[]);
+        let got = sensor_inner_convs(&db);
+        kinds.extend(got.keys().map(|k| k.0.clone()));
+        if want != got {
+            failures.push(format!(
+                "{}:\n  tshark {want:?}\n  sensor {got:?}",
+                file.display()
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    for kind in [
+        "vxlan", "geneve", "gre", "gtpu", "ipip", "6in4", "4in6", "6in6", "teredo",
+    ] {
+        assert!(kinds.contains(kind), "no {kind} flow among {kinds:?}");
+    }
+}
+
+/// `--no-decap`: the same outer flows, and not one inner flow.
+#[test]
+fn decap_off_keeps_outer_flows_only() {
+    let dir = temp_dir("no-decap");
+    for file in tunnel_captures() {
+        let name = file
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let (on, off) = (
+            dir.join(format!("{name}.on.db")),
+            dir.join(format!("{name}.off.db")),
+        );
+        replay(&on, &file, &[]);
+        replay(&off, &file, &["--no-decap"]);
+        assert_eq!(sensor_convs(&on), sensor_convs(&off), "{name}");
+        assert!(!sensor_inner_convs(&on).is_empty(), "{name}: no inner flow");
+        let conn = rusqlite::Connection::open(&off).expect("open");
+        let inner: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM flows WHERE tunnel IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(inner, 0, "{name}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn have_tshark() -> bool {

@@ -33,6 +33,23 @@ pub enum FileError {
     },
     #[error("{path}: truncated: the block at byte {offset} ends past the end of the file")]
     Truncated { path: PathBuf, offset: u64 },
+    /// Packets on an interface whose link type the parser does not decode: the file was
+    /// read to its end (packets of other interfaces counted) but is not what it seemed.
+    #[error("{path}: link type {} is not decoded: {packets} packets skipped", describe_linktype(*.linktype))]
+    UnsupportedLink {
+        path: PathBuf,
+        /// The pcap LINKTYPE_ number (of the first such interface).
+        linktype: u32,
+        packets: u64,
+    },
+}
+
+/// `147`, or `105 (IEEE802_11)` when the number has a well-known name.
+fn describe_linktype(n: u32) -> String {
+    match super::parse::linktype_name(n) {
+        Some(name) => format!("{n} ({name})"),
+        None => n.to_string(),
+    }
 }
 
 /// What reading one file found, beside the packets.
@@ -42,12 +59,16 @@ pub struct FileStats {
     pub bytes_read: u64,
     /// Packets on interfaces whose link type we do not decode.
     pub unsupported_link: u64,
+    /// The link type number of the first of those packets.
+    pub unsupported_linktype: Option<u32>,
 }
 
 /// One interface of a pcapng section (or the whole of a pcap file).
 #[derive(Debug, Clone, Copy)]
 struct Iface {
     link: Option<LinkType>,
+    /// The LINKTYPE_ number, for the report when `link` is None.
+    linktype: u32,
     /// Timestamp units per second.
     resolution: u64,
     offset_s: i64,
@@ -98,6 +119,7 @@ pub fn read(
                     PcapBlockOwned::LegacyHeader(h) => {
                         ifaces = vec![Iface {
                             link: LinkType::from_linktype(h.network.0 as u32),
+                            linktype: h.network.0 as u32,
                             resolution: if h.is_nanosecond_precision() {
                                 1_000_000_000
                             } else {
@@ -123,6 +145,7 @@ pub fn read(
                     PcapBlockOwned::NG(Block::InterfaceDescription(idb)) => {
                         ifaces.push(Iface {
                             link: LinkType::from_linktype(idb.linktype.0 as u32),
+                            linktype: idb.linktype.0 as u32,
                             resolution: build_ts_resolution(idb.if_tsresol).unwrap_or(1_000_000),
                             offset_s: idb.if_tsoffset,
                         });
@@ -219,6 +242,11 @@ fn deliver(
     stats.packets += 1;
     match iface.and_then(|i| i.link.map(|l| (l, i.resolution))) {
         Some((link, res)) => on_packet(ts_ns(res.max(1)), link, data),
-        None => stats.unsupported_link += 1,
+        None => {
+            stats.unsupported_link += 1;
+            if stats.unsupported_linktype.is_none() {
+                stats.unsupported_linktype = iface.map(|i| i.linktype);
+            }
+        }
     }
 }

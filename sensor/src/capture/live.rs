@@ -216,10 +216,12 @@ fn packet_statistics(fd: i32) -> Option<(u32, u32)> {
 }
 
 impl LiveCapture {
-    /// Starts one capture thread per interface.
+    /// Starts one capture thread per interface; `decap`: tunnels' inner packets too (see
+    /// [`super::tunnel`]).
     pub fn start(
         interfaces: Vec<NetworkInterface>,
         buffer_bytes: usize,
+        decap: bool,
         tx: SyncSender<Captured>,
         heartbeat: Option<Heartbeat>,
     ) -> Result<Self, CaptureError> {
@@ -280,7 +282,7 @@ impl LiveCapture {
                             Ok(frame) => {
                                 stats.packets.fetch_add(1, Ordering::Relaxed);
                                 stats.bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
-                                match parse::parse(link, frame) {
+                                match parse::parse_with(link, frame, decap) {
                                     Ok(p) => match tx.try_send((now_ns(), p)) {
                                         Ok(()) => {
                                             stats.handed_off.fetch_add(1, Ordering::Relaxed);

@@ -5,10 +5,15 @@
 //! This runs once per packet on the aggregation hot path, so it borrows the frame
 //! (`&[u8]`, zero-copy), never allocates and never panics: every read is bounds-checked
 //! and any input, however malformed or truncated, yields `Ok` or a [`ParseError`].
-//! Tunnels (GRE, IP-in-IP, VXLAN...) are deliberately not decoded: the outer packet is
-//! the flow.
+//! The outer packet is always the flow; with decapsulation on ([`parse_with`]), a tunnel's
+//! first inner packet is decoded too, into [`Packet::inner`] (see [`super::tunnel`] for the
+//! rule). The test for a tunnel is one match on the protocol and ports, so other packets
+//! pay nothing more.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::tunnel;
+pub use super::tunnel::{Inner, TunnelKind};
 
 /// Link-layer framing of a capture, by the pcap LINKTYPE_ numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,11 +35,14 @@ pub enum LinkType {
     Null,
     /// LINKTYPE_LOOP (108): like [`LinkType::Null`] but the family is big-endian.
     Loop,
+    /// LINKTYPE_NFLOG (239): Linux netfilter log messages: a 4-byte header (address family,
+    /// version, resource id), then TLVs; the packet is the NFULA_PAYLOAD TLV, raw IP.
+    Nflog,
 }
 
 impl LinkType {
     /// Every link type this parser decodes.
-    pub const ALL: [LinkType; 8] = [
+    pub const ALL: [LinkType; 9] = [
         LinkType::Ethernet,
         LinkType::Raw,
         LinkType::Ipv4,
@@ -43,6 +51,7 @@ impl LinkType {
         LinkType::LinuxSll2,
         LinkType::Null,
         LinkType::Loop,
+        LinkType::Nflog,
     ];
 
     /// From a pcap/pcapng link type number; None for ones we do not decode.
@@ -56,10 +65,53 @@ impl LinkType {
             113 => Self::LinuxSll,
             228 => Self::Ipv4,
             229 => Self::Ipv6,
+            239 => Self::Nflog,
             276 => Self::LinuxSll2,
             _ => return None,
         })
     }
+}
+
+/// The LINKTYPE_ name of a link type number, for the ones a user may meet (tcpdump.org's
+/// link-layer header types list); None for the rest.
+pub fn linktype_name(n: u32) -> Option<&'static str> {
+    Some(match n {
+        0 => "NULL",
+        1 => "ETHERNET",
+        6 => "IEEE802_5",
+        8 => "SLIP",
+        9 => "PPP",
+        10 => "FDDI",
+        12 | 14 | 101 => "RAW",
+        50 => "PPP_HDLC",
+        51 => "PPP_ETHER",
+        104 => "C_HDLC",
+        105 => "IEEE802_11",
+        107 => "FRELAY",
+        108 => "LOOP",
+        113 => "LINUX_SLL",
+        119 => "IEEE802_11_PRISM",
+        127 => "IEEE802_11_RADIOTAP",
+        147..=162 => "USER0..USER15",
+        163 => "IEEE802_11_AVS",
+        187 => "BLUETOOTH_HCI_H4",
+        189 => "USB_LINUX",
+        192 => "PPI",
+        195 => "IEEE802_15_4_WITHFCS",
+        197 => "ERF",
+        201 => "BLUETOOTH_HCI_H4_WITH_PHDR",
+        215 => "IEEE802_15_4_NONASK_PHY",
+        220 => "USB_LINUX_MMAPPED",
+        227 => "CAN_SOCKETCAN",
+        228 => "IPV4",
+        229 => "IPV6",
+        239 => "NFLOG",
+        249 => "USBPCAP",
+        251 => "BLUETOOTH_LE_LL",
+        252 => "WIRESHARK_UPPER_PDU",
+        276 => "LINUX_SLL2",
+        _ => return None,
+    })
 }
 
 /// IPv4 fragment facts: non-first fragments carry no transport header; the flow table
@@ -103,6 +155,8 @@ pub struct Packet {
     /// Set for IPv4 packets with MF set or a non-zero offset, and for every IPv6 packet with
     /// a Fragment extension header.
     pub fragment: Option<Fragment>,
+    /// The first inner packet of a tunnel, when decapsulation is on and this is one.
+    pub inner: Option<Inner>,
 }
 
 /// Why a frame could not be decoded. `len` in [`ParseError::Truncated`] is the whole frame's
@@ -113,7 +167,7 @@ pub enum ParseError {
     #[error("frame too short for {layer} header: {len} bytes")]
     Truncated {
         /// Which header: "Ethernet", "VLAN", "MPLS", "PPPoE", "SLL", "SLL2", "loopback",
-        /// "IP", "IPv4", "IPv6", "IPv6 extension", "IPv6 fragment".
+        /// "IP", "IPv4", "IPv6", "IPv6 extension", "IPv6 fragment", "FabricPath", "NFLOG".
         layer: &'static str,
         /// Captured length of the whole frame.
         len: usize,
@@ -154,6 +208,9 @@ const ETH_QINQ: u16 = 0x88A8;
 const ETH_VLAN_OLD: u16 = 0x9100;
 const ETH_MPLS: u16 = 0x8847;
 const ETH_PPPOE: u16 = 0x8864;
+/// Cisco FabricPath: the outer header's ethertype, then a 2-byte FTag/TTL, then the whole
+/// inner Ethernet header (Wireshark's `cfp` dissector).
+const ETH_FABRICPATH: u16 = 0x8903;
 
 const PROTO_ICMP: u8 = 1;
 const PROTO_TCP: u8 = 6;
@@ -161,29 +218,36 @@ const PROTO_UDP: u8 = 17;
 const PROTO_ICMPV6: u8 = 58;
 const PROTO_SCTP: u8 = 132;
 
-/// Parses one frame. `Err(NotIp)` is not a malformed packet (ARP, LLDP...): callers count it
-/// separately from the other errors.
+/// Parses one frame, tunnels not decapsulated. `Err(NotIp)` is not a malformed packet (ARP,
+/// LLDP...): callers count it separately from the other errors.
 #[inline]
 pub fn parse(link: LinkType, frame: &[u8]) -> Result<Packet, ParseError> {
+    parse_with(link, frame, false)
+}
+
+/// Parses one frame; with `decap`, a tunnel's inner packet goes in [`Packet::inner`].
+#[inline]
+pub fn parse_with(link: LinkType, frame: &[u8], decap: bool) -> Result<Packet, ParseError> {
+    let d = decap;
     match link {
         LinkType::Ethernet => {
             let et = be16(frame, 12).ok_or_else(|| truncated("Ethernet", frame))?;
-            ethertype(frame, 14, et)
+            ethertype(frame, 14, et, d)
         }
-        LinkType::Raw => ip_any(frame, 0),
-        LinkType::Ipv4 => ipv4(frame, 0),
-        LinkType::Ipv6 => ipv6(frame, 0),
+        LinkType::Raw => ip_any(frame, 0, d),
+        LinkType::Ipv4 => ipv4(frame, 0, d),
+        LinkType::Ipv6 => ipv6(frame, 0, d),
         LinkType::LinuxSll => {
             // The header is fixed-size: the protocol type is its last field.
             let et = be16(frame, 14).ok_or_else(|| truncated("SLL", frame))?;
-            ethertype(frame, 16, et)
+            ethertype(frame, 16, et, d)
         }
         LinkType::LinuxSll2 => {
             if frame.len() < 20 {
                 return Err(truncated("SLL2", frame));
             }
             let et = be16(frame, 0).ok_or_else(|| truncated("SLL2", frame))?;
-            ethertype(frame, 20, et)
+            ethertype(frame, 20, et, d)
         }
         LinkType::Null => {
             let b = *bytes::<4>(frame, 0).ok_or_else(|| truncated("loopback", frame))?;
@@ -191,12 +255,71 @@ pub fn parse(link: LinkType, frame: &[u8]) -> Result<Packet, ParseError> {
             // whichever reading fits in 16 bits is the right one.
             let le = u32::from_le_bytes(b);
             let af = if le <= 0xFFFF { le } else { le.swap_bytes() };
-            loopback(frame, af)
+            loopback(frame, af, d)
         }
         LinkType::Loop => {
             let b = *bytes::<4>(frame, 0).ok_or_else(|| truncated("loopback", frame))?;
-            loopback(frame, u32::from_be_bytes(b))
+            loopback(frame, u32::from_be_bytes(b), d)
         }
+        LinkType::Nflog => nflog(frame, d),
+    }
+}
+
+/// The inner packets of tunnels: IPv4, IPv6, by version nibble, or an Ethernet frame; never
+/// decapsulated further.
+pub(super) fn inner_ipv4(b: &[u8], off: usize) -> Result<Packet, ParseError> {
+    ipv4(b, off, false)
+}
+
+pub(super) fn inner_ipv6(b: &[u8], off: usize) -> Result<Packet, ParseError> {
+    ipv6(b, off, false)
+}
+
+pub(super) fn inner_ip_any(b: &[u8], off: usize) -> Result<Packet, ParseError> {
+    ip_any(b, off, false)
+}
+
+pub(super) fn inner_ethernet(b: &[u8]) -> Result<Packet, ParseError> {
+    let et = be16(b, 12).ok_or_else(|| truncated("Ethernet", b))?;
+    ethertype(b, 14, et, false)
+}
+
+/// The address families NFLOG announces.
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const NFULA_PAYLOAD: u16 = 9;
+
+/// NFLOG: the TLVs' length (which counts their own 4-byte header) and type are in the
+/// capturing host's byte order, each TLV padded to 4 bytes. Little-endian is tried first; a
+/// length that cannot be right (below 4, past the end) is read big-endian.
+fn nflog(frame: &[u8], d: bool) -> Result<Packet, ParseError> {
+    let family = *frame.first().ok_or_else(|| truncated("NFLOG", frame))?;
+    let mut off = 4;
+    loop {
+        let h = *bytes::<4>(frame, off).ok_or_else(|| truncated("NFLOG", frame))?;
+        let fits = |len: u16| len >= 4 && off + usize::from(len) <= frame.len();
+        let le = u16::from_le_bytes([h[0], h[1]]);
+        let (len, kind) = if fits(le) {
+            (le, u16::from_le_bytes([h[2], h[3]]))
+        } else {
+            let be = u16::from_be_bytes([h[0], h[1]]);
+            if !fits(be) {
+                return Err(truncated("NFLOG", frame));
+            }
+            (be, u16::from_be_bytes([h[2], h[3]]))
+        };
+        // The top bits of the type are netlink's nested / byte-order flags.
+        if kind & 0x3FFF == NFULA_PAYLOAD {
+            let ip = &frame[off + 4..off + usize::from(len)];
+            return match family {
+                AF_INET => ipv4(ip, 0, d),
+                AF_INET6 => ipv6(ip, 0, d),
+                other => Err(ParseError::NotIp {
+                    ethertype: u16::from(other),
+                }),
+            };
+        }
+        off += (usize::from(len) + 3) & !3;
     }
 }
 
@@ -227,11 +350,11 @@ fn be32(b: &[u8], off: usize) -> Option<u32> {
 
 /// BSD loopback: dispatch on the address family.
 #[inline]
-fn loopback(frame: &[u8], af: u32) -> Result<Packet, ParseError> {
+fn loopback(frame: &[u8], af: u32, d: bool) -> Result<Packet, ParseError> {
     match af {
-        2 => ipv4(frame, 4),
+        2 => ipv4(frame, 4, d),
         // AF_INET6 is 24 on NetBSD/OpenBSD, 28 on FreeBSD, 30 on Darwin.
-        24 | 28 | 30 => ipv6(frame, 4),
+        24 | 28 | 30 => ipv6(frame, 4, d),
         _ => Err(ParseError::NotIp {
             ethertype: (af & 0xFFFF) as u16,
         }),
@@ -240,25 +363,30 @@ fn loopback(frame: &[u8], af: u32) -> Result<Packet, ParseError> {
 
 /// Ethertype dispatch for the payload at `off`, peeling VLAN tags, MPLS labels and PPPoE.
 #[inline]
-fn ethertype(frame: &[u8], mut off: usize, mut et: u16) -> Result<Packet, ParseError> {
-    // Each tag consumes 4 bytes, so the loop ends with the frame at the latest.
+fn ethertype(frame: &[u8], mut off: usize, mut et: u16, d: bool) -> Result<Packet, ParseError> {
+    // Each tag consumes 4 bytes or more, so the loop ends with the frame at the latest.
     loop {
         match et {
-            ETH_IPV4 => return ipv4(frame, off),
-            ETH_IPV6 => return ipv6(frame, off),
+            ETH_IPV4 => return ipv4(frame, off, d),
+            ETH_IPV6 => return ipv6(frame, off, d),
             ETH_VLAN | ETH_QINQ | ETH_VLAN_OLD => {
                 et = be16(frame, off + 2).ok_or_else(|| truncated("VLAN", frame))?;
                 off += 4;
             }
-            ETH_MPLS => return mpls(frame, off),
-            ETH_PPPOE => return pppoe(frame, off),
+            ETH_FABRICPATH => {
+                // FTag/TTL (2), inner destination and source MACs (12), inner ethertype.
+                et = be16(frame, off + 14).ok_or_else(|| truncated("FabricPath", frame))?;
+                off += 16;
+            }
+            ETH_MPLS => return mpls(frame, off, d),
+            ETH_PPPOE => return pppoe(frame, off, d),
             other => return Err(ParseError::NotIp { ethertype: other }),
         }
     }
 }
 
 /// MPLS label stack: skip to the bottom of stack, then guess IP by the version nibble.
-fn mpls(frame: &[u8], mut off: usize) -> Result<Packet, ParseError> {
+fn mpls(frame: &[u8], mut off: usize, d: bool) -> Result<Packet, ParseError> {
     loop {
         let label = bytes::<4>(frame, off).ok_or_else(|| truncated("MPLS", frame))?;
         off += 4;
@@ -267,8 +395,8 @@ fn mpls(frame: &[u8], mut off: usize) -> Result<Packet, ParseError> {
         }
     }
     match frame.get(off).map(|b| b >> 4) {
-        Some(4) => ipv4(frame, off),
-        Some(6) => ipv6(frame, off),
+        Some(4) => ipv4(frame, off, d),
+        Some(6) => ipv6(frame, off, d),
         Some(_) => Err(ParseError::NotIp {
             ethertype: ETH_MPLS,
         }),
@@ -277,7 +405,7 @@ fn mpls(frame: &[u8], mut off: usize) -> Result<Packet, ParseError> {
 }
 
 /// PPPoE session: 6-byte PPPoE header, then the PPP protocol (2 bytes, or 1 if compressed).
-fn pppoe(frame: &[u8], off: usize) -> Result<Packet, ParseError> {
+fn pppoe(frame: &[u8], off: usize, d: bool) -> Result<Packet, ParseError> {
     let first = *frame
         .get(off + 6)
         .ok_or_else(|| truncated("PPPoE", frame))?;
@@ -291,8 +419,8 @@ fn pppoe(frame: &[u8], off: usize) -> Result<Packet, ParseError> {
         )
     };
     match proto {
-        0x0021 => ipv4(frame, ip_off),
-        0x0057 => ipv6(frame, ip_off),
+        0x0021 => ipv4(frame, ip_off, d),
+        0x0057 => ipv6(frame, ip_off, d),
         _ => Err(ParseError::NotIp {
             ethertype: ETH_PPPOE,
         }),
@@ -301,10 +429,10 @@ fn pppoe(frame: &[u8], off: usize) -> Result<Packet, ParseError> {
 
 /// Raw IP: the version nibble decides.
 #[inline]
-fn ip_any(frame: &[u8], off: usize) -> Result<Packet, ParseError> {
+fn ip_any(frame: &[u8], off: usize, d: bool) -> Result<Packet, ParseError> {
     match frame.get(off).map(|b| b >> 4) {
-        Some(4) => ipv4(frame, off),
-        Some(6) => ipv6(frame, off),
+        Some(4) => ipv4(frame, off, d),
+        Some(6) => ipv6(frame, off, d),
         Some(version) => Err(ParseError::BadVersion { version }),
         None => Err(truncated("IP", frame)),
     }
@@ -320,7 +448,7 @@ fn short_ip(frame: &[u8], off: usize, want: u8, layer: &'static str) -> ParseErr
 }
 
 #[inline]
-fn ipv4(frame: &[u8], o: usize) -> Result<Packet, ParseError> {
+fn ipv4(frame: &[u8], o: usize, d: bool) -> Result<Packet, ParseError> {
     let Some(h) = bytes::<20>(frame, o) else {
         return Err(short_ip(frame, o, 4, "IPv4"));
     };
@@ -356,10 +484,16 @@ fn ipv4(frame: &[u8], o: usize) -> Result<Packet, ParseError> {
         more,
     });
     let proto = h[9];
+    let l4 = frame.get(o + hlen..end).unwrap_or(&[]);
     let (src_port, dst_port, tcp_flags, tcp_seq) = if offset == 0 {
-        transport(proto, frame.get(o + hlen..end).unwrap_or(&[]))
+        transport(proto, l4)
     } else {
         (0, 0, 0, 0)
+    };
+    let inner = if d && offset == 0 && tunnel::maybe(proto, src_port, dst_port) {
+        tunnel::decap(false, proto, src_port, dst_port, l4)
+    } else {
+        None
     };
     Ok(Packet {
         src: IpAddr::V4(Ipv4Addr::new(h[12], h[13], h[14], h[15])),
@@ -371,11 +505,12 @@ fn ipv4(frame: &[u8], o: usize) -> Result<Packet, ParseError> {
         tcp_flags,
         tcp_seq,
         fragment,
+        inner,
     })
 }
 
 #[inline]
-fn ipv6(frame: &[u8], o: usize) -> Result<Packet, ParseError> {
+fn ipv6(frame: &[u8], o: usize, d: bool) -> Result<Packet, ParseError> {
     let Some(h) = bytes::<40>(frame, o) else {
         return Err(short_ip(frame, o, 6, "IPv6"));
     };
@@ -458,8 +593,13 @@ fn ipv6(frame: &[u8], o: usize) -> Result<Packet, ParseError> {
             // ESP, No Next Header: nothing more to read.
             50 | 59 => break,
             _ => {
-                let (src_port, dst_port, tcp_flags, tcp_seq) =
-                    transport(nh, pkt.get(p..).unwrap_or(&[]));
+                let l4 = pkt.get(p..).unwrap_or(&[]);
+                let (src_port, dst_port, tcp_flags, tcp_seq) = transport(nh, l4);
+                let inner = if d && tunnel::maybe(nh, src_port, dst_port) {
+                    tunnel::decap(true, nh, src_port, dst_port, l4)
+                } else {
+                    None
+                };
                 return Ok(Packet {
                     src: IpAddr::V6(Ipv6Addr::from(src)),
                     dst: IpAddr::V6(Ipv6Addr::from(dst)),
@@ -470,6 +610,7 @@ fn ipv6(frame: &[u8], o: usize) -> Result<Packet, ParseError> {
                     tcp_flags,
                     tcp_seq,
                     fragment,
+                    inner,
                 });
             }
         }
@@ -484,6 +625,7 @@ fn ipv6(frame: &[u8], o: usize) -> Result<Packet, ParseError> {
         tcp_flags: 0,
         tcp_seq: 0,
         fragment,
+        inner: None,
     })
 }
 
@@ -638,6 +780,7 @@ mod tests {
         for n in 0..=frame.len() {
             for link in LinkType::ALL {
                 let _ = parse(link, &frame[..n]);
+                let _ = parse_with(link, &frame[..n], true);
             }
         }
     }
@@ -674,6 +817,7 @@ mod tests {
                 tcp_flags: 0x12,
                 tcp_seq: 1000,
                 fragment: None, // DF alone is not a fragment
+                inner: None,
             }
         );
     }
@@ -954,6 +1098,332 @@ mod tests {
         assert_eq!((p.proto, p.src_port, p.dst_port), (1, 0, 0x0303));
     }
 
+    /// IPv4 between the given addresses (no options).
+    fn ipv4_between(proto: u8, src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+        let mut p = ipv4(proto, 1, 0, payload, None);
+        p[12..16].copy_from_slice(&src);
+        p[16..20].copy_from_slice(&dst);
+        p
+    }
+
+    const IN_SRC: [u8; 4] = [10, 0, 0, 1];
+    const IN_DST: [u8; 4] = [10, 0, 0, 2];
+
+    fn inner_tcp() -> Vec<u8> {
+        ipv4_between(6, IN_SRC, IN_DST, &tcp(40000, 443, 0x02, b"hi"))
+    }
+
+    /// Outer Ethernet / IPv4 / UDP `sport` -> `dport` around `payload`.
+    fn over_udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        eth(ETH_IPV4, &ipv4(17, 7, 0, &udp(sport, dport, payload), None))
+    }
+
+    /// Decapsulated: the outer facts are those of `parse` without decapsulation, and the
+    /// inner part is there. Every prefix of the frame parses without panicking.
+    fn decap(frame: &[u8]) -> Inner {
+        let with = parse_with(LinkType::Ethernet, frame, true).unwrap();
+        let without = parse(LinkType::Ethernet, frame).unwrap();
+        assert_eq!(without.inner, None);
+        assert_eq!(
+            Packet {
+                inner: None,
+                ..with
+            },
+            without,
+            "outer facts unchanged"
+        );
+        for n in 0..=frame.len() {
+            let _ = parse_with(LinkType::Ethernet, &frame[..n], true);
+        }
+        with.inner.expect("an inner packet")
+    }
+
+    fn no_decap(frame: &[u8]) {
+        let p = parse_with(LinkType::Ethernet, frame, true).unwrap();
+        assert_eq!(p.inner, None, "{p:?}");
+    }
+
+    fn assert_inner_tcp(i: &Inner) {
+        assert_eq!((i.src, i.dst), (v4addr(IN_SRC), v4addr(IN_DST)));
+        assert_eq!(
+            (i.proto, i.src_port, i.dst_port, i.tcp_flags),
+            (6, 40000, 443, 0x02)
+        );
+        assert_eq!(i.ip_len, 20 + 20 + 2);
+    }
+
+    #[test]
+    fn fabricpath_inner_ethernet() {
+        let mut fp = vec![0x00, 0x21]; // FTag 2, TTL 1
+        fp.extend_from_slice(&MAC_DST);
+        fp.extend_from_slice(&MAC_SRC);
+        fp.extend_from_slice(&ETH_IPV4.to_be_bytes());
+        fp.extend_from_slice(&ipv4(17, 1, 0, &udp(53, 5353, b"x"), None));
+        let f = eth(ETH_FABRICPATH, &fp);
+        let p = parse(LinkType::Ethernet, &f).unwrap();
+        assert_eq!(
+            (p.src, p.proto, p.src_port, p.dst_port),
+            (v4addr(V4_SRC), 17, 53, 5353)
+        );
+        assert_eq!(p.ip_len, 29);
+        every_prefix(&f);
+        // The inner Ethernet header cut short.
+        assert_eq!(
+            parse(LinkType::Ethernet, &f[..14 + 15]),
+            Err(ParseError::Truncated {
+                layer: "FabricPath",
+                len: 29
+            })
+        );
+    }
+
+    /// NFLOG: header, a prefix TLV padded to 8, a timestamp-ish TLV, then the payload.
+    fn nflog_frame(family: u8, ip: &[u8], big_endian: bool) -> Vec<u8> {
+        let tlv = |len: u16, kind: u16| -> [u8; 4] {
+            let (l, k) = if big_endian {
+                (len.to_be_bytes(), kind.to_be_bytes())
+            } else {
+                (len.to_le_bytes(), kind.to_le_bytes())
+            };
+            [l[0], l[1], k[0], k[1]]
+        };
+        let mut f = vec![family, 0, 0, 42];
+        f.extend_from_slice(&tlv(5, 10)); // NFULA_PREFIX, 1 byte, padded
+        f.extend_from_slice(&[b'p', 0, 0, 0]);
+        f.extend_from_slice(&tlv(8, 1)); // NFULA_PACKET_HDR
+        f.extend_from_slice(&[0x08, 0x00, 1, 0]);
+        f.extend_from_slice(&tlv(4 + ip.len() as u16, 9));
+        f.extend_from_slice(ip);
+        f
+    }
+
+    #[test]
+    fn nflog_payload_tlv() {
+        assert_eq!(LinkType::from_linktype(239), Some(LinkType::Nflog));
+        let ip = ipv4(6, 1, 0, &tcp(1234, 80, 0x02, b""), None);
+        for be in [false, true] {
+            let f = nflog_frame(AF_INET, &ip, be);
+            let p = parse(LinkType::Nflog, &f).unwrap();
+            assert_eq!(
+                (p.src, p.proto, p.src_port, p.dst_port),
+                (v4addr(V4_SRC), 6, 1234, 80)
+            );
+            assert_eq!(p.ip_len, 40);
+            every_prefix(&f);
+        }
+        let ip6 = ipv6(17, &udp(1, 2, b"abc"));
+        let p = parse(LinkType::Nflog, &nflog_frame(AF_INET6, &ip6, false)).unwrap();
+        assert_eq!((p.src, p.src_port, p.ip_len), (v6addr(1), 1, 51));
+        // The family says IPv6, the payload is IPv4.
+        assert_eq!(
+            parse(LinkType::Nflog, &nflog_frame(AF_INET6, &ip, false)),
+            Err(ParseError::BadVersion { version: 4 })
+        );
+        // Neither IPv4 nor IPv6 (AF_BRIDGE).
+        assert_eq!(
+            parse(LinkType::Nflog, &nflog_frame(7, &ip, false)),
+            Err(ParseError::NotIp { ethertype: 7 })
+        );
+        // No payload TLV at all.
+        let mut f = nflog_frame(AF_INET, &ip, false);
+        f.truncate(4 + 8 + 8);
+        assert!(matches!(
+            parse(LinkType::Nflog, &f),
+            Err(ParseError::Truncated { layer: "NFLOG", .. })
+        ));
+    }
+
+    #[test]
+    fn vxlan_inner_ethernet_and_vni() {
+        let mut vx = vec![0x08, 0, 0, 0, 0x12, 0x34, 0x56, 0];
+        vx.extend_from_slice(&eth(ETH_IPV4, &inner_tcp()));
+        for port in [tunnel::UDP_VXLAN, tunnel::UDP_VXLAN_LINUX] {
+            let i = decap(&over_udp(50000, port, &vx));
+            assert_eq!((i.kind, i.id), (TunnelKind::Vxlan, Some(0x123456)));
+            assert_inner_tcp(&i);
+        }
+        // The port on the source side (a reply): still VXLAN.
+        assert_eq!(decap(&over_udp(4789, 50000, &vx)).kind, TunnelKind::Vxlan);
+        // I flag clear: not VXLAN.
+        let mut bad = vx.clone();
+        bad[0] = 0;
+        no_decap(&over_udp(50000, 4789, &bad));
+        // ARP inside: the outer packet only.
+        let mut arp = vx[..8].to_vec();
+        arp.extend_from_slice(&eth(0x0806, &[0, 1, 8, 0, 6, 4, 0, 1]));
+        no_decap(&over_udp(50000, 4789, &arp));
+    }
+
+    #[test]
+    fn geneve_with_options_raw_ipv6() {
+        let mut g = vec![0x02, 0x00]; // version 0, 2 words of options
+        g.extend_from_slice(&ETH_IPV6.to_be_bytes());
+        g.extend_from_slice(&[0, 0, 0x2A, 0]); // VNI 42
+        g.extend_from_slice(&[0xAA; 8]);
+        g.extend_from_slice(&ipv6(17, &udp(7000, 7001, b"x")));
+        let i = decap(&over_udp(12345, tunnel::UDP_GENEVE, &g));
+        assert_eq!((i.kind, i.id), (TunnelKind::Geneve, Some(42)));
+        assert_eq!(
+            (i.src, i.proto, i.src_port, i.dst_port),
+            (v6addr(1), 17, 7000, 7001)
+        );
+        assert_eq!(i.ip_len, 40 + 9);
+        // Transparent Ethernet inside.
+        let mut e = vec![0, 0];
+        e.extend_from_slice(&0x6558u16.to_be_bytes());
+        e.extend_from_slice(&[0, 0, 1, 0]);
+        e.extend_from_slice(&eth(ETH_IPV4, &inner_tcp()));
+        assert_inner_tcp(&decap(&over_udp(1, tunnel::UDP_GENEVE, &e)));
+        // Version 1: not decoded.
+        g[0] = 0x42;
+        no_decap(&over_udp(12345, tunnel::UDP_GENEVE, &g));
+    }
+
+    #[test]
+    fn gre_flags_key_and_payload_types() {
+        // Checksum, key and sequence present.
+        let mut g = vec![0xB0, 0x00];
+        g.extend_from_slice(&ETH_IPV4.to_be_bytes());
+        g.extend_from_slice(&[0; 4]); // checksum + reserved
+        g.extend_from_slice(&0xCAFE_0001u32.to_be_bytes()); // key
+        g.extend_from_slice(&7u32.to_be_bytes()); // sequence
+        g.extend_from_slice(&inner_tcp());
+        let f = eth(ETH_IPV4, &ipv4(47, 1, 0, &g, None));
+        let i = decap(&f);
+        assert_eq!((i.kind, i.id), (TunnelKind::Gre, Some(0xCAFE_0001)));
+        assert_inner_tcp(&i);
+
+        // Plain, IPv6 inside: no key.
+        let mut g6 = vec![0, 0];
+        g6.extend_from_slice(&ETH_IPV6.to_be_bytes());
+        g6.extend_from_slice(&ipv6(6, &tcp(1, 2, 0x10, b"")));
+        let i = decap(&eth(ETH_IPV4, &ipv4(47, 1, 0, &g6, None)));
+        assert_eq!(
+            (i.kind, i.id, i.src, i.dst_port),
+            (TunnelKind::Gre, None, v6addr(1), 2)
+        );
+
+        // Transparent Ethernet bridging.
+        let mut teb = vec![0x20, 0];
+        teb.extend_from_slice(&0x6558u16.to_be_bytes());
+        teb.extend_from_slice(&9u32.to_be_bytes());
+        teb.extend_from_slice(&eth(ETH_IPV4, &inner_tcp()));
+        let i = decap(&eth(ETH_IPV4, &ipv4(47, 1, 0, &teb, None)));
+        assert_eq!(i.id, Some(9));
+        assert_inner_tcp(&i);
+
+        // ERSPAN type II (0x88BE), PPTP's version 1, source routing: outer only.
+        for (flags, proto) in [(0x1000u16, 0x88BEu16), (0x3001, 0x880B), (0x4000, 0x0800)] {
+            let mut g = flags.to_be_bytes().to_vec();
+            g.extend_from_slice(&proto.to_be_bytes());
+            g.extend_from_slice(&[0; 8]);
+            g.extend_from_slice(&inner_tcp());
+            no_decap(&eth(ETH_IPV4, &ipv4(47, 1, 0, &g, None)));
+        }
+    }
+
+    #[test]
+    fn gtpu_extension_headers_and_teid() {
+        // Version 1, PT, E and S; G-PDU; one 4-byte extension header (PDU session container).
+        let mut g = vec![0x36, 0xFF];
+        let inner = inner_tcp();
+        g.extend_from_slice(&((4 + 4 + inner.len()) as u16).to_be_bytes());
+        g.extend_from_slice(&0x0102_0304u32.to_be_bytes());
+        g.extend_from_slice(&[0, 1, 0, 0x85]); // sequence 1, N-PDU 0, next: 0x85
+        g.extend_from_slice(&[1, 0x10, 0x05, 0]); // 1 word, next: none
+        g.extend_from_slice(&inner);
+        let i = decap(&over_udp(2152, tunnel::UDP_GTPU, &g));
+        assert_eq!((i.kind, i.id), (TunnelKind::Gtpu, Some(0x0102_0304)));
+        assert_inner_tcp(&i);
+        // No optional fields, IPv6 inside.
+        let mut g6 = vec![0x30, 0xFF, 0, 0];
+        g6.extend_from_slice(&5u32.to_be_bytes());
+        g6.extend_from_slice(&ipv6(58, &[128, 0, 0, 0, 0, 1, 0, 1]));
+        let i = decap(&over_udp(2152, 2152, &g6));
+        assert_eq!((i.id, i.proto, i.dst_port), (Some(5), 58, 0x8000));
+        // Echo request (type 1) and GTPv2: outer only. An extension header of 0 words: not
+        // decoded (it would never end).
+        let mut echo = g6.clone();
+        echo[1] = 1;
+        no_decap(&over_udp(2152, 2152, &echo));
+        let mut v2 = g6.clone();
+        v2[0] = 0x48;
+        no_decap(&over_udp(2152, 2152, &v2));
+        let mut zero = g.clone();
+        zero[12] = 0;
+        no_decap(&over_udp(2152, 2152, &zero));
+    }
+
+    #[test]
+    fn ip_in_ip_kinds() {
+        let inner6 = ipv6(17, &udp(30000, 13000, b"x"));
+        let cases = [
+            (
+                eth(ETH_IPV4, &ipv4(4, 1, 0, &inner_tcp(), None)),
+                TunnelKind::Ipip,
+            ),
+            (
+                eth(ETH_IPV4, &ipv4(41, 1, 0, &inner6, None)),
+                TunnelKind::SixIn4,
+            ),
+            (eth(ETH_IPV6, &ipv6(4, &inner_tcp())), TunnelKind::FourIn6),
+            (eth(ETH_IPV6, &ipv6(41, &inner6)), TunnelKind::SixIn6),
+        ];
+        for (f, kind) in cases {
+            let i = decap(&f);
+            assert_eq!((i.kind, i.id), (kind, None));
+            let want_port = if i.proto == 6 { 40000 } else { 30000 };
+            assert_eq!(i.src_port, want_port, "{kind:?}");
+        }
+        // Outer IPv6 with a Hop-by-Hop header before the tunnel.
+        let mut hop = hbh(4);
+        hop.extend_from_slice(&inner_tcp());
+        assert_inner_tcp(&decap(&eth(ETH_IPV6, &ipv6(0, &hop))));
+        // A later outer fragment: its payload is not a header.
+        let f = eth(ETH_IPV4, &ipv4(4, 1, 185, &inner_tcp(), None));
+        no_decap(&f);
+        // Inner IPv4 malformed: outer only.
+        let mut bad = inner_tcp();
+        bad[0] = 0x44;
+        no_decap(&eth(ETH_IPV4, &ipv4(4, 1, 0, &bad, None)));
+    }
+
+    #[test]
+    fn teredo_indicators() {
+        let inner6 = ipv6(58, &[128, 0, 0, 0, 0, 1, 0, 1]);
+        let mut origin = vec![0, 0, 0x12, 0x34, 1, 2, 3, 4];
+        origin.extend_from_slice(&inner6);
+        let mut auth = vec![0, 1, 2, 3, b'i', b'd', 1, 2, 3];
+        auth.extend_from_slice(&[0; 9]); // nonce and confirmation
+        auth.extend_from_slice(&origin);
+        for payload in [&inner6, &origin, &auth] {
+            let i = decap(&over_udp(tunnel::UDP_TEREDO, 3797, payload));
+            assert_eq!(
+                (i.kind, i.id, i.src, i.proto),
+                (TunnelKind::Teredo, None, v6addr(1), 58)
+            );
+        }
+        // IPv4 after the indicators: not Teredo.
+        let mut v4 = vec![0, 0, 0, 0, 0, 0, 0, 0];
+        v4.extend_from_slice(&inner_tcp());
+        no_decap(&over_udp(3544, 3797, &v4));
+    }
+
+    #[test]
+    fn unknown_linktype_names() {
+        assert_eq!(linktype_name(105), Some("IEEE802_11"));
+        assert_eq!(linktype_name(239), Some("NFLOG"));
+        assert_eq!(linktype_name(150), Some("USER0..USER15"));
+        assert_eq!(linktype_name(99_999), None);
+        // Every decoded link type has a name.
+        for n in [0, 1, 12, 14, 101, 108, 113, 228, 229, 239, 276] {
+            assert!(
+                LinkType::from_linktype(n).is_some() && linktype_name(n).is_some(),
+                "{n}"
+            );
+        }
+    }
+
     #[test]
     fn sctp_ports_and_other_protocols() {
         let mut sctp = Vec::new();
@@ -1187,7 +1657,7 @@ mod tests {
                 *b = next() as u8;
             }
             let len = (next() % 129) as usize;
-            match i % 6 {
+            match i % 8 {
                 0 => buf[12..14].copy_from_slice(&ETH_IPV6.to_be_bytes()),
                 1 => buf[12..14].copy_from_slice(&ETH_IPV4.to_be_bytes()),
                 2 => {
@@ -1199,10 +1669,27 @@ mod tests {
                     buf[0] = 0x60;
                     buf[6] = [0, 43, 44, 60, 51, 135][(next() % 6) as usize];
                 }
+                // Outer IPv4 (no options, whole frame) towards a tunnel.
+                5 | 6 => {
+                    buf[12..14].copy_from_slice(&ETH_IPV4.to_be_bytes());
+                    buf[14] = 0x45;
+                    buf[16..18].copy_from_slice(&0u16.to_be_bytes());
+                    buf[20..22].copy_from_slice(&0u16.to_be_bytes());
+                    buf[23] = [4, 41, 47, 17][(next() % 4) as usize];
+                    let port = [4789u16, 8472, 6081, 2152, 3544][(next() % 5) as usize];
+                    buf[36..38].copy_from_slice(&port.to_be_bytes());
+                    if i % 8 == 6 {
+                        // A plausible tunnel header's first bytes.
+                        buf[34] = [0x08, 0x00, 0x30, 0x36][(next() % 4) as usize];
+                        buf[42] = buf[34];
+                        buf[43] = 0xFF;
+                    }
+                }
                 _ => {}
             }
             for link in LinkType::ALL {
                 let _ = parse(link, &buf[..len]);
+                let _ = parse_with(link, &buf[..len], true);
             }
         }
     }

@@ -5,8 +5,9 @@ use std::io::{self, Write};
 use super::{Cell, RowWriter};
 
 /// The export's columns, in order. Scripts rely on the names and the order; new columns go
-/// at the end. The first [`FLOW_SQL`]`.len()` come from `flows`, the rest from `ip_info`.
-pub const COLUMNS: [&str; 36] = [
+/// at the end. The first [`FLOW_HEAD`] come from `flows`, the next 12 from `ip_info`, the
+/// last [`FLOW_TAIL`] from `flows` again ([`FLOW_SQL`] reads both parts from `flows`).
+pub const COLUMNS: [&str; 40] = [
     "first_seen_ms",
     "last_seen_ms",
     "proto",
@@ -44,7 +45,19 @@ pub const COLUMNS: [&str; 36] = [
     "dst_as_org",
     "dst_hostname",
     "dst_threat",
+    // The tunnel of an inner flow (schema v5), NULL for other flows.
+    "tunnel",
+    "tunnel_src_ip",
+    "tunnel_dst_ip",
+    "tunnel_id",
 ];
+
+/// How many columns at the start of [`COLUMNS`] come from `flows`.
+pub const FLOW_HEAD: usize = 24;
+/// How many columns at the end of [`COLUMNS`] come from `flows`.
+pub const FLOW_TAIL: usize = 4;
+/// Where the tail's columns start among [`COLUMNS`].
+pub const TAIL_AT: usize = COLUMNS.len() - FLOW_TAIL;
 
 /// The index of a column in [`COLUMNS`]; at compile time, fails to build for a name not there.
 pub const fn column(name: &str) -> usize {
@@ -71,13 +84,17 @@ pub const fn column(name: &str) -> usize {
     panic!("no such export column")
 }
 
-/// The SQL reading each of the first columns from `flows`: the column of the same name,
-/// but for the two below.
-pub const FLOW_SQL: [&str; 24] = {
-    let mut sql = [""; 24];
+/// The SQL reading each column that comes from `flows` (the head's, then the tail's): the
+/// column of the same name, but for the two below.
+pub const FLOW_SQL: [&str; FLOW_HEAD + FLOW_TAIL] = {
+    let mut sql = [""; FLOW_HEAD + FLOW_TAIL];
     let mut i = 0;
-    while i < sql.len() {
+    while i < FLOW_HEAD {
         sql[i] = COLUMNS[i];
+        i += 1;
+    }
+    while i < sql.len() {
+        sql[i] = COLUMNS[TAIL_AT + i - FLOW_HEAD];
         i += 1;
     }
     // tcp_flags: src_tcp_flags | dst_tcp_flags (NULL when both are), worked out while

@@ -248,6 +248,8 @@ fn export_with(db: &Path, filter: &Filter, mut w: impl RowWriter) -> Result<u64,
         csv::COLUMNS[TCP_FLAGS_COL..][..3],
         ["tcp_flags", "src_tcp_flags", "dst_tcp_flags"]
     );
+    debug_assert_eq!(csv::COLUMNS[csv::FLOW_HEAD], "src_country");
+    debug_assert_eq!(csv::COLUMNS[csv::TAIL_AT], "tunnel");
     std::thread::scope(|s| {
         let (full_tx, full_rx) = std::sync::mpsc::sync_channel(BATCHES);
         let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel(BATCHES + 2);
@@ -261,7 +263,11 @@ fn export_with(db: &Path, filter: &Filter, mut w: impl RowWriter) -> Result<u64,
                 for r in 0..batch.rows {
                     let mut cells = [Cell::Null; csv::COLUMNS.len()];
                     let slots = &batch.slots[r * n_flow..(r + 1) * n_flow];
-                    for (cell, slot) in cells.iter_mut().zip(slots) {
+                    let (head, tail) = slots.split_at(csv::FLOW_HEAD);
+                    for (cell, slot) in cells.iter_mut().zip(head) {
+                        *cell = batch.cell(*slot);
+                    }
+                    for (cell, slot) in cells[csv::TAIL_AT..].iter_mut().zip(tail) {
                         *cell = batch.cell(*slot);
                     }
                     cells[TCP_FLAGS_COL] =
@@ -276,7 +282,7 @@ fn export_with(db: &Path, filter: &Filter, mut w: impl RowWriter) -> Result<u64,
                     };
                     let ends = [ip(&cells[SRC_COL]), ip(&cells[DST_COL])];
                     for (end, info) in ends.iter().enumerate() {
-                        let at = n_flow + end * 6;
+                        let at = csv::FLOW_HEAD + end * 6;
                         if let Some(i) = info {
                             cells[at] = i.country.as_deref().into();
                             cells[at + 1] = i.city.as_deref().into();

@@ -9,6 +9,6 @@ pub mod tcp;
 
 pub use clock::BootClock;
 pub use listeners::Listeners;
-pub use record::{EndReason, FlowRecord, Owner};
+pub use record::{EndReason, FlowRecord, Owner, Tunnel};
 pub use table::{FlowTable, TableConfig};
 pub use tcp::TcpTracker;

@@ -1,5 +1,19 @@
 //! A finished flow: what the aggregator hands to the store.
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+
+pub use crate::capture::tunnel::TunnelKind;
+
+/// The tunnel an inner flow was carried in (see [`crate::capture::tunnel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tunnel {
+    pub kind: TunnelKind,
+    /// VNI, TEID or GRE key; None when the tunnel has none.
+    pub id: Option<u32>,
+    /// Outer source address of the inner initiator's packets.
+    pub src: IpAddr,
+    /// Outer destination address of the inner initiator's packets.
+    pub dst: IpAddr,
+}
 
 /// The process that owns one end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +99,7 @@ impl FlowRecord {
             dst_tcp_flags: None,
             packet_start_ns: None,
             amends: false,
+            tunnel: None,
         }
     }
 
@@ -135,4 +150,7 @@ pub struct FlowRecord {
     /// had been written (a late ACK, a retransmitted FIN, a repeated RST). Its counts and
     /// flags are added to the row with the same identity; it never becomes a row itself.
     pub amends: bool,
+    /// For the inner flow of a tunnel: the tunnel; None for every other flow (the tunnel's
+    /// own outer flow included).
+    pub tunnel: Option<Tunnel>,
 }

@@ -33,7 +33,9 @@ use foldhash::fast::RandomState;
 
 use crate::capture::parse::Packet;
 
-use super::record::{EndReason, FlowRecord};
+use super::record::{EndReason, FlowRecord, Tunnel};
+
+mod inner;
 
 const TCP: u8 = 6;
 const ICMP: u8 = 1;
@@ -88,6 +90,11 @@ impl Default for TableConfig {
 /// entry is a quarter smaller (the table's speed is mostly cache misses).
 trait Addr: Copy + Ord + Eq + std::fmt::Debug {
     fn ip(self) -> IpAddr;
+
+    /// The tunnel of a flow between `a` and `b` (initiator 0: `a`); None but for inner flows.
+    fn tunnel(_a: Self, _b: Self, _initiator: usize) -> Option<Tunnel> {
+        None
+    }
 }
 
 impl Addr for [u8; 4] {
@@ -348,6 +355,8 @@ pub struct FlowTable {
     since_sweep: u64,
     /// The latest packet time seen.
     latest_ns: u64,
+    /// Inner flows of tunnels.
+    tunnels: inner::Tunnels,
 }
 
 /// IPv4-mapped IPv6 addresses become IPv4, so both views of one peer agree.
@@ -401,6 +410,7 @@ fn record<A: Addr>(ctx: &Ctx, k: &Key<A>, e: &Entry, reason: EndReason) -> FlowR
         dst_tcp_flags: (k.proto == TCP).then_some(e.flags[r]),
         packet_start_ns: Some(e.first_ns),
         amends: e.has(REPORTED),
+        tunnel: A::tunnel(k.a, k.b, i),
         ..FlowRecord::new(k.proto, ends[i], dst, ctx.source)
     }
 }
@@ -667,6 +677,7 @@ impl FlowTable {
             next_sweep_ns: 0,
             since_sweep: 0,
             latest_ns: 0,
+            tunnels: inner::Tunnels::default(),
         }
     }
 
@@ -675,7 +686,7 @@ impl FlowTable {
     }
 
     pub fn active(&self) -> usize {
-        self.v4.len() + self.v6.len()
+        self.v4.len() + self.v6.len() + self.tunnels.len()
     }
 
     /// Accounts one packet seen at `ts_ns`; flows that end are passed to `out`.
@@ -687,6 +698,9 @@ impl FlowTable {
             && self.since_sweep >= ((self.v4.capacity() + self.v6.capacity()) / 16) as u64
         {
             self.sweep(ts_ns, out);
+        }
+        if let Some(i) = &p.inner {
+            self.tunnel_packet(ts_ns, p, i, out);
         }
         let (src, dst) = (normalise(p.src), normalise(p.dst));
         let icmp = matches!(p.proto, ICMP | ICMPV6);
@@ -770,6 +784,7 @@ impl FlowTable {
         self.since_sweep = 0;
         sweep_map(&mut self.v4, &mut self.ctx, now_ns, out);
         sweep_map(&mut self.v6, &mut self.ctx, now_ns, out);
+        self.tunnels.sweep(&mut self.ctx, now_ns, out);
         let idle_timeout = self.ctx.cfg.idle_timeout_ns;
         self.fragments
             .retain(|_, (_, _, seen)| now_ns.saturating_sub(*seen) < idle_timeout);
@@ -780,6 +795,7 @@ impl FlowTable {
         let now = self.latest_ns;
         flush_map(&mut self.v4, &mut self.ctx, now, out);
         flush_map(&mut self.v6, &mut self.ctx, now, out);
+        self.tunnels.flush(&mut self.ctx, now, out);
         self.fragments.clear();
     }
 }
@@ -804,6 +820,7 @@ mod tests {
             tcp_flags: flags,
             tcp_seq: 0,
             fragment: None,
+            inner: None,
         }
     }
 

@@ -94,12 +94,23 @@ CREATE TABLE rollup_state (
 INSERT INTO rollup_state (max_id, pruned_day) VALUES (0, NULL);
 ";
 
+/// Version 5: the tunnel an inner flow was carried in (NULL for every other flow): its kind
+/// (`vxlan`, `geneve`, `gre`, `gtpu`, `ipip`, `6in4`, `4in6`, `6in6`, `teredo`), the outer
+/// addresses oriented like the flow, and the VNI / TEID / GRE key.
+const V5: &str = "
+ALTER TABLE flows ADD COLUMN tunnel        TEXT;
+ALTER TABLE flows ADD COLUMN tunnel_src_ip TEXT;
+ALTER TABLE flows ADD COLUMN tunnel_dst_ip TEXT;
+ALTER TABLE flows ADD COLUMN tunnel_id     INTEGER;
+";
+
 /// Each step takes the schema from its index (plus one) to the next version.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("creating schema v1", V1),
     ("upgrading to schema v2", V2),
     ("upgrading to schema v3", V3),
     ("upgrading to schema v4", V4),
+    ("upgrading to schema v5", V5),
 ];
 
 /// The database's schema version; an error when it is newer than this build knows.
@@ -173,6 +184,18 @@ mod tests {
             )
             .unwrap();
         assert_eq!((bytes, packets), (42, None));
+        let tunnel: (Option<String>, Option<String>, Option<String>, Option<i64>) = conn
+            .query_row(
+                "SELECT tunnel, tunnel_src_ip, tunnel_dst_ip, tunnel_id FROM flows",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            tunnel,
+            (None, None, None, None),
+            "an old flow is no tunnel's"
+        );
         let n: i64 = conn
             .query_row("SELECT count(*) FROM ip_info", [], |r| r.get(0))
             .unwrap();

@@ -245,9 +245,9 @@ impl WriterHandle {
 pub const INSERT: &str = "INSERT INTO flows (first_seen_ms, last_seen_ms, proto, src_ip, src_port,
     dst_ip, dst_port, src_payload_bytes, dst_payload_bytes, src_pid, src_comm, dst_pid,
     dst_comm, srtt_us, retransmits, end_reason, sources, src_packets, dst_packets, src_bytes,
-    dst_bytes, src_tcp_flags, dst_tcp_flags)
+    dst_bytes, src_tcp_flags, dst_tcp_flags, tunnel, tunnel_src_ip, tunnel_dst_ip, tunnel_id)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-    ?19, ?20, ?21, ?22, ?23)";
+    ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)";
 
 impl Writer {
     /// Starts the thread on an open connection (see [`super::open_for_writing`]).
@@ -698,6 +698,7 @@ fn insert_batch<'a>(
     {
         let mut stmt = tx.prepare_cached(INSERT)?;
         let (mut src, mut dst) = (IpText::default(), IpText::default());
+        let (mut tsrc, mut tdst) = (IpText::default(), IpText::default());
         for f in batch {
             if f.amends {
                 match amendable.apply(&tx, f)? {
@@ -707,6 +708,7 @@ fn insert_batch<'a>(
                 continue;
             }
             done.rows += 1;
+            let t = f.tunnel.as_ref();
             stmt.execute(params![
                 f.first_seen_ms,
                 f.last_seen_ms,
@@ -731,6 +733,10 @@ fn insert_batch<'a>(
                 f.dst_bytes.map(|v| v as i64),
                 f.src_tcp_flags,
                 f.dst_tcp_flags,
+                t.map(|t| t.kind.as_str()),
+                t.map(|t| tsrc.format(t.src)),
+                t.map(|t| tdst.format(t.dst)),
+                t.and_then(|t| t.id),
             ])?;
             if let Some(r) = amend::remembered(f, tx.last_insert_rowid()) {
                 amendable.remember([r]);

@@ -1,7 +1,7 @@
 //! tshark as the independent judge of flow counts: what it dissects, added up per
 //! conversation, and the same sums from the sensor's database.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     path::Path,
     process::Command,
@@ -153,6 +153,231 @@ pub fn tshark_convs(file: &Path) -> BTreeMap<Conv, Counts> {
     convs
 }
 
+/// An inner conversation of a tunnel: the tunnel's kind (the sensor's name), its id (VNI,
+/// TEID, GRE key) and the inner conversation.
+pub type InnerConv = (String, Option<u32>, Conv);
+
+/// Per inner conversation: packets and bytes each way (as [`Counts`]) and the outer
+/// addresses of its first packet, as (the lower endpoint's side, the higher's): the sensor
+/// reports those of a flow's first packet (a tunnel may carry both directions the same
+/// way, as some test captures do).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct InnerCounts {
+    pub counts: Counts,
+    pub outer: BTreeSet<(IpAddr, IpAddr)>,
+}
+
+/// The tunnel between two IP layers, by the protocols between them; None when they are
+/// not a tunnel (an ICMP error quoting a header) or one the sensor does not decode.
+fn tunnel_kind(outer: &str, between: &[&str], inner: &str) -> Option<&'static str> {
+    if between.is_empty() {
+        return Some(match (outer, inner) {
+            ("ip", "ip") => "ipip",
+            ("ip", _) => "6in4",
+            ("ipv6", "ip") => "4in6",
+            _ => "6in6",
+        });
+    }
+    for (name, kind) in [
+        ("vxlan", "vxlan"),
+        ("geneve", "geneve"),
+        ("gre", "gre"),
+        ("gtp", "gtpu"),
+        ("teredo", "teredo"),
+    ] {
+        if between.contains(&name) {
+            return Some(kind);
+        }
+    }
+    None
+}
+
+/// tshark's inner conversations of the tunnels in `file`: for each frame with a second IP
+/// layer inside a tunnel, that layer and the transport right after it, summed as
+/// [`tshark_convs`] sums the outer ones (inner IP-layer bytes). Every occurrence of each
+/// field is asked for, and a layer's own is picked by counting that protocol's earlier
+/// layers in `frame.protocols`.
+pub fn tshark_inner_convs(file: &Path) -> BTreeMap<InnerConv, InnerCounts> {
+    let fields = [
+        "frame.protocols",
+        "ip.src",
+        "ip.dst",
+        "ip.len",
+        "ipv6.src",
+        "ipv6.dst",
+        "ipv6.plen",
+        "tcp.srcport",
+        "tcp.dstport",
+        "udp.srcport",
+        "udp.dstport",
+        "vxlan.vni",
+        "geneve.vni",
+        "gtp.teid",
+        "gre.key",
+    ];
+    let mut cmd = Command::new("tshark");
+    cmd.args(["-n", "-r"]).arg(file).args([
+        "-o",
+        "ip.defragment:FALSE",
+        "-o",
+        "ipv6.defragment:FALSE",
+        "-T",
+        "fields",
+        "-E",
+        "occurrence=a",
+        "-E",
+        "aggregator=,",
+        "-E",
+        "separator=|",
+    ]);
+    for f in fields {
+        cmd.args(["-e", f]);
+    }
+    let out = cmd.output().expect("run tshark");
+    assert!(
+        out.status.success(),
+        "tshark failed on {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut convs: BTreeMap<InnerConv, InnerCounts> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<Vec<&str>> = line.split('|').map(|c| c.split(',').collect()).collect();
+        if f.len() < fields.len() {
+            continue;
+        }
+        let nth = |col: usize, n: usize| f[col].get(n).copied().unwrap_or("");
+        let protos: Vec<&str> = f[0][0].split(':').collect();
+        let ips: Vec<usize> = (0..protos.len())
+            .filter(|&i| protos[i] == "ip" || protos[i] == "ipv6")
+            .collect();
+        let (Some(&o), Some(&i)) = (ips.first(), ips.get(1)) else {
+            continue;
+        };
+        let Some(kind) = tunnel_kind(protos[o], &protos[o + 1..i], protos[i]) else {
+            continue;
+        };
+        // Which occurrence of `proto` the layer at `at` is.
+        let index = |at: usize| protos[..at].iter().filter(|p| **p == protos[at]).count();
+        let addrs = |at: usize| -> Option<(IpAddr, IpAddr, u64)> {
+            let n = index(at);
+            if protos[at] == "ip" {
+                Some((
+                    nth(1, n).parse().ok()?,
+                    nth(2, n).parse().ok()?,
+                    nth(3, n).parse().ok()?,
+                ))
+            } else {
+                let plen: u64 = nth(6, n).parse().ok()?;
+                Some((nth(4, n).parse().ok()?, nth(5, n).parse().ok()?, 40 + plen))
+            }
+        };
+        let (Some((osrc, odst, _)), Some((src, dst, len))) = (addrs(o), addrs(i)) else {
+            continue;
+        };
+        let Some(t) = protos[i + 1..]
+            .iter()
+            .position(|p| !p.starts_with("ipv6."))
+            .map(|k| i + 1 + k)
+        else {
+            continue;
+        };
+        let (conv_key, dir) = match protos[t] {
+            "tcp" | "udp" => {
+                let (col, proto) = if protos[t] == "tcp" { (7, 6) } else { (9, 17) };
+                let n = index(t);
+                let (Ok(sp), Ok(dp)) = (nth(col, n).parse::<u16>(), nth(col + 1, n).parse::<u16>())
+                else {
+                    continue;
+                };
+                conv(proto, (src, sp), (dst, dp))
+            }
+            "icmp" => conv(1, (src, 0), (dst, 0)),
+            "icmpv6" => conv(58, (src, 0), (dst, 0)),
+            _ => continue,
+        };
+        let id_col = match kind {
+            "vxlan" => Some(11),
+            "geneve" => Some(12),
+            "gtpu" => Some(13),
+            "gre" => Some(14),
+            _ => None,
+        };
+        let id = id_col.and_then(|c| {
+            let v = nth(c, 0);
+            v.strip_prefix("0x")
+                .map_or_else(|| v.parse().ok(), |h| u32::from_str_radix(h, 16).ok())
+        });
+        let e = convs.entry((kind.to_string(), id, conv_key)).or_default();
+        if e.outer.is_empty() {
+            e.outer
+                .insert(if dir == 0 { (osrc, odst) } else { (odst, osrc) });
+        }
+        e.counts[dir].0 += 1;
+        e.counts[dir].1 += len;
+    }
+    convs
+}
+
+/// The sensor's inner flows of tunnels in `db`, summed per inner conversation as
+/// [`sensor_convs`] sums the outer ones.
+pub fn sensor_inner_convs(db: &Path) -> BTreeMap<InnerConv, InnerCounts> {
+    let conn = rusqlite::Connection::open(db).expect("open db");
+    let mut stmt = conn
+        .prepare(
+            "SELECT proto, src_ip, src_port, dst_ip, dst_port, src_packets, src_bytes,
+                    dst_packets, dst_bytes, tunnel, tunnel_id, tunnel_src_ip, tunnel_dst_ip
+             FROM flows WHERE proto IN (1, 6, 17, 58) AND tunnel IS NOT NULL",
+        )
+        .expect("prepare");
+    let mut convs: BTreeMap<InnerConv, InnerCounts> = BTreeMap::new();
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                (
+                    r.get::<_, u8>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, u16>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, u16>(4)?,
+                ),
+                [
+                    (r.get::<_, i64>(5)? as u64, r.get::<_, i64>(6)? as u64),
+                    (r.get::<_, i64>(7)? as u64, r.get::<_, i64>(8)? as u64),
+                ],
+                (
+                    r.get::<_, String>(9)?,
+                    r.get::<_, Option<i64>>(10)?,
+                    r.get::<_, String>(11)?,
+                    r.get::<_, String>(12)?,
+                ),
+            ))
+        })
+        .expect("query");
+    for row in rows {
+        let ((proto, sip, mut sp, dip, mut dp), counts, (kind, id, tsrc, tdst)) = row.expect("row");
+        if matches!(proto, 1 | 58) {
+            (sp, dp) = (0, 0);
+        }
+        if sp == 0 && dp == 0 && !matches!(proto, 1 | 58) {
+            continue;
+        }
+        let s: IpAddr = sip.parse().expect("src ip");
+        let d: IpAddr = dip.parse().expect("dst ip");
+        let ts: IpAddr = tsrc.parse().expect("tunnel_src_ip");
+        let td: IpAddr = tdst.parse().expect("tunnel_dst_ip");
+        let (k, dir) = conv(proto, (s, sp), (d, dp));
+        let id = id.map(|v| u32::try_from(v).expect("tunnel_id fits 32 bits"));
+        let e = convs.entry((kind, id, k)).or_default();
+        for (side, c) in [(dir, counts[0]), (1 - dir, counts[1])] {
+            e.counts[side].0 += c.0;
+            e.counts[side].1 += c.1;
+        }
+        e.outer.insert(if dir == 0 { (ts, td) } else { (td, ts) });
+    }
+    convs
+}
+
 /// The sensor's flows in `db`, summed per conversation (a reused tuple may be several
 /// flows, as it may be several tshark streams). ICMP counts per address pair.
 pub fn sensor_convs(db: &Path) -> BTreeMap<Conv, Counts> {
@@ -160,7 +385,8 @@ pub fn sensor_convs(db: &Path) -> BTreeMap<Conv, Counts> {
     let mut stmt = conn
         .prepare(
             "SELECT proto, src_ip, src_port, dst_ip, dst_port, src_packets, src_bytes,
-                    dst_packets, dst_bytes FROM flows WHERE proto IN (1, 6, 17, 58)",
+                    dst_packets, dst_bytes FROM flows
+             WHERE proto IN (1, 6, 17, 58) AND tunnel IS NULL",
         )
         .expect("prepare");
     let mut convs: BTreeMap<Conv, Counts> = BTreeMap::new();
@@ -319,7 +545,7 @@ pub fn sensor_tcp_rows(db: &Path) -> BTreeMap<Conv, Vec<Row>> {
         .prepare(
             "SELECT src_ip, src_port, dst_ip, dst_port, end_reason, first_seen_ms,
                     COALESCE(src_packets, 0) + COALESCE(dst_packets, 0)
-             FROM flows WHERE proto = 6 ORDER BY first_seen_ms, id",
+             FROM flows WHERE proto = 6 AND tunnel IS NULL ORDER BY first_seen_ms, id",
         )
         .expect("prepare");
     let rows = stmt
