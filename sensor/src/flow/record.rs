@@ -83,6 +83,7 @@ impl FlowRecord {
             dst_bytes: None,
             src_tcp_flags: None,
             dst_tcp_flags: None,
+            seen_ns: None,
         }
     }
 
@@ -126,4 +127,9 @@ pub struct FlowRecord {
     /// Union of the TCP flags each way sent.
     pub src_tcp_flags: Option<u8>,
     pub dst_tcp_flags: Option<u8>,
+    /// `first_seen_ms` and `last_seen_ms` to the nanosecond (unix time), when the view knows
+    /// them that precisely; not stored. The merge pairs the two views' records by their
+    /// lifetimes, and connections a few milliseconds long that reuse one 5-tuple back to
+    /// back are only told apart below the millisecond.
+    pub seen_ns: Option<(u64, u64)>,
 }

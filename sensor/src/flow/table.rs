@@ -323,6 +323,7 @@ fn record<A: Addr>(ctx: &Ctx, k: &Key<A>, e: &Entry, reason: EndReason) -> FlowR
         dst_bytes: Some(e.bytes[r]),
         src_tcp_flags: (k.proto == TCP).then_some(e.flags[i]),
         dst_tcp_flags: (k.proto == TCP).then_some(e.flags[r]),
+        seen_ns: Some((e.first_ns, e.last_ns)),
         ..FlowRecord::new(k.proto, ends[i], dst, ctx.source)
     }
 }

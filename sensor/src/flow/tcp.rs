@@ -158,6 +158,12 @@ impl TcpTracker {
         self.stats
     }
 
+    /// A new boot-to-wall-clock offset for the flows finished from now on (see
+    /// [`BootClock`]: after a wall-clock step, kernel times keep matching packet times).
+    pub fn set_clock(&mut self, clock: BootClock) {
+        self.clock = clock;
+    }
+
     pub fn open_flows(&self) -> usize {
         self.flows.len()
     }
@@ -419,6 +425,10 @@ impl TcpTracker {
         FlowRecord {
             first_seen_ms: self.clock.unix_ms(flow.first_ns),
             last_seen_ms: self.clock.unix_ms(flow.last_ns),
+            seen_ns: Some((
+                self.clock.unix_ns(flow.first_ns),
+                self.clock.unix_ns(flow.last_ns),
+            )),
             src_payload_bytes: src_payload,
             dst_payload_bytes: dst_payload,
             src_owner: flow.src_owner,

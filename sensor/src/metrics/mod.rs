@@ -65,6 +65,11 @@ pub struct Metrics {
     /// Merge of the two views.
     pub merge_merged: IntCounter,
     pub merge_alone: IntCounterVec,
+    /// `view`: TCP records that waited for a twin whose lifetime fits and found none.
+    pub merge_unpaired: IntCounterVec,
+    /// Merged rows cut at the kernel's close (the packet record ran on into the next
+    /// connection on the same 5-tuple).
+    pub merge_overrun: IntCounter,
     pub merge_dropped: IntCounter,
     /// Store.
     pub store_rows: IntCounter,
@@ -241,8 +246,20 @@ impl Metrics {
             ),
             merge_alone: counter_vec(
                 "sensor_merge_alone_flows_total",
-                "Records that found no partner in the other view.",
+                "Records written without a partner from the other view (packet records: with \
+                 the UDP, ICMP and active-timeout ones, which never wait).",
                 &["view"],
+            ),
+            merge_unpaired: counter_vec(
+                "sensor_merge_unpaired_flows_total",
+                "TCP records that waited for a record of the other view whose lifetime \
+                 overlaps theirs and found none: written alone.",
+                &["view"],
+            ),
+            merge_overrun: counter(
+                "sensor_merge_overrun_flows_total",
+                "Merged connections whose packet record ran on past the kernel's close (its \
+                 closing packets were lost): the row ends at the close.",
             ),
             merge_dropped: counter(
                 "sensor_merge_dropped_flows_total",
@@ -380,6 +397,7 @@ impl Metrics {
         }
         for view in ["kernel", "packets"] {
             m.merge_alone.with_label_values(&[view]);
+            m.merge_unpaired.with_label_values(&[view]);
         }
         for reason in ["age", "size"] {
             m.store_pruned_rows.with_label_values(&[reason]);
