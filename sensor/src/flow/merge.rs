@@ -11,8 +11,9 @@
 //! runs from `connect()` (or the accepted socket's establishment) to the last close, the
 //! packet record from its first packet to its last. Among several candidates the best fit
 //! wins, not the first to arrive (see [`fit`]). A packet record that begins after the
-//! kernel's close, or that opened with a SYN and ended before the kernel's socket existed,
-//! is another connection and never pairs: nothing is paired across a close and a new SYN.
+//! kernel's close or before its `connect()`, or that opened with a SYN and ended before the
+//! kernel's socket existed, is another connection and never pairs: nothing is paired across
+//! a close and a new SYN.
 //!
 //! The two views end a connection at different moments, so whichever record comes first
 //! waits up to `wait` for its twin; alone after that, it is written as it is and counted
@@ -41,10 +42,12 @@ use crate::metrics::{Metrics, add_delta};
 /// or after the event they mark.
 pub const TOLERANCE_NS: u64 = 5_000_000;
 
-/// How long after the kernel's close a connection's own packets may still be stamped (the
-/// last ACK or the RST leaves microseconds after the socket is closed): a merged row ends
-/// at most this long after the close.
-pub const CLOSE_SLACK_NS: u64 = 1_000_000;
+/// How far outside the kernel's lifetime a connection's own packets may still be stamped:
+/// the last ACK or the RST leaves microseconds after the socket is closed, and the two
+/// clocks agree to microseconds. A merged row ends at most this long after the kernel's
+/// close, and a packet record starting longer than this before the kernel's `connect()` is
+/// another connection's.
+pub const EDGE_SLACK_NS: u64 = 1_000_000;
 
 const SYN: u8 = 0x02;
 
@@ -66,7 +69,7 @@ pub struct MergeStats {
     pub kernel_unpaired: u64,
     pub packets_unpaired: u64,
     /// Merged connections whose packet record ran on past the kernel's close by more than
-    /// [`CLOSE_SLACK_NS`] (its closing packets were not captured, so it took in the next
+    /// [`EDGE_SLACK_NS`] (its closing packets were not captured, so it took in the next
     /// connection's on the same 5-tuple): the row ends at the kernel's close.
     pub overrun: u64,
 }
@@ -109,6 +112,11 @@ pub enum Fit {
 pub fn fit(kernel: &FlowRecord, packets: &FlowRecord) -> Fit {
     let (k0, k1) = span(kernel);
     let (p0, p1) = span(packets);
+    // No packet of a connection comes before its connect(): packets that begin earlier are
+    // an earlier connection's, run on past its close because its closing packets were lost.
+    if kernel.starts_at_connect && p0 + EDGE_SLACK_NS < k0 {
+        return Fit::No;
+    }
     let (start, end) = (k0.max(p0), k1.min(p1));
     if start <= end {
         return Fit::Overlap {
@@ -135,7 +143,7 @@ pub fn fit(kernel: &FlowRecord, packets: &FlowRecord) -> Fit {
 
 /// One record of each view, combined. The kernel's initiator is the truth; the packet
 /// counts are turned around when the packet view guessed the other way. The lifetime is
-/// both views' together, except that it ends at most [`CLOSE_SLACK_NS`] after a kernel close
+/// both views' together, except that it ends at most [`EDGE_SLACK_NS`] after a kernel close
 /// (a packet record that ran on past it holds a later connection's packets).
 pub fn combine(kernel: FlowRecord, packets: FlowRecord) -> FlowRecord {
     let same = kernel.src == packets.src;
@@ -164,7 +172,7 @@ pub fn combine(kernel: FlowRecord, packets: FlowRecord) -> FlowRecord {
     };
     let ((k0, k1), (p0, p1)) = (span(&kernel), span(&packets));
     let p1 = if closed(&kernel) {
-        p1.min(k1 + CLOSE_SLACK_NS)
+        p1.min(k1 + EDGE_SLACK_NS)
     } else {
         p1
     };
@@ -301,7 +309,7 @@ impl Merger {
             (b.record, a.record)
         };
         self.stats.merged += 1;
-        if closed(&kernel) && span(&packets).1 > span(&kernel).1 + CLOSE_SLACK_NS {
+        if closed(&kernel) && span(&packets).1 > span(&kernel).1 + EDGE_SLACK_NS {
             self.stats.overrun += 1;
         }
         out(combine(kernel, packets));
@@ -455,9 +463,11 @@ mod tests {
         (start, start + 2 * MS)
     }
 
+    /// The kernel's record of a connection this host opened.
     fn kernel_at((first, last): (u64, u64), pid: u32) -> FlowRecord {
         FlowRecord {
             seen_ns: Some((first, last)),
+            starts_at_connect: true,
             first_seen_ms: (first / MS) as i64,
             last_seen_ms: (last / MS) as i64,
             src_owner: Some(Owner {
@@ -580,7 +590,7 @@ mod tests {
         assert_eq!(first, conn(0).0);
         assert_eq!(
             last,
-            conn(0).1 + CLOSE_SLACK_NS,
+            conn(0).1 + EDGE_SLACK_NS,
             "ends at the close, give or take"
         );
         assert_eq!(m.stats().overrun, 1);
@@ -590,13 +600,16 @@ mod tests {
     }
 
     /// Of two waiting packet records, the one whose first packet is in the kernel's
-    /// lifetime wins, though it came second.
+    /// lifetime wins, though it came second (an accepted connection: its packets may start
+    /// before the kernel's record).
     #[test]
     fn the_best_fit_wins_not_the_first_to_come() {
         let mut m = Merger::new(Duration::from_secs(3));
         let mut out = Vec::new();
         let t = Instant::now();
         let k = conn(5);
+        let mut accepted = kernel_at(k, 5);
+        accepted.starts_at_connect = false;
         let mut early = packets_at((k.0 - 3 * MS, k.0 + 100_000), 1);
         early.src_tcp_flags = Some(0x10);
         early.dst_tcp_flags = Some(0x10);
@@ -606,41 +619,63 @@ mod tests {
             t,
             &mut |r| out.push(r),
         );
-        m.input(Input::Kernel(kernel_at(k, 5)), t, &mut |r| out.push(r));
+        m.input(Input::Kernel(accepted), t, &mut |r| out.push(r));
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].src_packets, Some(2));
     }
 
     /// Nothing pairs across a close and a new SYN: packets that begin after the kernel's
-    /// close, or that opened with a SYN and ended before its socket existed, even by a few
-    /// microseconds. Packets without a SYN ending just before (a connection older than
-    /// the sensor, whose kernel record starts at its first close) pair once waited.
+    /// close or before its connect(), or that opened with a SYN and ended before its socket
+    /// existed, even by tens of microseconds.
     #[test]
     fn never_across_a_close_and_a_new_syn() {
         let k = kernel_at(conn(1), 1);
         let (k0, k1) = conn(1);
         let later = packets_at((k1 + 50_000, k1 + MS), 1);
         assert_eq!(fit(&k, &later), Fit::No);
+        // The previous connection's packets, its RST lost, running into this one.
+        let ran_on = packets_at((k0 - 2 * MS, k1), 1);
+        assert_eq!(fit(&k, &ran_on), Fit::No);
+        let mut accepted = k.clone();
+        accepted.starts_at_connect = false;
         let earlier = packets_at((k0 - 2 * MS, k0 - 50_000), 1);
-        assert_eq!(fit(&k, &earlier), Fit::No);
-        let mut older = earlier.clone();
-        older.src_tcp_flags = Some(0x18);
-        older.dst_tcp_flags = Some(0x11);
-        assert!(matches!(fit(&k, &older), Fit::Near { .. }));
+        assert_eq!(fit(&accepted, &earlier), Fit::No);
 
         let mut m = Merger::new(Duration::from_secs(3));
         let mut out = Vec::new();
         let t = Instant::now();
-        m.input(Input::Kernel(k.clone()), t, &mut |r| out.push(r));
+        m.input(Input::Kernel(k), t, &mut |r| out.push(r));
         m.input(Input::Packets(later), t, &mut |r| out.push(r));
+        m.input(Input::Packets(ran_on), t, &mut |r| out.push(r));
+        m.expire(t + Duration::from_secs(4), false, &mut |r| out.push(r));
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|f| f.sources != "kernel,capture"));
+        let s = m.stats();
+        assert_eq!((s.merged, s.packets_unpaired, s.kernel_unpaired), (0, 2, 1));
+    }
+
+    /// A connection older than the sensor: its kernel record starts at its first close, and
+    /// its packets (no SYN seen) end just before. They pair once waited, for want of better.
+    #[test]
+    fn older_than_the_sensor_pairs_within_the_tolerance() {
+        let (k0, k1) = conn(1);
+        let mut k = kernel_at((k0, k1), 1);
+        k.starts_at_connect = false;
+        let mut older = packets_at((k0 - 900 * MS, k0 - 50_000), 7);
+        older.src_tcp_flags = Some(0x18);
+        older.dst_tcp_flags = Some(0x11);
+        assert!(matches!(fit(&k, &older), Fit::Near { .. }));
+        let mut m = Merger::new(Duration::from_secs(3));
+        let mut out = Vec::new();
+        let t = Instant::now();
+        m.input(Input::Kernel(k), t, &mut |r| out.push(r));
         m.input(Input::Packets(older), t, &mut |r| out.push(r));
         assert!(out.is_empty(), "only near: waits for something better");
         m.expire(t + Duration::from_secs(4), false, &mut |r| out.push(r));
-        assert_eq!(out.len(), 2);
-        let merged = out.iter().find(|f| f.sources == "kernel,capture").unwrap();
-        assert_eq!(merged.seen_ns.unwrap(), (k0 - 2 * MS, k1));
-        let s = m.stats();
-        assert_eq!((s.merged, s.packets_unpaired, s.kernel_unpaired), (1, 1, 0));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].sources, "kernel,capture");
+        assert_eq!(out[0].seen_ns.unwrap(), (k0 - 900 * MS, k1));
+        assert_eq!(m.stats().merged, 1);
     }
 
     /// At shutdown the kernel's last event is not the connection's end: later packets are

@@ -84,6 +84,7 @@ impl FlowRecord {
             src_tcp_flags: None,
             dst_tcp_flags: None,
             seen_ns: None,
+            starts_at_connect: false,
         }
     }
 
@@ -132,4 +133,8 @@ pub struct FlowRecord {
     /// lifetimes, and connections a few milliseconds long that reuse one 5-tuple back to
     /// back are only told apart below the millisecond.
     pub seen_ns: Option<(u64, u64)>,
+    /// The kernel view's record begins at the initiator's `connect()` on this host, so no
+    /// packet of this connection comes before it (an accepted one begins when established,
+    /// after the SYN). Not stored.
+    pub starts_at_connect: bool,
 }
