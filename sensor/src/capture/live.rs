@@ -147,7 +147,7 @@ impl LiveCapture {
                             h.beat();
                             since_beat = 0;
                         }
-                        match sock.next() {
+                        match sock.recv() {
                             Ok((ts, frame)) => {
                                 stats.packets.fetch_add(1, Ordering::Relaxed);
                                 stats.bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);

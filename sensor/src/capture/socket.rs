@@ -145,7 +145,7 @@ impl PacketSocket {
 
     /// The next frame and the kernel's time for it (unix nanoseconds). `TimedOut` when
     /// nothing came within the read timeout.
-    pub fn next(&mut self) -> io::Result<(u64, &[u8])> {
+    pub fn recv(&mut self) -> io::Result<(u64, &[u8])> {
         let mut iov = libc::iovec {
             iov_base: self.buf.as_mut_ptr().cast(),
             iov_len: self.buf.len(),
@@ -296,7 +296,7 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             assert!(std::time::Instant::now() < deadline, "frame not seen");
-            let Ok((ts, frame)) = s.next() else { continue };
+            let Ok((ts, frame)) = s.recv() else { continue };
             if !frame.windows(8).any(|w| w == b"stamp-me") {
                 continue;
             }
