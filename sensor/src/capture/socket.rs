@@ -5,7 +5,10 @@
 //! Why the kernel's time: under load a frame waits in the socket buffer for tens or
 //! hundreds of milliseconds before it is read, and the merge tells connections that reuse
 //! one 5-tuple apart by their lifetimes. The stamp is CLOCK_REALTIME (`ktime_get_real`),
-//! the clock the kernel hooks' boot-time stamps are converted to (`flow::BootClock`).
+//! the clock the kernel hooks' boot-time stamps are converted to (`flow::BootClock`). The
+//! kernel turns stamping on a moment after the first socket asks (`net_enable_timestamp`
+//! defers it to a work item): frames of the first few milliseconds after start may carry
+//! their read time instead.
 //!
 //! The socket is opened with protocol 0 and only bound to ETH_P_ALL on its interface after
 //! its buffer and filter are set, so it never holds frames from other interfaces.
