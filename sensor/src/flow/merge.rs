@@ -69,8 +69,10 @@ pub struct MergeStats {
     pub kernel_unpaired: u64,
     pub packets_unpaired: u64,
     /// Merged connections whose packet record ran on past the kernel's close by more than
-    /// [`EDGE_SLACK_NS`] (its closing packets were not captured, so it took in the next
-    /// connection's on the same 5-tuple): the row ends at the kernel's close.
+    /// [`EDGE_SLACK_NS`]: the capture lost a burst holding this connection's last packets
+    /// and the next one's first on the same 5-tuple, and the packet table, seeing no
+    /// boundary, counted both as one flow. The row ends at the kernel's close; the packets
+    /// stay counted once, in this row (the next connection's row is the kernel's alone).
     pub overrun: u64,
 }
 

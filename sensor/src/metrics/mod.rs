@@ -258,8 +258,9 @@ impl Metrics {
             ),
             merge_overrun: counter(
                 "sensor_merge_overrun_flows_total",
-                "Merged connections whose packet record ran on past the kernel's close (its \
-                 closing packets were lost): the row ends at the close.",
+                "Merged connections whose packet record ran on past the kernel's close (the \
+                 capture lost the packets between it and the next connection on the same \
+                 5-tuple): the row ends at the close and holds the packets counted.",
             ),
             merge_dropped: counter(
                 "sensor_merge_dropped_flows_total",
