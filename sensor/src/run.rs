@@ -263,6 +263,8 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
                 guard.clear_ready();
             }
             _ = tick.tick() => {
+                // Kernel times stay on the packets' clock across a wall-clock step.
+                tracker.set_clock(BootClock::now());
                 let (drops, produced) = ringbuf_totals(probe.as_ref(), last_drops);
                 if drops > last_drops {
                     tracing::warn!(lost = drops - last_drops, total = drops,

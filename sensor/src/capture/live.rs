@@ -1,6 +1,7 @@
-//! Live capture: one AF_PACKET socket (pnet) per interface, each read by its own thread that
-//! parses the frame where it lands (tens of nanoseconds) and hands the packet's facts to
-//! the flow table through a bounded queue.
+//! Live capture: one AF_PACKET socket ([`PacketSocket`]) per interface, each read by its own
+//! thread that parses the frame where it lands (tens of nanoseconds) and hands the packet's
+//! facts, with the kernel's timestamp of the frame, to the flow table through a bounded
+//! queue.
 //!
 //! Full-queue policy: the packet is dropped and counted (`queue_dropped`); the capture thread
 //! never waits on anything downstream, so the kernel's own socket buffer is the only other
@@ -12,12 +13,15 @@ use std::{
         mpsc::{SyncSender, TrySendError},
     },
     thread::JoinHandle,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
-use pnet_datalink::{self as datalink, Channel, NetworkInterface};
+use pnet_datalink::{self as datalink, NetworkInterface};
 
-use super::parse::{self, LinkType, Packet, ParseError};
+use super::{
+    parse::{self, LinkType, Packet, ParseError},
+    socket::{PacketSocket, SocketError},
+};
 use crate::metrics::Heartbeat;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +32,7 @@ pub enum CaptureError {
     Open {
         name: String,
         #[source]
-        source: std::io::Error,
+        source: SocketError,
     },
 }
 
@@ -54,7 +58,8 @@ pub struct LiveCapture {
     pub interfaces: Vec<String>,
 }
 
-/// A packet and when it was captured (unix nanoseconds).
+/// A packet and when the kernel received it (unix nanoseconds, the frame's SO_TIMESTAMPNS
+/// stamp: not when it was read, which under load is later by the socket buffer's backlog).
 pub type Captured = (u64, Packet);
 
 /// The interfaces named, or every interface that is up for `all`.
@@ -100,121 +105,6 @@ fn link_type(hw: u32) -> LinkType {
     }
 }
 
-/// On loopback every packet passes a packet socket twice, going out and coming back in:
-/// a classic BPF filter keeps only the incoming copy (what tcpdump shows too).
-fn drop_outgoing(fd: i32, name: &str) -> Result<(), CaptureError> {
-    const SKF_AD_OFF: u32 = (-0x1000i32) as u32;
-    const SKF_AD_PKTTYPE: u32 = 4;
-    const PACKET_OUTGOING: u32 = 4;
-    let code = [
-        // A = skb->pkt_type
-        libc::sock_filter {
-            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
-            jt: 0,
-            jf: 0,
-            k: SKF_AD_OFF + SKF_AD_PKTTYPE,
-        },
-        // if A == PACKET_OUTGOING drop, else accept
-        libc::sock_filter {
-            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 1,
-            k: PACKET_OUTGOING,
-        },
-        libc::sock_filter {
-            code: (libc::BPF_RET | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
-        libc::sock_filter {
-            code: (libc::BPF_RET | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 0,
-            k: u32::MAX,
-        },
-    ];
-    let prog = libc::sock_fprog {
-        len: code.len() as u16,
-        filter: code.as_ptr().cast_mut(),
-    };
-    // SAFETY: SO_ATTACH_FILTER copies the program; `code` outlives the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&prog as *const libc::sock_fprog).cast(),
-            size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(CaptureError::Open {
-            name: name.to_string(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(())
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-/// Opens a raw packet socket for all protocols, with a receive buffer of `buffer_bytes`
-/// (bursts wait there rather than being dropped); pnet binds it to the interface.
-fn packet_socket(name: &str, buffer_bytes: usize) -> Result<i32, CaptureError> {
-    let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
-    // SAFETY: plain socket(2) call.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
-    if fd < 0 {
-        return Err(CaptureError::Open {
-            name: name.to_string(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    let size = buffer_bytes.min(i32::MAX as usize) as libc::c_int;
-    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: setsockopt with a c_int value. FORCE (CAP_NET_ADMIN) passes rmem_max.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&size as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            break;
-        }
-    }
-    Ok(fd)
-}
-
-/// Reads and resets the socket's kernel counters: (packets, drops) since the last read.
-fn packet_statistics(fd: i32) -> Option<(u32, u32)> {
-    let mut st = libc::tpacket_stats {
-        tp_packets: 0,
-        tp_drops: 0,
-    };
-    let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
-    // SAFETY: getsockopt into a correctly sized tpacket_stats.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_PACKET,
-            libc::PACKET_STATISTICS,
-            (&mut st as *mut libc::tpacket_stats).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some((st.tp_packets, st.tp_drops))
-}
-
 impl LiveCapture {
     /// Starts one capture thread per interface; `decap`: tunnels' inner packets too (see
     /// [`super::tunnel`]).
@@ -230,36 +120,17 @@ impl LiveCapture {
         let mut threads = Vec::new();
         let mut names = Vec::new();
         for iface in interfaces {
-            let fd = packet_socket(&iface.name, buffer_bytes)?;
             let hw = hw_type(&iface.name);
-            if hw == ARPHRD_LOOPBACK
-                && let Err(e) = drop_outgoing(fd, &iface.name)
-            {
-                // SAFETY: our own fd, not yet handed to pnet.
-                unsafe { libc::close(fd) };
-                return Err(e);
-            }
-            let config = datalink::Config {
-                read_timeout: Some(Duration::from_millis(100)),
-                read_buffer_size: 1 << 16,
-                socket_fd: Some(fd),
-                ..Default::default()
-            };
-            let mut rx = match datalink::channel(&iface, config) {
-                Ok(Channel::Ethernet(_tx, rx)) => rx,
-                Ok(_) => {
-                    return Err(CaptureError::Open {
-                        name: iface.name.clone(),
-                        source: std::io::Error::other("unexpected channel type"),
-                    });
-                }
-                Err(source) => {
-                    return Err(CaptureError::Open {
-                        name: iface.name.clone(),
-                        source,
-                    });
-                }
-            };
+            let mut sock = PacketSocket::open(
+                iface.index,
+                buffer_bytes,
+                Duration::from_millis(100),
+                hw == ARPHRD_LOOPBACK,
+            )
+            .map_err(|source| CaptureError::Open {
+                name: iface.name.clone(),
+                source,
+            })?;
             let link = link_type(hw);
             let (stop, stats, tx) = (Arc::clone(&stop), Arc::clone(&stats), tx.clone());
             let heartbeat = heartbeat.clone();
@@ -278,12 +149,12 @@ impl LiveCapture {
                             h.beat();
                             since_beat = 0;
                         }
-                        match rx.next() {
-                            Ok(frame) => {
+                        match sock.recv() {
+                            Ok((ts, frame)) => {
                                 stats.packets.fetch_add(1, Ordering::Relaxed);
                                 stats.bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
                                 match parse::parse_with(link, frame, decap) {
-                                    Ok(p) => match tx.try_send((now_ns(), p)) {
+                                    Ok(p) => match tx.try_send((ts, p)) {
                                         Ok(()) => {
                                             stats.handed_off.fetch_add(1, Ordering::Relaxed);
                                         }
@@ -316,14 +187,14 @@ impl LiveCapture {
                             if let Some(h) = &heartbeat {
                                 h.beat();
                             }
-                            if let Some((_, drops)) = packet_statistics(fd) {
+                            if let Some((_, drops)) = sock.statistics() {
                                 stats
                                     .kernel_dropped
                                     .fetch_add(u64::from(drops), Ordering::Relaxed);
                             }
                         }
                     }
-                    if let Some((_, drops)) = packet_statistics(fd) {
+                    if let Some((_, drops)) = sock.statistics() {
                         stats
                             .kernel_dropped
                             .fetch_add(u64::from(drops), Ordering::Relaxed);

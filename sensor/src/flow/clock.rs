@@ -1,8 +1,12 @@
-//! Kernel timestamps (`bpf_ktime_get_boot_ns`, CLOCK_BOOTTIME) to wall-clock milliseconds.
+//! Kernel timestamps (`bpf_ktime_get_boot_ns`, CLOCK_BOOTTIME) to wall-clock time: the
+//! clock packet timestamps (SO_TIMESTAMPNS, CLOCK_REALTIME) are on, so the merge can compare
+//! the two views' lifetimes.
 use nix::time::{ClockId, clock_gettime};
 
-/// Offset between CLOCK_REALTIME and CLOCK_BOOTTIME, taken once at start. A wall-clock step
-/// while running shifts new flows' times by the step; durations stay right.
+/// Offset between CLOCK_REALTIME and CLOCK_BOOTTIME, taken when made. NTP slews both clocks
+/// alike, so the offset only changes when the wall clock is stepped; the sensor takes a new
+/// one every second (`TcpTracker::set_clock`), so after a step kernel times follow the
+/// packets' within a second.
 #[derive(Debug, Clone, Copy)]
 pub struct BootClock {
     realtime_minus_boot_ns: i128,
@@ -30,6 +34,11 @@ impl BootClock {
 
     pub fn unix_ms(&self, boot_ns: u64) -> i64 {
         ((i128::from(boot_ns) + self.realtime_minus_boot_ns) / 1_000_000) as i64
+    }
+
+    /// Unix nanoseconds (0 for a time before 1970, which a running kernel does not report).
+    pub fn unix_ns(&self, boot_ns: u64) -> u64 {
+        (i128::from(boot_ns) + self.realtime_minus_boot_ns).max(0) as u64
     }
 
     /// CLOCK_BOOTTIME now, in the kernel events' unit.

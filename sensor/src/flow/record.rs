@@ -100,6 +100,8 @@ impl FlowRecord {
             packet_start_ns: None,
             amends: false,
             tunnel: None,
+            seen_ns: None,
+            starts_at_connect: false,
         }
     }
 
@@ -153,4 +155,13 @@ pub struct FlowRecord {
     /// For the inner flow of a tunnel: the tunnel; None for every other flow (the tunnel's
     /// own outer flow included).
     pub tunnel: Option<Tunnel>,
+    /// `first_seen_ms` and `last_seen_ms` to the nanosecond (unix time), when the view knows
+    /// them that precisely; not stored. The merge pairs the two views' records by their
+    /// lifetimes, and connections a few milliseconds long that reuse one 5-tuple back to
+    /// back are only told apart below the millisecond.
+    pub seen_ns: Option<(u64, u64)>,
+    /// The kernel view's record begins at the initiator's `connect()` on this host, so no
+    /// packet of this connection comes before it (an accepted one begins when established,
+    /// after the SYN). Not stored.
+    pub starts_at_connect: bool,
 }

@@ -411,6 +411,7 @@ fn record<A: Addr>(ctx: &Ctx, k: &Key<A>, e: &Entry, reason: EndReason) -> FlowR
         packet_start_ns: Some(e.first_ns),
         amends: e.has(REPORTED),
         tunnel: A::tunnel(k.a, k.b, i),
+        seen_ns: Some((e.first_ns, e.last_ns)),
         ..FlowRecord::new(k.proto, ends[i], dst, ctx.source)
     }
 }

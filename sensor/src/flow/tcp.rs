@@ -54,6 +54,8 @@ struct OpenFlow {
     ends: [End; 2],
     /// Finished only when both ends have closed, even if one has not been seen yet.
     wait_both: bool,
+    /// `first_ns` is the initiator's connect() on this host.
+    starts_at_connect: bool,
 }
 
 /// A local socket we have seen.
@@ -65,6 +67,8 @@ struct Sock {
     /// From `connect()`, before the flow exists.
     owner: Option<Owner>,
     first_ns: u64,
+    /// Seen calling connect(): `first_ns` is that call.
+    connect_seen: bool,
 }
 
 /// Counters a caller may want to report.
@@ -158,6 +162,12 @@ impl TcpTracker {
         self.stats
     }
 
+    /// A new boot-to-wall-clock offset for the flows finished from now on (see
+    /// [`BootClock`]: after a wall-clock step, kernel times keep matching packet times).
+    pub fn set_clock(&mut self, clock: BootClock) {
+        self.clock = clock;
+    }
+
     pub fn open_flows(&self) -> usize {
         self.flows.len()
     }
@@ -184,6 +194,7 @@ impl TcpTracker {
                         role: RESPONDER,
                         owner: None,
                         first_ns: ev.ts_ns,
+                        connect_seen: false,
                     },
                 );
             }
@@ -193,6 +204,7 @@ impl TcpTracker {
                     role: INITIATOR,
                     owner: Some(Owner::from_comm(ev.pid, &ev.comm)),
                     first_ns: ev.ts_ns,
+                    connect_seen: true,
                 };
                 self.socks.insert(key, sock);
                 // The tracepoint sees connect() before the source port is chosen.
@@ -206,6 +218,7 @@ impl TcpTracker {
                     role: INITIATOR,
                     owner: None,
                     first_ns: ev.ts_ns,
+                    connect_seen: false,
                 });
                 self.bind(key, local, remote, ev.ts_ns);
             }
@@ -217,6 +230,7 @@ impl TcpTracker {
                         role: RESPONDER,
                         owner: None,
                         first_ns: ev.ts_ns,
+                        connect_seen: false,
                     },
                 );
                 self.bind(key, local, remote, ev.ts_ns);
@@ -242,6 +256,7 @@ impl TcpTracker {
             (remote, local)
         };
         let first_ns = sock.first_ns;
+        let connect_seen = sock.connect_seen;
         let owner = sock.owner.take();
         let id = match self.by_tuple.get(&(src, dst)) {
             Some(&id) if self.flows.get(&id).is_some_and(|f| !f.ends[role].present) => id,
@@ -260,6 +275,7 @@ impl TcpTracker {
                         dst_owner: None,
                         ends: [End::default(); 2],
                         wait_both: false,
+                        starts_at_connect: false,
                     },
                 );
                 self.by_tuple.insert((src, dst), id);
@@ -275,6 +291,7 @@ impl TcpTracker {
         let flow = self.flows.get_mut(&id).expect("flow just looked up");
         flow.ends[role].present = true;
         flow.first_ns = flow.first_ns.min(first_ns);
+        flow.starts_at_connect |= connect_seen && flow.first_ns == first_ns;
         flow.last_ns = flow.last_ns.max(ts);
         if role == INITIATOR {
             flow.src_owner = owner.or(flow.src_owner.take());
@@ -303,6 +320,7 @@ impl TcpTracker {
                 role,
                 owner: sock_owner,
                 first_ns: ts,
+                connect_seen: false,
             },
         );
         self.bind(key, local, remote, ts);
@@ -419,6 +437,11 @@ impl TcpTracker {
         FlowRecord {
             first_seen_ms: self.clock.unix_ms(flow.first_ns),
             last_seen_ms: self.clock.unix_ms(flow.last_ns),
+            seen_ns: Some((
+                self.clock.unix_ns(flow.first_ns),
+                self.clock.unix_ns(flow.last_ns),
+            )),
+            starts_at_connect: flow.starts_at_connect,
             src_payload_bytes: src_payload,
             dst_payload_bytes: dst_payload,
             src_owner: flow.src_owner,
@@ -537,6 +560,8 @@ mod tests {
             (Some(100), Some(7))
         );
         assert_eq!(f.end_reason, EndReason::Fin);
+        assert!(f.starts_at_connect, "begins at the client's connect()");
+        assert_eq!(f.seen_ns, Some((2_000_000, 3_000_000)));
         assert_eq!(t.open_flows(), 0);
     }
 
@@ -629,6 +654,7 @@ mod tests {
             (Some(10), Some(5))
         );
         assert_eq!(out[0].dst_owner.as_ref().unwrap().comm, "srv");
+        assert!(!out[0].starts_at_connect, "begins at its first close");
         assert_eq!(t.stats().orphan_closes, 2);
     }
 

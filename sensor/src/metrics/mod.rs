@@ -65,6 +65,11 @@ pub struct Metrics {
     /// Merge of the two views.
     pub merge_merged: IntCounter,
     pub merge_alone: IntCounterVec,
+    /// `view`: TCP records that waited for a twin whose lifetime fits and found none.
+    pub merge_unpaired: IntCounterVec,
+    /// Merged rows cut at the kernel's close (the packet record ran on into the next
+    /// connection on the same 5-tuple).
+    pub merge_overrun: IntCounter,
     pub merge_dropped: IntCounter,
     /// Late packets of closed connections: amendments the packet table sent, what the merge
     /// did with them (`folded` into a record still waiting, `passed` on to the store), and
@@ -247,8 +252,21 @@ impl Metrics {
             ),
             merge_alone: counter_vec(
                 "sensor_merge_alone_flows_total",
-                "Records that found no partner in the other view.",
+                "Records written without a partner from the other view (packet records: with \
+                 the UDP, ICMP and active-timeout ones, which never wait).",
                 &["view"],
+            ),
+            merge_unpaired: counter_vec(
+                "sensor_merge_unpaired_flows_total",
+                "TCP records that waited for a record of the other view whose lifetime \
+                 overlaps theirs and found none: written alone.",
+                &["view"],
+            ),
+            merge_overrun: counter(
+                "sensor_merge_overrun_flows_total",
+                "Merged connections whose packet record ran on past the kernel's close (the \
+                 capture lost the packets between it and the next connection on the same \
+                 5-tuple): the row ends at the close and holds the packets counted.",
             ),
             merge_dropped: counter(
                 "sensor_merge_dropped_flows_total",
@@ -401,6 +419,7 @@ impl Metrics {
         }
         for view in ["kernel", "packets"] {
             m.merge_alone.with_label_values(&[view]);
+            m.merge_unpaired.with_label_values(&[view]);
         }
         for reason in ["age", "size"] {
             m.store_pruned_rows.with_label_values(&[reason]);

@@ -7,6 +7,13 @@
 //! `C <local> <peer> <request bytes> <response bytes> <mode>`, then `PID <pid>` and
 //! `RATE <conns/s>`.
 //!
+//! `tcpload reuse --peer ADDR --source-port P --conns N [--hold-ms H]` makes N connections
+//! one after another, all from local port P (SO_REUSEADDR), each held H ms (default 2)
+//! after its response and closed with RST (so no TIME_WAIT stands in the next one's way);
+//! one line per connection: `C <local> <peer> <request bytes> <response bytes> 1
+//! <start unix ns> <end unix ns>` (from before the socket exists to after it is closed),
+//! then `PID <pid>`.
+//!
 //! Each connection starts with a 12-byte header (request length including the header,
 //! response length, mode; big-endian u32s). Modes say who closes and how:
 //! 0 client FIN first, 1 client RST, 2 server FIN first, 3 server RST, 4 both at once (the
@@ -99,8 +106,22 @@ fn main() {
                 arg(&args, "--threads").map_or(4, |t| t.parse().expect("--threads"));
             client(v4, v6, n, threads);
         }
+        Some("reuse") => {
+            let num = |name: &str, default: Option<u64>| -> u64 {
+                arg(&args, name)
+                    .map(|v| v.parse().expect(name))
+                    .or(default)
+                    .expect(name)
+            };
+            let peer: SocketAddr = arg(&args, "--peer")
+                .expect("--peer")
+                .parse()
+                .expect("--peer");
+            let port = u16::try_from(num("--source-port", None)).expect("--source-port");
+            reuse(peer, port, num("--conns", None), num("--hold-ms", Some(2)));
+        }
         _ => {
-            eprintln!("usage: tcpload server|client --v4 ADDR --v6 ADDR ...");
+            eprintln!("usage: tcpload server|client|reuse ...");
             std::process::exit(2);
         }
     }
@@ -241,4 +262,119 @@ fn one_connection(peer: SocketAddr, i: usize) -> String {
     // Bytes the client sent: the request, and mode 4's last byte.
     let sent = req + usize::from(mode == 4);
     format!("C {local} {peer} {sent} {resp} {mode}")
+}
+
+fn unix_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_nanos()
+}
+
+/// A TCP socket bound to `local` with SO_REUSEADDR, connected to `peer`. A bind or connect
+/// that finds the port still taken is tried again (200 times, 1 ms apart, at most).
+fn connect_from(local: SocketAddr, peer: SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let to_raw = |a: SocketAddr| -> (libc::sockaddr_storage, libc::socklen_t) {
+        // SAFETY: sockaddr_storage is plain data; zeroed is a valid start.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = match a {
+            SocketAddr::V4(v4) => {
+                // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
+                let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = v4.port().to_be();
+                sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+                size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(v6) => {
+                // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in6.
+                let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = v6.port().to_be();
+                sin6.sin6_addr.s6_addr = v6.ip().octets();
+                size_of::<libc::sockaddr_in6>()
+            }
+        };
+        (ss, len as libc::socklen_t)
+    };
+    let family = if local.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    for _ in 0..200 {
+        // SAFETY: plain socket(2) call.
+        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` is ours; from here the stream closes it.
+        let s = unsafe { TcpStream::from_raw_fd(fd) };
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt with a c_int on our socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&one as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_REUSEADDR: {}", std::io::Error::last_os_error());
+        let (l, llen) = to_raw(local);
+        let (p, plen) = to_raw(peer);
+        // SAFETY: bind and connect with correctly sized socket addresses.
+        let ok = unsafe {
+            libc::bind(fd, (&l as *const libc::sockaddr_storage).cast(), llen) == 0
+                && libc::connect(fd, (&p as *const libc::sockaddr_storage).cast(), plen) == 0
+        };
+        if ok {
+            return s;
+        }
+        let e = std::io::Error::last_os_error();
+        assert!(
+            matches!(
+                e.raw_os_error(),
+                Some(libc::EADDRINUSE | libc::EADDRNOTAVAIL)
+            ),
+            "bind/connect from {local} to {peer}: {e}"
+        );
+        drop(s);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("port {} still taken after 200 tries", local.port());
+}
+
+fn reuse(peer: SocketAddr, port: u16, conns: u64, hold_ms: u64) {
+    set_comm("tl-client");
+    let local = SocketAddr::new(
+        if peer.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        },
+        port,
+    );
+    let mut out = String::new();
+    for i in 0..conns as usize {
+        let req = HEADER + 100 + (i * 7919) % 900;
+        let resp = 50 + (i * 104_729) % 900;
+        let start = unix_ns();
+        let mut s = connect_from(local, peer);
+        let mut msg = Vec::with_capacity(req);
+        for w in [req, resp, 1] {
+            msg.extend_from_slice(&(w as u32).to_be_bytes());
+        }
+        msg.resize(req, b'q');
+        s.write_all(&msg).expect("send request");
+        let mut got = vec![0u8; resp];
+        s.read_exact(&mut got).expect("read response");
+        std::thread::sleep(Duration::from_millis(hold_ms));
+        set_linger_zero(&s);
+        drop(s);
+        let end = unix_ns();
+        out.push_str(&format!("C {local} {peer} {req} {resp} 1 {start} {end}\n"));
+    }
+    print!("{out}");
+    println!("PID {}", std::process::id());
 }

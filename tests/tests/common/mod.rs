@@ -266,3 +266,14 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// The value of one series in a Prometheus text exposition; fails when the series is not
+/// there (so a renamed metric fails the test rather than reading as 0).
+pub fn metric_required(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().expect("a number"))
+        })
+        .unwrap_or_else(|| panic!("metric {series} not exported"))
+}
