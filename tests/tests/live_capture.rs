@@ -187,6 +187,15 @@ fn veth_capture_matches_tcpdump() {
         "the sensor's flows match tcpdump's capture, per conversation:\n{}",
         differ.join("\n")
     );
+    // Rows, not only sums: one row per TCP connection tcpdump saw, the SYN's sender as
+    // its source (client and server close in every way tcpload knows, FINs crossing too).
+    let (connections, problems) = common::tshark::identity_problems(&pcap, &db);
+    assert_eq!(connections, 20, "tcpdump saw every connection");
+    assert!(
+        problems.is_empty(),
+        "one row per connection, source = SYN sender:\n{}",
+        problems.join("\n")
+    );
     let dropped = log
         .iter()
         .find(|l| l.contains("capture stopped"))

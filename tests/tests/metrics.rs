@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Sensor, http_get, is_root, metric_value, skip, temp_dir};
+use common::{Sensor, http_get, is_root, metric_required, metric_value, skip, temp_dir};
 
 fn have(cmd: &str) -> bool {
     Command::new(cmd)
@@ -253,19 +253,23 @@ fn every_stage_accounts_for_everything_under_overflow() {
         assert_eq!(created, ended, "{table} flows: created = ended");
     }
 
-    // Merge: records that reached it = 2 per merged pair + those alone.
+    // Merge: records and amendments that reached it = 2 per merged pair + those alone +
+    // amendments folded into a waiting record or passed on.
     let records = sum_prefix(&m, "sensor_flow_ended_flows_total");
+    let amendments = metric_required(&m, "sensor_flow_amendments_total");
     let merge_dropped = metric_value(&m, "sensor_merge_dropped_flows_total");
     let merged = metric_value(&m, "sensor_merge_merged_flows_total");
     let alone = sum_prefix(&m, "sensor_merge_alone_flows_total");
+    let passed = metric_required(&m, "sensor_merge_amendments_total{result=\"passed\"}");
+    let folded = metric_required(&m, "sensor_merge_amendments_total{result=\"folded\"}");
     assert_eq!(
-        records - merge_dropped,
-        2.0 * merged + alone,
+        records + amendments - merge_dropped,
+        2.0 * merged + alone + folded + passed,
         "merge: in = out + dropped"
     );
 
     // Store: what the merge sent was written, failed or dropped (all counted); the rows
-    // are in the database.
+    // are in the database; amendments were applied, missed or dropped (counted apart).
     let rows = metric_value(&m, "sensor_store_rows_total");
     let failed = metric_value(&m, "sensor_store_failed_rows_total");
     let store_dropped = metric_value(&m, "sensor_store_dropped_rows_total");
@@ -273,6 +277,11 @@ fn every_stage_accounts_for_everything_under_overflow() {
         merged + alone,
         rows + failed + store_dropped,
         "store: in = out + dropped"
+    );
+    assert_eq!(
+        passed,
+        sum_prefix(&m, "sensor_store_amendments_total"),
+        "store: every amendment applied, missed or dropped"
     );
     assert_eq!(metric_value(&m, "sensor_store_pending_rows"), 0.0);
     let conn = rusqlite::Connection::open(&db).unwrap();

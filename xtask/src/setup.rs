@@ -31,6 +31,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
     ("dnsmasq", "dnsmasq-base"),
     ("mkfs.ext4", "e2fsprogs"),
+    ("bpftool", "bpftool"),
 ];
 
 pub struct Tools {
