@@ -65,6 +65,12 @@ enum Command {
         format: sensor::check::Format,
     },
     /// Read pcap/pcapng files into flows, timed by their packets. Needs no privileges.
+    ///
+    /// Every file is read, whatever happens to the one before. Exit status: 0 all read,
+    /// stored and looked up; 65 some input could not be read in full (a damaged or
+    /// unreadable file, a link type not decoded, packets the parser gave up on: each named),
+    /// what was read is stored; 74 flows or enrichment that were read could not be kept
+    /// (rows dropped or failed, addresses shed); 1 nothing was done (database, config).
     Replay {
         /// SQLite database for flows [default: /var/lib/sensor/flows.db, or the config's db_path].
         #[arg(long)]
@@ -308,7 +314,8 @@ fn main() -> ExitCode {
                 cfg.metrics_on_exit = metrics_on_exit;
             }
             match sensor::replay::replay(&cfg, &files) {
-                Ok(s) => {
+                Ok(report) => {
+                    let s = &report.summary;
                     tracing::info!(
                         files = s.files,
                         packets = s.packets,
@@ -321,7 +328,28 @@ fn main() -> ExitCode {
                         enrich_shed = s.enrich_shed,
                         "replay done"
                     );
-                    ExitCode::SUCCESS
+                    if !report.bad_files.is_empty() {
+                        tracing::error!(
+                            "{} of {} files could not be read in full (each named above); the \
+                             flows read were kept",
+                            report.bad_files.len(),
+                            files.len()
+                        );
+                    }
+                    if s.malformed > 0 {
+                        tracing::error!(
+                            packets = s.malformed,
+                            "packets the parser gave up on were skipped"
+                        );
+                    }
+                    if s.store_dropped > 0 || s.enrich_shed > 0 {
+                        tracing::error!(
+                            rows = s.store_dropped,
+                            addresses = s.enrich_shed,
+                            "flows or enrichment that were read could not be kept"
+                        );
+                    }
+                    ExitCode::from(report.exit_code())
                 }
                 Err(e) => {
                     tracing::error!("{e}");

@@ -20,21 +20,45 @@ use crate::{
     store::{self, StoreError, Writer, WriterConfig},
 };
 
+/// What stops a replay before it reads anything. A file that cannot be read in full is
+/// not one of these: it is reported in [`ReplayReport::bad_files`] and the others are read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The flows read before the damage were kept.
-    #[error("{0} (flows read before it were kept)")]
-    File(#[from] FileError),
-    /// Several files were given and some could not be read in full; each was logged as it
-    /// happened and the others were read.
-    #[error(
-        "{failed} of {files} files could not be read in full (each named above); the flows read were kept"
-    )]
-    Files { failed: usize, files: usize },
     #[error(transparent)]
     Enrich(#[from] crate::enrich::EnrichError),
+}
+
+/// The exit statuses of `sensor replay` (and their meaning for scripts): 0 every packet of
+/// every file read, stored and looked up; [`EXIT_BAD_INPUT`] some input could not be read
+/// in full (a damaged or unreadable file, a link type not decoded, packets the parser gave
+/// up on) and what was read is stored; [`EXIT_LOST`] flows or enrichment that were read
+/// could not be kept (rows dropped or failed to write, addresses shed). 1: nothing was done
+/// (the database or the configuration).
+pub const EXIT_BAD_INPUT: u8 = 65;
+/// See [`EXIT_BAD_INPUT`].
+pub const EXIT_LOST: u8 = 74;
+
+/// A replay's outcome: what it saw and the files it could not read in full.
+#[derive(Debug)]
+pub struct ReplayReport {
+    pub summary: ReplaySummary,
+    pub bad_files: Vec<FileError>,
+}
+
+impl ReplayReport {
+    /// The exit status (see [`EXIT_BAD_INPUT`]): a loss of accepted data outranks bad input.
+    pub fn exit_code(&self) -> u8 {
+        let s = &self.summary;
+        if s.store_dropped > 0 || s.enrich_shed > 0 {
+            EXIT_LOST
+        } else if !self.bad_files.is_empty() || s.malformed > 0 {
+            EXIT_BAD_INPUT
+        } else {
+            0
+        }
+    }
 }
 
 /// What a replay saw.
@@ -55,7 +79,7 @@ pub struct ReplaySummary {
 /// Replays `files` in order into the database `cfg.db_path`. A file that cannot be read in
 /// full (damaged, or of a link type not decoded) is an error, but the files after it are
 /// still read: one bad file must not hide the rest.
-pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplaySummary, ReplayError> {
+pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplayReport, ReplayError> {
     let conn = store::open_for_writing(&cfg.db_path)?;
     let metrics = crate::metrics::Metrics::new();
     let enrich =
@@ -65,6 +89,8 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplaySummary, ReplayEr
         cfg.db_path.clone(),
         WriterConfig {
             enrich: enrich.as_ref().map(|e| e.queue.clone()),
+            // The same counters a live run keeps: `--metrics-on-exit` tells the truth.
+            metrics: Some(std::sync::Arc::clone(&metrics)),
             // A replay keeps every flow: old captures are not old news.
             retention: None,
             // Rolled up by the next `sensor run` (top reads what isn't from flows).
@@ -83,12 +109,10 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplaySummary, ReplayEr
     let mut summary = ReplaySummary::default();
     let mut failures: Vec<FileError> = Vec::new();
     for path in files {
-        match replay_one(cfg, path, &writer, &mut summary) {
+        match replay_one(cfg, path, &writer, &mut summary, &metrics) {
             Ok(()) => summary.files += 1,
             Err(e) => {
-                if files.len() > 1 {
-                    tracing::error!("{e} (flows read before it were kept)");
-                }
+                tracing::error!("{e} (flows read before it were kept)");
                 failures.push(e);
             }
         }
@@ -100,17 +124,33 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplaySummary, ReplayEr
             + metrics.enrich_shed.with_label_values(&["shutdown"]).get();
     }
     writer.finish();
+    publish_store(&metrics, &store_stats);
     metrics.write_on_exit(cfg.metrics_on_exit.as_deref());
     summary.flows = store_stats.rows_written.load(Ordering::Relaxed);
     summary.store_dropped = store_stats.queue_dropped.load(Ordering::Relaxed)
-        + store_stats.write_failed.load(Ordering::Relaxed);
-    match failures.len() {
-        0 => Ok(summary),
-        1 if files.len() == 1 => Err(ReplayError::File(failures.remove(0))),
-        failed => Err(ReplayError::Files {
-            failed,
-            files: files.len(),
-        }),
+        + store_stats.write_failed.load(Ordering::Relaxed)
+        + store_stats.amendments_dropped.load(Ordering::Relaxed);
+    Ok(ReplayReport {
+        summary,
+        bad_files: failures,
+    })
+}
+
+/// The writer's totals into the metrics, once at the end (a replay starts them at zero).
+fn publish_store(m: &crate::metrics::Metrics, st: &store::StoreStats) {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    m.store_rows.inc_by(load(&st.rows_written));
+    m.store_batches.inc_by(load(&st.batches));
+    m.store_failed_rows.inc_by(load(&st.write_failed));
+    m.store_dropped_rows.inc_by(load(&st.queue_dropped));
+    for (result, n) in [
+        ("applied", &st.amendments_applied),
+        ("missed", &st.amendments_missed),
+        ("dropped", &st.amendments_dropped),
+    ] {
+        m.store_amendments
+            .with_label_values(&[result])
+            .inc_by(load(n));
     }
 }
 
@@ -119,6 +159,7 @@ fn replay_one(
     path: &Path,
     writer: &Writer,
     summary: &mut ReplaySummary,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<(), FileError> {
     let mut table = FlowTable::new(cfg.table(), "file");
     // A file can wait for the disk: nothing is dropped.
@@ -126,7 +167,17 @@ fn replay_one(
     // two threads a wake-up each per flow.
     const CHUNK: usize = 512;
     let mut chunk: Vec<crate::flow::FlowRecord> = Vec::with_capacity(CHUNK);
-    let mut emit = |f| {
+    // Counted as `sensor run` counts its packet table's records.
+    let ended: Vec<(&str, prometheus::IntCounter)> = crate::metrics::END_REASONS
+        .iter()
+        .map(|r| (*r, metrics.flow_ended.with_label_values(&["packets", r])))
+        .collect();
+    let mut emit = |f: crate::flow::FlowRecord| {
+        if f.amends {
+            metrics.flow_amendments.inc();
+        } else if let Some((_, c)) = ended.iter().find(|(r, _)| *r == f.end_reason.as_str()) {
+            c.inc();
+        }
         chunk.push(f);
         if chunk.len() >= CHUNK {
             writer.send_many_blocking(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
@@ -145,12 +196,17 @@ fn replay_one(
         );
         bar
     });
+    let (mut frame_bytes, mut parsed, mut not_ip, mut malformed) = (0u64, 0u64, 0u64, 0u64);
     let r = file::read(path, |ts_ns, link, frame| {
         bytes += frame.len() as u64 + 16;
+        frame_bytes += frame.len() as u64;
         match parse::parse_with(link, frame, cfg.decap) {
-            Ok(p) => table.packet(ts_ns, &p, &mut emit),
-            Err(ParseError::NotIp { .. }) => summary.not_ip += 1,
-            Err(_) => summary.malformed += 1,
+            Ok(p) => {
+                parsed += 1;
+                table.packet(ts_ns, &p, &mut emit);
+            }
+            Err(ParseError::NotIp { .. }) => not_ip += 1,
+            Err(_) => malformed += 1,
         }
         let every = if bar.is_some() {
             Duration::from_millis(100)
@@ -186,10 +242,23 @@ fn replay_one(
     // Whatever happened, the flows read so far are kept.
     table.flush_all(&mut emit);
     writer.send_many_blocking(chunk);
+    let t = table.stats();
+    summary.not_ip += not_ip;
+    summary.malformed += malformed;
+    // The file is this run's capture: the same counters as a live capture's.
+    metrics.capture_handed_off.inc_by(parsed);
+    metrics.capture_bytes.inc_by(frame_bytes);
+    metrics.capture_not_ip.inc_by(not_ip);
+    metrics.capture_malformed.inc_by(malformed);
+    metrics.capture_packets.inc_by(parsed + not_ip + malformed);
+    metrics.flow_packets.inc_by(t.packets);
+    metrics
+        .flow_created
+        .with_label_values(&["packets"])
+        .inc_by(t.created);
     let stats = r?;
     summary.packets += stats.packets;
     summary.unsupported_link += stats.unsupported_link;
-    let t = table.stats();
     tracing::info!(
         file = %path.display(),
         packets = stats.packets,

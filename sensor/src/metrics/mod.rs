@@ -284,7 +284,8 @@ impl Metrics {
             ),
             store_amendments: counter_vec(
                 "sensor_store_amendments_total",
-                "Amendments applied to their row, missed (no such row), or dropped (queue full).",
+                "Amendments applied to their row, missed (no such row), or dropped (queue full, or \
+                 their write failed).",
                 &["result"],
             ),
             store_rows: counter(

@@ -174,7 +174,8 @@ pub struct StoreStats {
     /// that found no row (it was dropped, pruned, or the amendment came too late).
     pub amendments_applied: AtomicU64,
     pub amendments_missed: AtomicU64,
-    /// Amendments dropped because the writer's queue was full.
+    /// Amendments dropped: the writer's queue was full, or their write failed for longer
+    /// than the held buffer could bridge.
     pub amendments_dropped: AtomicU64,
     /// `ip_info` rows written, and lost (queue full or a failed transaction).
     pub ip_rows_written: AtomicU64,
@@ -450,9 +451,8 @@ fn run(
             deadline = None;
         }
         if closed {
-            let lost = st.held.len() as u64;
+            let lost = count_lost(stats, st.held.iter());
             if lost > 0 {
-                stats.write_failed.fetch_add(lost, Ordering::Relaxed);
                 tracing::error!(
                     rows = lost,
                     path = %st.path.display(),
@@ -515,9 +515,27 @@ fn bound_held(st: &mut State, cfg: &WriterConfig, stats: &StoreStats) {
         .len()
         .saturating_sub(cfg.held_rows.max(cfg.batch_rows));
     if over > 0 {
+        count_lost(stats, st.held.range(..over));
         st.held.drain(..over);
-        stats.write_failed.fetch_add(over as u64, Ordering::Relaxed);
     }
+}
+
+/// Counts flows that could not be written as failed rows, and amendments among them as
+/// dropped amendments (they are not rows); returns the rows.
+fn count_lost<'a>(stats: &StoreStats, lost: impl Iterator<Item = &'a FlowRecord>) -> u64 {
+    let (mut rows, mut amendments) = (0u64, 0u64);
+    for f in lost {
+        if f.amends {
+            amendments += 1;
+        } else {
+            rows += 1;
+        }
+    }
+    stats.write_failed.fetch_add(rows, Ordering::Relaxed);
+    stats
+        .amendments_dropped
+        .fetch_add(amendments, Ordering::Relaxed);
+    rows
 }
 
 /// Writes what is held, a batch a transaction, oldest first. On failure keeps the rest
@@ -544,7 +562,9 @@ fn write_held(st: &mut State, cfg: &WriterConfig, stats: &StoreStats) {
                     m.store_write_seconds
                         .observe(started.elapsed().as_secs_f64());
                     let now = now_ms();
-                    for f in st.held.range(..n).filter(|f| !f.amends) {
+                    // A live run's latency; a replay's flows ended long ago.
+                    let live = cfg.retention.is_some();
+                    for f in st.held.range(..n).filter(|f| live && !f.amends) {
                         let ms = (now - f.last_seen_ms).max(0);
                         m.store_close_to_row_seconds.observe(ms as f64 / 1000.0);
                     }
