@@ -36,6 +36,11 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
+    #[error(
+        "database {path} is not the sensor's (it holds other tables: {tables}); it was left \
+         untouched: use another --db"
+    )]
+    Foreign { path: PathBuf, tables: String },
 }
 
 impl StoreError {
@@ -108,6 +113,44 @@ pub fn open_for_reading(path: &Path) -> Result<Connection, StoreError> {
     .map_err(|e| StoreError::sqlite(path, "opening read-only", e))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| StoreError::sqlite(path, "setting busy timeout", e))?;
-    schema::refuse_newer(&conn, path)?;
+    let conn = match schema::refuse_newer(&conn, path) {
+        Ok(_) => conn,
+        // A WAL database in a read-only directory or mount, closed cleanly (no -wal file
+        // left): SQLite cannot create the -shm it wants, but with no WAL there is nothing
+        // beyond the main file, which can then be read as immutable.
+        Err(StoreError::Sqlite { source, .. }) if !wal_has_frames(path) => {
+            tracing::debug!(path = %path.display(), "read-only location: reading as immutable ({source})");
+            let conn = Connection::open_with_flags(
+                immutable_uri(path),
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .map_err(|e| StoreError::sqlite(path, "opening read-only", e))?;
+            schema::refuse_newer(&conn, path)?;
+            conn
+        }
+        Err(e) => return Err(e),
+    };
     Ok(conn)
+}
+
+/// Whether `path`'s write-ahead log holds anything (it exists and is not empty).
+fn wal_has_frames(path: &Path) -> bool {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(wal).is_ok_and(|m| m.len() > 0)
+}
+
+/// `file:PATH?immutable=1`, the path percent-encoded where a URI needs it.
+fn immutable_uri(path: &Path) -> String {
+    let mut uri = String::from("file:");
+    for b in path.as_os_str().as_encoded_bytes() {
+        match b {
+            b'?' | b'#' | b'%' | 0x80.. => uri.push_str(&format!("%{b:02X}")),
+            _ => uri.push(char::from(*b)),
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
 }

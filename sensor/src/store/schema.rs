@@ -113,7 +113,8 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("upgrading to schema v5", V5),
 ];
 
-/// The database's schema version; an error when it is newer than this build knows.
+/// The database's schema version; an error when it is newer than this build knows, or
+/// when the file is another program's SQLite database (tables, but no sensor version).
 pub fn refuse_newer(conn: &Connection, path: &std::path::Path) -> Result<i64, StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -124,6 +125,22 @@ pub fn refuse_newer(conn: &Connection, path: &std::path::Path) -> Result<i64, St
             found: version,
             supported: SCHEMA_VERSION,
         });
+    }
+    // Version 0 with tables in it is somebody else's database: never add ours to it.
+    if version == 0 {
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .and_then(|mut st| {
+                st.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(|e| StoreError::sqlite(path, "reading the schema", e))?;
+        if !tables.is_empty() {
+            return Err(StoreError::Foreign {
+                path: path.to_path_buf(),
+                tables: tables.join(", "),
+            });
+        }
     }
     Ok(version)
 }
