@@ -43,11 +43,28 @@ pub enum RunError {
     Signals(#[source] std::io::Error),
 }
 
+/// Exit statuses of `sensor run` that restarting cannot mend (the unit's
+/// `RestartPreventExitStatus=` lists them with 2, a configuration file that does not parse):
+/// 77 (EX_NOPERM) privileges missing; 73 (EX_CANTCREAT) the database cannot be written;
+/// 78 (EX_CONFIG) the configuration names what is not there or not usable (an interface,
+/// a database of another program or a newer sensor, an enrichment source). Everything else
+/// exits 1, which the unit restarts.
+pub const EXIT_NO_PERMISSION: i32 = 77;
+/// See [`EXIT_NO_PERMISSION`].
+pub const EXIT_CANT_CREATE: i32 = 73;
+/// See [`EXIT_NO_PERMISSION`].
+pub const EXIT_CONFIG: i32 = 78;
+
 impl RunError {
-    /// Exit status: 77 (EX_NOPERM) for missing privileges, 1 otherwise.
+    /// The exit status (see [`EXIT_NO_PERMISSION`]).
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Kernel(KernelError::MissingCapabilities { .. }) => 77,
+            Self::Kernel(KernelError::MissingCapabilities { .. }) => EXIT_NO_PERMISSION,
+            Self::Capture(CaptureError::Open { .. }) => EXIT_NO_PERMISSION,
+            Self::Capture(CaptureError::NoSuchInterface { .. }) => EXIT_CONFIG,
+            Self::Store(StoreError::NotWritable { .. }) => EXIT_CANT_CREATE,
+            Self::Store(StoreError::TooNew { .. } | StoreError::Foreign { .. }) => EXIT_CONFIG,
+            Self::Enrich(_) => EXIT_CONFIG,
             _ => 1,
         }
     }

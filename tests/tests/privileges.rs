@@ -79,10 +79,55 @@ fn unwritable_db_path_is_named_before_attaching() {
     std::fs::write(&file, b"x").unwrap();
     let db = file.join("flows.db");
     let (out, err) = run(Command::new(sensor_bin()).args(["run", "--db", db.to_str().unwrap()]));
-    assert_eq!(out.status.code(), Some(1));
+    // 73 (EX_CANTCREAT): one the unit does not restart on (RestartPreventExitStatus).
+    assert_eq!(out.status.code(), Some(73), "{err}");
     assert!(err.contains(db.to_str().unwrap()), "names the path: {err}");
     assert!(err.contains("not writable"), "{err}");
     assert!(!err.contains("attached"), "nothing attached: {err}");
+    assert_unit_does_not_restart_on(73);
+}
+
+/// The unit's `RestartPreventExitStatus=` holds `code`.
+fn assert_unit_does_not_restart_on(code: i32) {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/sensor.service"),
+    )
+    .unwrap();
+    let line = unit
+        .lines()
+        .find(|l| l.starts_with("RestartPreventExitStatus="))
+        .expect("RestartPreventExitStatus in the unit");
+    assert!(
+        line.split(['=', ' ']).any(|w| w == code.to_string()),
+        "{code} in {line}"
+    );
+}
+
+#[test]
+fn a_missing_interface_is_a_config_error_the_unit_does_not_restart_on() {
+    if !is_root() {
+        common::skip(
+            "a_missing_interface_is_a_config_error_the_unit_does_not_restart_on",
+            "the capability check comes first without root",
+        );
+        return;
+    }
+    let dir = temp_dir("noiface");
+    let db = dir.join("flows.db");
+    let (out, err) = run(Command::new(sensor_bin()).args([
+        "run",
+        "--db",
+        db.to_str().unwrap(),
+        "--hooks",
+        "none",
+        "--interface",
+        "nosuch0",
+    ]));
+    assert_eq!(out.status.code(), Some(78), "EX_CONFIG: {err}");
+    assert!(err.contains("nosuch0"), "names the interface: {err}");
+    assert_unit_does_not_restart_on(78);
+    assert_unit_does_not_restart_on(77);
+    assert_unit_does_not_restart_on(2);
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! Project chores: `cargo xtask setup | build | run | lint | test`.
+//! Project chores: `cargo xtask setup | build | run | lint | test | bench | install |
+//! uninstall | deb | fuzz`.
 //!
 //! The ordinary build is plain cargo (`cargo build --release`): `sensor/build.rs` builds the
 //! eBPF object with the nightly. What cargo cannot do is install the tools that build needs,
@@ -56,6 +57,13 @@ enum Cmd {
     /// As root: build, then install the binary (/usr/local/bin), the systemd unit, the
     /// config (/etc/sensor, kept if present) and the `sensor` user.
     Install,
+    /// As root: undo `install` (service stopped and disabled, binary and unit removed);
+    /// the flows, the config and the user stay unless `--purge`.
+    Uninstall {
+        /// Also remove /var/lib/sensor, /etc/sensor and the `sensor` user and group.
+        #[arg(long)]
+        purge: bool,
+    },
     /// Build the Debian package (target/deb/sensor_VERSION_ARCH.deb) with dpkg-deb.
     Deb {
         /// Package the debug build (faster; for tests).
@@ -105,6 +113,7 @@ fn main() -> Result<()> {
             setup::setup()?;
             package::install()
         }
+        Cmd::Uninstall { purge } => package::uninstall(purge),
         Cmd::Deb { debug } => {
             setup::setup()?;
             package::deb(debug).map(|_| ())

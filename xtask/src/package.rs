@@ -122,6 +122,55 @@ pub fn install() -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask uninstall [--purge]`: undoes `install`: stops and disables the service,
+/// removes the binary and the unit. The flows (/var/lib/sensor), the config (/etc/sensor)
+/// and the `sensor` user stay unless `purge`, as with the Debian package's remove / purge.
+pub fn uninstall(purge: bool) -> Result<()> {
+    if !crate::setup::is_root() {
+        bail!("cargo xtask uninstall removes files from /usr/local and /etc: run it as root");
+    }
+    if systemd_running() {
+        // Not loaded or not running is fine: there is nothing to stop.
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "sensor.service"])
+            .status();
+    }
+    for file in [
+        "/usr/local/bin/sensor",
+        "/etc/systemd/system/sensor.service",
+    ] {
+        match std::fs::remove_file(file) {
+            Ok(()) => eprintln!("xtask: removed {file}"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => bail!("removing {file}: {e}"),
+        }
+    }
+    if systemd_running() {
+        run(Command::new("systemctl").arg("daemon-reload"))?;
+    }
+    if purge {
+        for dir in ["/var/lib/sensor", "/etc/sensor"] {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => eprintln!("xtask: removed {dir}"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => bail!("removing {dir}: {e}"),
+            }
+        }
+        if crate::setup::succeeds(Command::new("getent").args(["passwd", "sensor"])) {
+            run(Command::new("userdel").arg("sensor"))?;
+        }
+        if crate::setup::succeeds(Command::new("getent").args(["group", "sensor"])) {
+            run(Command::new("groupdel").arg("sensor"))?;
+        }
+    } else {
+        eprintln!(
+            "xtask: kept /var/lib/sensor (the flows), /etc/sensor and the sensor user; \
+             `cargo xtask uninstall --purge` removes them too"
+        );
+    }
+    Ok(())
+}
+
 const POSTINST: &str = r#"#!/bin/sh
 set -e
 if [ "$1" = configure ]; then

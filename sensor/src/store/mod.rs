@@ -62,15 +62,31 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
             source,
         })?;
     }
-    // A read-only file or directory shows up here, before any hook is attached.
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|source| StoreError::NotWritable {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    // A read-only file or directory shows up here, before any hook is attached. A new file
+    // is made 0640 (SQLite gives its -wal and -shm the same mode), group `sensor` where that
+    // group exists: flows name hosts and processes, not for every local user to read.
+    let existed = path.exists();
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(DB_MODE)
+            .open(path)
+            .map_err(|source| StoreError::NotWritable {
+                path: path.to_path_buf(),
+                source,
+            })?
+    };
+    if !existed {
+        use std::os::unix::fs::PermissionsExt as _;
+        // The umask may have taken bits off; the mode is ours to set on a file we made.
+        let _ = file.set_permissions(std::fs::Permissions::from_mode(DB_MODE));
+        if let Some(gid) = sensor_group() {
+            let _ = std::os::unix::fs::fchown(&file, None, Some(gid));
+        }
+    }
+    drop(file);
     let mut conn = Connection::open(path).map_err(|e| StoreError::sqlite(path, "opening", e))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| StoreError::sqlite(path, "setting busy timeout", e))?;
@@ -101,6 +117,29 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
         .map_err(|e| StoreError::sqlite(path, "setting cache_size", e))?;
     schema::migrate(&mut conn, path)?;
     Ok(conn)
+}
+
+/// Mode of a new database file (and so of its -wal and -shm).
+pub const DB_MODE: u32 = 0o640;
+
+/// The `sensor` group's id, when the host has one (the package and `xtask install` make it).
+fn sensor_group() -> Option<u32> {
+    let name = c"sensor";
+    // SAFETY: `group` is plain C data (integers and pointers); all-zero is a valid value.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: getgrnam_r writes into `grp` and `buf`, both valid for the sizes given.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut out,
+        )
+    };
+    (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
 }
 
 /// Opens an existing database read-only (export). Never blocks the writer: WAL readers see
@@ -153,4 +192,25 @@ fn immutable_uri(path: &Path) -> String {
     }
     uri.push_str("?immutable=1");
     uri
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn a_new_database_and_its_wal_are_0640() {
+        let dir = std::env::temp_dir().join(format!("sensor-db-mode-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("flows.db");
+        let conn = super::open_for_writing(&path).unwrap();
+        conn.execute("DELETE FROM flows", []).unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o640);
+        let wal = dir.join("flows.db-wal");
+        assert!(wal.exists(), "a write makes the WAL");
+        assert_eq!(mode(&wal), 0o640);
+        drop(conn);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
