@@ -284,7 +284,12 @@ impl Config {
             }
             Err(source) => return Err(ConfigError::Read { path, source }),
         };
-        let mut cfg: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and validates a configuration file's text; `path` names it in errors.
+    pub fn from_toml(text: &str, path: PathBuf) -> Result<Self, ConfigError> {
+        let mut cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.clone(),
             source: Box::new(e),
         })?;

@@ -70,11 +70,16 @@ enum Cmd {
         #[arg(long)]
         debug: bool,
     },
-    /// Fuzz the packet parser with libFuzzer (cargo-fuzz, nightly).
+    /// Fuzz the parsers with libFuzzer (cargo-fuzz, nightly): the packet parser, the
+    /// pcap/pcapng reader, the Cymru answer parser, the config loader, the threat-list
+    /// parser; each target in turn.
     Fuzz {
-        /// How long to run.
+        /// How long to run each target.
         #[arg(long, default_value_t = 600)]
         seconds: u64,
+        /// Only this target (default: all of them).
+        #[arg(long)]
+        target: Option<String>,
     },
 }
 
@@ -118,9 +123,14 @@ fn main() -> Result<()> {
             setup::setup()?;
             package::deb(debug).map(|_| ())
         }
-        Cmd::Fuzz { seconds } => {
+        Cmd::Fuzz { seconds, target } => {
             setup::setup()?;
-            fuzz(seconds)
+            let targets: Vec<&str> = match &target {
+                Some(t) if FUZZ_TARGETS.contains(&t.as_str()) => vec![t.as_str()],
+                Some(t) => bail!("--target {t}: one of {}", FUZZ_TARGETS.join(", ")),
+                None => FUZZ_TARGETS.to_vec(),
+            };
+            fuzz(&targets, seconds)
         }
     }
 }
@@ -194,32 +204,36 @@ fn lint(tools: &setup::Tools) -> Result<()> {
     run(&mut ebpf)
 }
 
-fn fuzz(seconds: u64) -> Result<()> {
-    if Command::new("cargo")
-        .args(["fuzz", "--version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map_or(true, |s| !s.success())
-    {
+/// The fuzz targets in `fuzz/fuzz_targets/`.
+const FUZZ_TARGETS: &[&str] = &[
+    "parse_packet",
+    "pcap_file",
+    "cymru_line",
+    "config_toml",
+    "threat_line",
+];
+
+/// Runs each of `targets` for `seconds` with libFuzzer; fails on the first finding (its
+/// input is left in `fuzz/artifacts/TARGET/`).
+fn fuzz(targets: &[&str], seconds: u64) -> Result<()> {
+    if !setup::succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
         run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
     }
-    // The fuzzer never loads eBPF: skip building the object (an empty one is embedded).
-    run(Command::new("rustup")
-        .args([
-            "run",
-            "nightly",
-            "cargo",
-            "fuzz",
-            "run",
-            "parse_packet",
-            "--",
-        ])
-        .arg(format!("-max_total_time={seconds}"))
-        .current_dir("fuzz")
-        .env("AYA_BUILD_SKIP", "1")
-        .env_remove("RUSTC")
-        .env_remove("CARGO"))
+    for target in targets {
+        let corpus = PathBuf::from("fuzz/corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        // The fuzzer never loads eBPF: skip building the object (an empty one is embedded).
+        run(Command::new("rustup")
+            .args(["run", "nightly", "cargo", "fuzz", "run", target])
+            .arg(corpus.strip_prefix("fuzz").expect("under fuzz/"))
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .current_dir("fuzz")
+            .env("AYA_BUILD_SKIP", "1")
+            .env_remove("RUSTC")
+            .env_remove("CARGO"))?;
+    }
+    Ok(())
 }
 
 fn test() -> Result<()> {
@@ -268,11 +282,20 @@ fn test() -> Result<()> {
     }
     // In CI every tool a test needs is installed and the run is root: a skip there is a
     // test that did not run, which must not pass as green.
-    if skipped > 0 && std::env::var("CI").is_ok_and(|v| v == "true") {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    if skipped > 0 && ci {
         bail!("{skipped} tests skipped with CI=true (named above): a skip in CI is a failure");
+    }
+    // A short run of every fuzz target in CI (`cargo xtask fuzz` runs them for longer): a
+    // parser change that panics on its seed corpus fails here.
+    if ci {
+        fuzz(FUZZ_TARGETS, CI_FUZZ_SECONDS)?;
     }
     Ok(())
 }
+
+/// Each fuzz target's run in CI.
+const CI_FUZZ_SECONDS: u64 = 15;
 
 /// In "ok. 19 passed; 0 failed; ...", the number before `what`.
 fn count_before(s: &str, what: &str) -> u64 {

@@ -79,13 +79,23 @@ const BUFFER: usize = 1 << 20;
 /// Reads `path`, calling `on_packet(ts_ns, link, frame)` for each packet.
 pub fn read(
     path: &Path,
-    mut on_packet: impl FnMut(u64, LinkType, &[u8]),
+    on_packet: impl FnMut(u64, LinkType, &[u8]),
 ) -> Result<FileStats, FileError> {
     let file = File::open(path).map_err(|source| FileError::Open {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut reader = match create_reader(BUFFER, file) {
+    read_from(path, file, on_packet)
+}
+
+/// Reads a capture from `input` as [`read`] does; `path` names it in errors (and lets the
+/// fuzzer feed bytes without a file).
+pub fn read_from(
+    path: &Path,
+    input: impl std::io::Read,
+    mut on_packet: impl FnMut(u64, LinkType, &[u8]),
+) -> Result<FileStats, FileError> {
+    let mut reader = match create_reader(BUFFER, input) {
         Ok(r) => r,
         Err(PcapError::HeaderNotRecognized) => {
             return Err(FileError::NotACapture {
