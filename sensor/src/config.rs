@@ -120,7 +120,9 @@ pub struct Config {
     /// there, not dropped. Split into blocks of up to 1 MiB (a power of two of pages, 8 of
     /// them when the size allows), rounded down to whole blocks, two pages at least. Frames
     /// are cut to their first 256 bytes, so 8 MiB holds about 24,000 packets however large.
-    /// Also read as `capture_buffer_bytes` (its name when it sized a socket buffer).
+    /// Unlike a socket buffer's limit, the ring is kernel memory taken when capture starts,
+    /// once per interface captured. Also read as `capture_buffer_bytes` (its name when it
+    /// sized a socket buffer).
     #[serde(alias = "capture_buffer_bytes")]
     pub capture_ring_bytes: usize,
     /// Where `/metrics` and `/healthz` are served; empty for nowhere. Loopback by default:

@@ -1,9 +1,10 @@
 //! Merge by identity, for real: many short connections one after another from one fixed
 //! client port to a loopback server, while a UDP flood on loopback makes the capture lose
-//! packets (a small capture ring, set by its old name `capture_buffer_bytes`). Pairing by address and arrival order gave a
-//! connection the packets of another one (rows spanning hundreds of milliseconds for 2 ms
-//! connections, extra rows); by lifetime every connection is exactly one row, inside its
-//! own time, with both processes, and those whose packet record was lost are counted.
+//! packets (a small capture ring, sized by its old key `capture_buffer_bytes`). Pairing by
+//! address and arrival order gave a connection the packets of another one (rows spanning
+//! hundreds of milliseconds for 2 ms connections, extra rows); by lifetime every
+//! connection is exactly one row, inside its own time, with both processes, and those
+//! whose packet record was lost are counted.
 //! Needs root (eBPF and a packet socket).
 mod common;
 
