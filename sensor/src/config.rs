@@ -112,11 +112,19 @@ pub struct Config {
     /// Interfaces to capture packets on; `["all"]` (the default) for every interface that
     /// is up; empty for none (the kernel's connection view only).
     pub interfaces: Vec<String>,
-    /// Captured packets waiting for the flow table. When full, packets are dropped and
-    /// counted (`capture_queue_dropped`): capture never waits.
+    /// Captured packets waiting for the flow table, in batches of up to 256 (at least one
+    /// batch). When full, a batch is dropped and its packets counted
+    /// (`sensor_capture_dropped_packets_total{reason="queue"}`): capture never waits.
     pub capture_queue_packets: usize,
-    /// Kernel receive buffer of each capture socket: bursts wait there, not dropped.
-    pub capture_buffer_bytes: usize,
+    /// Size of each capture socket's TPACKET_V3 ring, shared with the kernel: bursts wait
+    /// there, not dropped. Split into blocks of up to 1 MiB (a power of two of pages, 8 of
+    /// them when the size allows), rounded down to whole blocks, two pages at least. Frames
+    /// are cut to their first 256 bytes, so 8 MiB holds about 24,000 packets however large.
+    /// Unlike a socket buffer's limit, the ring is kernel memory taken when capture starts,
+    /// once per interface captured. Also read as `capture_buffer_bytes` (its name when it
+    /// sized a socket buffer).
+    #[serde(alias = "capture_buffer_bytes")]
+    pub capture_ring_bytes: usize,
     /// Where `/metrics` and `/healthz` are served; empty for nowhere. Loopback by default:
     /// the metrics name hosts and processes.
     pub metrics_addr: String,
@@ -230,7 +238,7 @@ impl Default for Config {
             decap: true,
             interfaces: vec!["all".to_string()],
             capture_queue_packets: 1 << 16,
-            capture_buffer_bytes: 8 << 20,
+            capture_ring_bytes: 8 << 20,
             metrics_addr: "127.0.0.1:9464".to_string(),
             metrics_on_exit: None,
             enrich: EnrichConfig::default(),
@@ -430,6 +438,24 @@ mod tests {
         assert!(err.contains("line 2"), "{err}");
     }
 
+    /// Configs written before the ring keep working: the old name sizes the ring.
+    #[test]
+    fn capture_buffer_bytes_is_read_as_the_ring_size() {
+        let dir = std::env::temp_dir().join(format!("sensor-cfg-ring-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("old.toml");
+        std::fs::write(&p, "capture_buffer_bytes = 65536\n").unwrap();
+        assert_eq!(Config::load(Some(&p)).unwrap().capture_ring_bytes, 65536);
+        std::fs::write(&p, "capture_ring_bytes = 131072\n").unwrap();
+        assert_eq!(Config::load(Some(&p)).unwrap().capture_ring_bytes, 131072);
+        std::fs::write(&p, "capture_ring_bytes = 1\ncapture_buffer_bytes = 2\n").unwrap();
+        let err = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(
+            err.contains("duplicate"),
+            "both names at once are refused: {err}"
+        );
+    }
+
     #[test]
     fn ringbuf_must_be_power_of_two() {
         let dir = std::env::temp_dir().join(format!("sensor-cfg2-{}", std::process::id()));
@@ -515,7 +541,7 @@ mod example_file {
         assert_eq!(c.decap, d.decap);
         assert_eq!(c.interfaces, d.interfaces);
         assert_eq!(c.capture_queue_packets, d.capture_queue_packets);
-        assert_eq!(c.capture_buffer_bytes, d.capture_buffer_bytes);
+        assert_eq!(c.capture_ring_bytes, d.capture_ring_bytes);
         assert_eq!(c.metrics_addr, d.metrics_addr);
         assert_eq!(c.enrich, d.enrich);
     }

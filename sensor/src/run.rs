@@ -77,7 +77,7 @@ pub struct RunSummary {
     pub events: u64,
     pub malformed_events: u64,
     pub ringbuf_dropped: u64,
-    /// Packets lost by the kernel's socket buffers or the capture queue.
+    /// Packets lost by the kernel's capture rings or the capture queue.
     pub capture_dropped: u64,
     pub store_dropped: u64,
     pub flows_written: u64,
@@ -187,14 +187,14 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     let capture = if capture_ifaces.is_empty() {
         None
     } else {
-        let (tx, rx) = std::sync::mpsc::sync_channel(cfg.capture_queue_packets);
+        let (tx, rx) = crate::capture::batch::queue(cfg.capture_queue_packets);
         let sender = merge.as_ref().expect("merge with capture").0.clone();
         let flows = flow::packets::spawn(cfg.table(), rx, Some(Arc::clone(&metrics)), move |f| {
             sender.send(merge::Input::Packets(f));
         });
         let live = LiveCapture::start(
             capture_ifaces,
-            cfg.capture_buffer_bytes,
+            cfg.capture_ring_bytes,
             cfg.decap,
             tx,
             Some(metrics.heartbeat("capture")),
@@ -341,6 +341,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
             malformed = load(&stats.malformed),
             queue_dropped = load(&stats.queue_dropped),
             kernel_dropped = load(&stats.kernel_dropped),
+            ring_freezes = load(&stats.ring_freezes),
             flows = table.created,
             evicted = table.evicted,
             "capture stopped"
@@ -481,7 +482,7 @@ struct Published {
     ringbuf_dropped: u64,
     malformed: u64,
     created: u64,
-    capture: [u64; 7],
+    capture: [u64; 8],
     store: [u64; 4],
     amendments: [u64; 3],
     merge_dropped: u64,
@@ -515,6 +516,7 @@ impl Published {
                 load(&c.queue_dropped),
                 load(&c.kernel_dropped),
                 load(&c.handed_off),
+                load(&c.ring_freezes),
             ];
             let targets = [
                 m.capture_packets.clone(),
@@ -524,6 +526,7 @@ impl Published {
                 m.capture_dropped.with_label_values(&["queue"]),
                 m.capture_dropped.with_label_values(&["kernel"]),
                 m.capture_handed_off.clone(),
+                m.capture_ring_freezes.clone(),
             ];
             for ((counter, last), now) in targets.iter().zip(&mut self.capture).zip(now) {
                 add_delta(counter, last, now);

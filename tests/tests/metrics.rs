@@ -234,6 +234,16 @@ fn every_stage_accounts_for_everything_under_overflow() {
         handed,
         "flow table took all"
     );
+    // The ring's losses: a TPACKET_V3 ring drops only while frozen for want of a block.
+    let kernel_dropped = metric_required(
+        &m,
+        "sensor_capture_dropped_packets_total{reason=\"kernel\"}",
+    );
+    let freezes = metric_required(&m, "sensor_capture_ring_freezes_total");
+    assert!(
+        kernel_dropped == 0.0 || freezes > 0.0,
+        "{kernel_dropped} kernel drops without a ring freeze"
+    );
 
     // Flow tables: every flow created has ended (nothing open after shutdown).
     for table in ["kernel", "packets"] {

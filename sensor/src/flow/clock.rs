@@ -1,5 +1,5 @@
 //! Kernel timestamps (`bpf_ktime_get_boot_ns`, CLOCK_BOOTTIME) to wall-clock time: the
-//! clock packet timestamps (SO_TIMESTAMPNS, CLOCK_REALTIME) are on, so the merge can compare
+//! clock packet timestamps (the capture ring's `tp_sec`/`tp_nsec`, CLOCK_REALTIME) are on, so the merge can compare
 //! the two views' lifetimes.
 use nix::time::{ClockId, clock_gettime};
 

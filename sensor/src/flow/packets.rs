@@ -1,23 +1,21 @@
-//! The live packet flow table's thread: captured packets in, flows out; sweeps timeouts on
+//! The live packet flow table's thread: batches of captured packets in (each batch goes
+//! back to the capture threads' pool once accounted), flows out; sweeps timeouts on
 //! wall-clock time when packets are scarce; flushes every flow when its input closes.
 use std::{
-    sync::{
-        Arc,
-        mpsc::{Receiver, RecvTimeoutError},
-    },
+    sync::{Arc, mpsc::RecvTimeoutError},
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use super::{FlowRecord, FlowTable, TableConfig, table::TableStats};
 use crate::{
-    capture::live::Captured,
+    capture::batch::BatchReceiver,
     metrics::{Metrics, add_delta},
 };
 
 pub fn spawn(
     cfg: TableConfig,
-    rx: Receiver<Captured>,
+    rx: BatchReceiver,
     metrics: Option<Arc<Metrics>>,
     mut emit: impl FnMut(FlowRecord) + Send + 'static,
 ) -> JoinHandle<TableStats> {
@@ -43,7 +41,12 @@ pub fn spawn(
             let mut last_sweep = Instant::now();
             loop {
                 match rx.recv_timeout(Duration::from_secs(1)) {
-                    Ok((ts, p)) => table.packet(ts, &p, &mut emit),
+                    Ok(batch) => {
+                        for (ts, p) in &batch {
+                            table.packet(*ts, p, &mut emit);
+                        }
+                        rx.recycle(batch);
+                    }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => break,
                 }

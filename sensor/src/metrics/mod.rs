@@ -57,6 +57,8 @@ pub struct Metrics {
     pub capture_malformed: IntCounter,
     /// `reason`: `queue` (flow table queue full) or `kernel` (PACKET_STATISTICS).
     pub capture_dropped: IntCounterVec,
+    /// Times a capture ring ran out of free blocks (PACKET_STATISTICS tp_freeze_q_cnt).
+    pub capture_ring_freezes: IntCounter,
     /// Flow tables (`table`: `kernel` connections, `packets`).
     pub flow_active: IntGaugeVec,
     pub flow_created: IntCounterVec,
@@ -225,8 +227,13 @@ impl Metrics {
             ),
             capture_dropped: counter_vec(
                 "sensor_capture_dropped_packets_total",
-                "Packets lost: reason=queue (flow table behind), reason=kernel (socket buffer).",
+                "Packets lost: reason=queue (flow table behind), reason=kernel (capture ring full).",
                 &["reason"],
+            ),
+            capture_ring_freezes: counter(
+                "sensor_capture_ring_freezes_total",
+                "Times a capture ring had no free block and the kernel froze it (packets are \
+                 dropped until a block is returned; raise capture_ring_bytes).",
             ),
             flow_active: reg(
                 &r,
@@ -522,6 +529,7 @@ mod tests {
         let m = Metrics::new();
         let text = m.encode();
         assert!(text.contains("sensor_capture_dropped_packets_total{reason=\"kernel\"} 0"));
+        assert!(text.contains("sensor_capture_ring_freezes_total 0"));
         assert!(
             text.contains("sensor_flow_ended_flows_total{reason=\"evicted\",table=\"packets\"} 0")
         );
