@@ -92,7 +92,7 @@ pub fn read(
 /// fuzzer feed bytes without a file).
 pub fn read_from(
     path: &Path,
-    input: impl std::io::Read,
+    input: impl std::io::Read + Send,
     mut on_packet: impl FnMut(u64, LinkType, &[u8]),
 ) -> Result<FileStats, FileError> {
     let mut reader = match create_reader(BUFFER, input) {
