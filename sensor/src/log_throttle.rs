@@ -90,9 +90,17 @@ fn global() -> &'static Mutex<Throttle<Key>> {
     T.get_or_init(|| Mutex::new(Throttle::new(WINDOW)))
 }
 
-/// The targets whose warnings are rate-limited.
+/// The targets whose warnings are rate-limited: the resolver's crates and the sources'
+/// lookups (not, say, the bad lines of `sensor enrich`'s input, each of which is news).
 pub fn is_throttled(target: &str) -> bool {
-    target.starts_with("hickory") || target.starts_with("sensor::enrich")
+    target.starts_with("hickory")
+        || [
+            "sensor::enrich::rdns",
+            "sensor::enrich::cymru",
+            "sensor::enrich::cascade",
+            "sensor::enrich::geo",
+        ]
+        .contains(&target)
 }
 
 /// The `tracing` layer that applies the policy (add it before the formatting layer).

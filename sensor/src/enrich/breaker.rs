@@ -65,6 +65,14 @@ impl Breaker {
         self.open.is_some()
     }
 
+    /// Whether [`Breaker::admit`] would shed now (without taking the probe).
+    pub fn sheds(&self, now: Instant) -> bool {
+        match self.open {
+            None => false,
+            Some((at, _)) => now < at || self.probing,
+        }
+    }
+
     pub fn admit(&mut self, now: Instant) -> Admit {
         match self.open {
             None => Admit::Ask,

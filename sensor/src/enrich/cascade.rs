@@ -495,24 +495,40 @@ impl Remote {
             return Vec::new();
         }
         progress.pass("rdns", ips.len() as u64);
+        // At most the resolver's concurrency in tasks at once, so that once its breaker is
+        // open the rest are shed right here, without a task each.
         let mut tasks = tokio::task::JoinSet::new();
-        for (i, ip) in ips.iter().enumerate() {
-            let rdns = rdns.clone();
-            let ip = *ip;
-            tasks.spawn(async move {
-                let t = Instant::now();
-                let o = rdns.lookup(ip).await;
-                (i, o, t.elapsed())
-            });
-        }
         let mut out = vec![RdnsOutcome::Failed { reason: "error" }; ips.len()];
-        while let Some(done) = tasks.join_next().await {
+        let mut next = 0;
+        let mut shed = 0;
+        loop {
+            while tasks.len() < rdns.concurrency() && next < ips.len() {
+                let i = next;
+                next += 1;
+                if rdns.is_down() {
+                    out[i] = RdnsOutcome::Shed;
+                    shed += 1;
+                    continue;
+                }
+                let rdns = rdns.clone();
+                let ip = ips[i];
+                tasks.spawn(async move {
+                    let t = Instant::now();
+                    let o = rdns.lookup(ip).await;
+                    (i, o, t.elapsed())
+                });
+            }
+            let Some(done) = tasks.join_next().await else {
+                break;
+            };
             if let Ok((i, outcome, took)) = done {
                 count(&self.metrics, Source::Rdns, outcome.result(), took, 1);
                 out[i] = outcome;
             }
             progress.inc("rdns", 1);
         }
+        count(&self.metrics, Source::Rdns, "shed", Duration::ZERO, shed);
+        progress.inc("rdns", shed as u64);
         progress.done("rdns");
         out
     }

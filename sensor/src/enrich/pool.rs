@@ -62,8 +62,10 @@ impl Pool {
         metrics: Arc<Metrics>,
         out: impl Fn(Vec<IpUpdate>) + Send + Sync + 'static,
     ) -> std::io::Result<Self> {
+        // Two workers: the batches' in-memory pass never queues behind the resolver's and
+        // whois' tasks.
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(2)
             .thread_name("sensor-enrich")
             .enable_all()
             .build()?;
@@ -219,9 +221,10 @@ fn start_remote(
     };
     let busy = in_flight.entry(source).or_insert(0);
     if *busy >= MAX_IN_FLIGHT {
+        // Not asked: counted, the row left as it is, and offered again after the retry
+        // interval.
         let shed = remote.shed(source, infos);
         answered(queue, &shed, fields);
-        out(IpUpdate::wrap(shed, fields));
         return;
     }
     *busy += 1;
@@ -239,7 +242,14 @@ fn start_remote(
         };
         guard.infos.clear();
         answered(&queue, &done, fields);
-        out(IpUpdate::wrap(done, fields));
+        // Lookups shed by the breaker were not made: their rows stay as they are.
+        let asked: Vec<IpInfo> = done
+            .into_iter()
+            .filter(|i| fields != Fields::Rdns || i.rdns_status.as_deref() != Some("shed"))
+            .collect();
+        if !asked.is_empty() {
+            out(IpUpdate::wrap(asked, fields));
+        }
         source
     });
 }

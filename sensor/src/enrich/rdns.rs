@@ -249,6 +249,19 @@ impl Rdns {
         }
     }
 
+    /// Lookups in flight at once, at most.
+    pub fn concurrency(&self) -> usize {
+        self.cfg.concurrency.max(1)
+    }
+
+    /// Whether a lookup now would be shed (the breaker is open, no probe due).
+    pub fn is_down(&self) -> bool {
+        self.breaker
+            .lock()
+            .expect("breaker lock")
+            .sheds(Instant::now())
+    }
+
     pub fn retry_after(&self) -> Duration {
         self.cfg.retry
     }
