@@ -90,8 +90,9 @@ enum Command {
     ///
     /// Exit status: 0 all answered; 65 some lines were skipped (not addresses, not UTF-8,
     /// longer than 4096 bytes), the rest enriched; 74 some network lookups were not made
-    /// (reverse DNS or Cymru was not answering: those fields say "shed"), the rest
-    /// answered; 1 a named source (--mmdb, --threat-dir) can't be read, or output failed.
+    /// (reverse DNS or Cymru was not answering: their fields are empty, "rdns" says
+    /// "shed"), the rest answered; 1 a named source (--mmdb, --threat-dir) can't be read,
+    /// or output failed; 2 bad arguments or config.
     #[command(verbatim_doc_comment)]
     Enrich {
         /// MaxMind-format database (City/Country/ASN), repeatable [default: the config's

@@ -415,6 +415,8 @@ async fn work(
     }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+    // What the rate limit held back since its last report.
+    crate::log_throttle::report(true);
 }
 
 fn shed(metrics: &Metrics, n: usize) {
