@@ -714,9 +714,9 @@ fn ten_thousand_addresses_get_geo_and_asn_while_dns_hangs() {
     let dns = Dnsmasq::start(&dir, &[]);
     dns.freeze();
     // A hung server costs one timeout, whatever the number of addresses: the in-memory
-    // pass runs meanwhile (before: 10,000 / 64 timeouts, 47 s at this timeout).
+    // pass runs meanwhile (before: 10,000 / 64 timeouts, 23 s at this timeout).
     let cfg = dir.join("sensor.toml");
-    std::fs::write(&cfg, "[enrich]\nrdns_timeout_ms = 300\n").unwrap();
+    std::fs::write(&cfg, "[enrich]\nrdns_timeout_ms = 150\n").unwrap();
     let run = |extra: &[&str]| -> (Vec<Value>, String, i32, Duration) {
         let prom = dir.join("10k.prom");
         let started = Instant::now();
@@ -1149,4 +1149,87 @@ fn a_garbage_answering_dns_server_is_logged_once_with_a_count() {
         .map(|r| lookups(&metrics, "rdns", r))
         .sum();
     assert_eq!(failed, 300.0, "{metrics}");
+}
+
+/// A database replaced by a damaged one, and a SIGHUP naming a threat directory that isn't
+/// there: `sensor run` keeps what it had, says so, and counts each in
+/// `sensor_enrich_source_errors_total{source}`.
+#[test]
+fn a_source_that_fails_to_reload_is_kept_logged_and_counted() {
+    let dir = common::temp_dir("enrich-reload");
+    let city = dir.join("city.mmdb");
+    let good = std::fs::read(mmdb("GeoIP2-City-Test.mmdb")).unwrap();
+    std::fs::write(&city, &good).unwrap();
+    let cfg = dir.join("sensor.toml");
+    let body = format!(
+        "[enrich]\nrdns = false\nreload_check_ms = 100\nmmdb_paths = [\"{}\"]\n",
+        city.display()
+    );
+    std::fs::write(&cfg, &body).unwrap();
+    let db = dir.join("flows.db");
+    let sensor = common::Sensor::start(&[
+        "--hooks",
+        "none",
+        "--no-capture",
+        "--db",
+        db.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let addr = sensor.metrics_addr();
+    let errors = |source: &str| {
+        let (_, body) = common::http_get(&addr, "/metrics");
+        common::metric_required(
+            &body,
+            &format!("sensor_enrich_source_errors_total{{source=\"{source}\"}}"),
+        )
+    };
+    assert_eq!(errors("mmdb"), 0.0);
+    assert_eq!(errors("threat"), 0.0);
+    // Replaced by rename (as geoipupdate does) with a copy damaged at the top of its tree.
+    let mut bad = good.clone();
+    let len = bad.len();
+    for b in &mut bad[len / 10..len / 10 + 2048] {
+        *b = 0xff;
+    }
+    let tmp = dir.join("city.mmdb.tmp");
+    std::fs::write(&tmp, &bad).unwrap();
+    std::fs::rename(&tmp, &city).unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while errors("mmdb") < 1.0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(errors("mmdb"), 1.0, "the failed reload is counted once");
+    // The good file back (else the SIGHUP below would fail on it first).
+    std::fs::write(&tmp, &good).unwrap();
+    std::fs::rename(&tmp, &city).unwrap();
+    // SIGHUP with a threat directory that isn't there: the running sources stay.
+    std::fs::write(
+        &cfg,
+        format!("{body}threat_dir = \"{}\"\n", dir.join("gone").display()),
+    )
+    .unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(sensor.child.id() as i32, libc::SIGHUP) };
+    let until = Instant::now() + Duration::from_secs(10);
+    while errors("threat") < 1.0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(errors("threat"), 1.0);
+    assert_eq!(errors("mmdb"), 1.0);
+    let (status, log) = sensor.stop();
+    let log = log.join("\n");
+    assert!(status.success(), "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("ERROR")
+            && l.contains("keeping the previous MaxMind database")
+            && l.contains(city.to_str().unwrap())),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("ERROR")
+            && l.contains("keeping the running enrichment sources")
+            && l.contains("gone")),
+        "{log}"
+    );
 }
