@@ -7,6 +7,7 @@ pub mod enrich;
 pub mod export;
 pub mod flow;
 pub mod kernel;
+pub mod log_throttle;
 pub mod metrics;
 pub mod replay;
 pub mod run;

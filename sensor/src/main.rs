@@ -93,6 +93,13 @@ enum Command {
     },
     /// Enrich a list of IP addresses (one a line, FILE or - for stdin): geo, ASN, hostname
     /// and threat lists, one JSON object a line on stdout.
+    ///
+    /// Exit status: 0 all answered; 65 some lines were skipped (not addresses, not UTF-8,
+    /// longer than 4096 bytes), the rest enriched; 74 some network lookups were not made
+    /// (reverse DNS or Cymru was not answering: their fields are empty, "rdns" says
+    /// "shed"), the rest answered; 1 a named source (--mmdb, --threat-dir) can't be read,
+    /// or output failed; 2 bad arguments or config.
+    #[command(verbatim_doc_comment)]
     Enrich {
         /// MaxMind-format database (City/Country/ASN), repeatable [default: the config's
         /// enrich.mmdb_paths, else every .mmdb in /var/lib/GeoIP and /usr/share/GeoIP].
@@ -199,12 +206,17 @@ fn check_filter(filter: &export::Filter) -> Result<(), ExitCode> {
 }
 
 fn init_logging() {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
     let filter = EnvFilter::try_from_env("SENSOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    // Repeated warnings of the noisy sources are rate-limited (see log_throttle).
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(sensor::log_throttle::ThrottleLayer)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .init();
 }
 
@@ -412,10 +424,18 @@ fn main() -> ExitCode {
                         lines = s.lines,
                         distinct = s.distinct,
                         bad_lines = s.bad_lines,
+                        shed_lookups = s.shed_lookups,
                         seconds = format!("{:.3}", s.seconds),
                         "enrich done"
                     );
-                    if s.bad_lines > 0 {
+                    if s.shed_lookups > 0 {
+                        // EX_IOERR: answers are incomplete, a network source was down.
+                        tracing::warn!(
+                            "{} network lookups were not made (source not answering): exit 74",
+                            s.shed_lookups
+                        );
+                        ExitCode::from(74)
+                    } else if s.bad_lines > 0 {
                         // EX_DATAERR: the good lines were enriched, some lines were not
                         // addresses.
                         ExitCode::from(65)

@@ -457,6 +457,10 @@ fn reload_enrich(
         }
         Err(e) => {
             reloads("failed").inc();
+            metrics
+                .enrich_source_errors
+                .with_label_values(&[e.source_label()])
+                .inc();
             tracing::error!("SIGHUP: keeping the running enrichment sources: {e}");
             "reload failed: enrichment sources"
         }

@@ -32,21 +32,92 @@ pub enum BatchError {
     Write(#[source] std::io::Error),
 }
 
+/// Lines longer than this are not addresses: skipped unread (so one line without a
+/// newline can't take the memory), reported.
+pub const MAX_LINE_BYTES: usize = 4096;
+
+/// Why a line of the input was skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadKind {
+    NotAnAddress,
+    NotUtf8,
+    TooLong,
+}
+
+impl BadKind {
+    fn what(self) -> &'static str {
+        match self {
+            BadKind::NotAnAddress => "not an IP address",
+            BadKind::NotUtf8 => "not UTF-8",
+            BadKind::TooLong => "longer than 4096 bytes",
+        }
+    }
+}
+
 /// A line of the input that is not an address; reported, skipped.
 #[derive(Debug)]
 pub struct BadLine {
     pub line: usize,
+    pub kind: BadKind,
+    /// The line (lossy UTF-8, at most 80 characters of it).
     pub text: String,
 }
 
+/// Reads one line into `buf` (without its newline), at most [`MAX_LINE_BYTES`] of it; the
+/// rest of a longer line is skipped. Returns None at the end, else whether it was cut.
+fn next_line(r: &mut dyn BufRead, buf: &mut Vec<u8>) -> std::io::Result<Option<bool>> {
+    use std::io::Read;
+    buf.clear();
+    let n = (&mut *r)
+        .take(MAX_LINE_BYTES as u64 + 1)
+        .read_until(b'\n', buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+        return Ok(Some(false));
+    }
+    if buf.len() <= MAX_LINE_BYTES {
+        return Ok(Some(false)); // the last line, without a newline
+    }
+    // Too long: skip to the end of the line, a buffer at a time.
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            break;
+        }
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                r.consume(i + 1);
+                break;
+            }
+            None => {
+                let len = chunk.len();
+                r.consume(len);
+            }
+        }
+    }
+    buf.truncate(MAX_LINE_BYTES);
+    Ok(Some(true))
+}
+
+fn snippet(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).chars().take(80).collect()
+}
+
 /// The addresses of a list: one a line, the first whitespace-separated field; blank lines
-/// and `#` comments skipped.
+/// and `#` comments skipped. Lines that are not addresses, not UTF-8 or too long are
+/// returned beside them (the rest are still read: bad input never aborts good input).
 pub fn read_list(path: &Path) -> Result<(Vec<IpAddr>, Vec<BadLine>), BatchError> {
     let read_err = |source| BatchError::Read {
         path: path.to_path_buf(),
         source,
     };
-    let reader: Box<dyn BufRead> = if path == Path::new("-") {
+    let mut reader: Box<dyn BufRead> = if path == Path::new("-") {
         Box::new(std::io::stdin().lock())
     } else {
         Box::new(std::io::BufReader::new(
@@ -55,8 +126,23 @@ pub fn read_list(path: &Path) -> Result<(Vec<IpAddr>, Vec<BadLine>), BatchError>
     };
     let mut ips = Vec::new();
     let mut bad = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.map_err(read_err)?;
+    let mut buf = Vec::with_capacity(256);
+    let mut number = 0;
+    while let Some(cut) = next_line(&mut reader, &mut buf).map_err(read_err)? {
+        number += 1;
+        let bad_line = |kind| BadLine {
+            line: number,
+            kind,
+            text: snippet(&buf),
+        };
+        if cut {
+            bad.push(bad_line(BadKind::TooLong));
+            continue;
+        }
+        let Ok(line) = std::str::from_utf8(&buf) else {
+            bad.push(bad_line(BadKind::NotUtf8));
+            continue;
+        };
         let field = line
             .split('#')
             .next()
@@ -66,10 +152,7 @@ pub fn read_list(path: &Path) -> Result<(Vec<IpAddr>, Vec<BadLine>), BatchError>
         let Some(field) = field else { continue };
         match field.parse::<IpAddr>() {
             Ok(ip) => ips.push(ip.to_canonical()),
-            Err(_) => bad.push(BadLine {
-                line: i + 1,
-                text: line.clone(),
-            }),
+            Err(_) => bad.push(bad_line(BadKind::NotAnAddress)),
         }
     }
     Ok((ips, bad))
@@ -210,6 +293,9 @@ pub struct BatchSummary {
     pub lines: usize,
     pub distinct: usize,
     pub bad_lines: usize,
+    /// Network lookups not made (the source was down, see [`super::breaker`]): those
+    /// answers are incomplete.
+    pub shed_lookups: u64,
     pub seconds: f64,
 }
 
@@ -224,13 +310,21 @@ pub async fn run(
     let (ips, bad) = read_list(input)?;
     for b in bad.iter().take(20) {
         tracing::warn!(
-            "{}:{}: not an IP address, skipped: {:?}",
+            "{}:{}: {}, skipped: {:?}",
             input.display(),
             b.line,
+            b.kind.what(),
             b.text
         );
     }
-    let sources = Sources::from_config(cfg, Some(metrics))?;
+    if bad.len() > 20 {
+        tracing::warn!(
+            "{}: {} more bad lines skipped",
+            input.display(),
+            bad.len() - 20
+        );
+    }
+    let sources = Sources::from_config(cfg, Some(Arc::clone(&metrics)))?;
     let mut seen = std::collections::HashSet::with_capacity(ips.len());
     let distinct: Vec<IpAddr> = ips.iter().copied().filter(|ip| seen.insert(*ip)).collect();
     let bars = Bars {
@@ -246,10 +340,56 @@ pub async fn run(
         out.write_all(b"\n").map_err(BatchError::Write)?;
     }
     out.flush().map_err(BatchError::Write)?;
+    crate::log_throttle::report(true);
+    let shed_lookups = [Source::Rdns, Source::Cymru]
+        .iter()
+        .map(|s| {
+            metrics
+                .enrich_lookups
+                .with_label_values(&[s.as_str(), "shed"])
+                .get()
+        })
+        .sum();
     Ok(BatchSummary {
         lines: ips.len(),
         distinct: distinct.len(),
         bad_lines: bad.len(),
+        shed_lookups,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_bytes_and_long_lines_are_skipped_and_the_rest_read() {
+        let dir = std::env::temp_dir().join(format!("sensor-batch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ips.txt");
+        let mut data = b"1.2.3.4\n\xff\xfe9.9.9.9\n".to_vec();
+        data.extend(std::iter::repeat_n(b'7', 10_000));
+        data.extend(b"\n8.8.8.8\r\n::1 # v6\nnope\n");
+        data.extend(std::iter::repeat_n(b'x', 5000)); // the last line, too long, no newline
+        std::fs::write(&path, &data).unwrap();
+        let (ips, bad) = read_list(&path).unwrap();
+        let want: Vec<IpAddr> = ["1.2.3.4", "8.8.8.8", "::1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(ips, want);
+        let got: Vec<(usize, BadKind)> = bad.iter().map(|b| (b.line, b.kind)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, BadKind::NotUtf8),
+                (3, BadKind::TooLong),
+                (6, BadKind::NotAnAddress),
+                (7, BadKind::TooLong),
+            ]
+        );
+        assert!(bad[1].text.len() <= 80);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -13,6 +13,7 @@ use std::{
     fmt::{self, Write as _},
     io,
     net::IpAddr,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -23,6 +24,8 @@ use tokio::{
     net::TcpStream,
     task::JoinSet,
 };
+
+use super::breaker::{Admit, Breaker};
 
 /// The public service.
 pub const DEFAULT_SERVER: &str = "whois.cymru.com:43";
@@ -171,6 +174,9 @@ pub enum CymruError {
         #[source]
         source: io::Error,
     },
+    /// Not asked: the server has not been answering (its breaker is open).
+    #[error("{server} is not answering: {asked} addresses not asked")]
+    Shed { server: String, asked: usize },
 }
 
 /// `NA` and empty both mean the service has no value.
@@ -268,12 +274,18 @@ pub fn parse_line(line: &str) -> Result<CymruAnswer, ParseError> {
 }
 
 /// A client of the bulk whois service.
+/// Connections in a row that got nothing (each costs the timeout) before chunks are shed.
+const BREAKER_THRESHOLD: u32 = 2;
+
 #[derive(Debug, Clone)]
 pub struct CymruClient {
     /// `host:port`.
     server: String,
     /// Deadline of one connection: connect, send and read the whole reply.
     timeout: Duration,
+    /// Opened by chunks that got no answer at all (hung, refused, garbage): further chunks
+    /// are shed at once instead of each waiting out the timeout.
+    breaker: Arc<Mutex<Breaker>>,
 }
 
 impl CymruClient {
@@ -282,6 +294,7 @@ impl CymruClient {
         CymruClient {
             server: server.into(),
             timeout,
+            breaker: Arc::new(Mutex::new(Breaker::with_threshold(BREAKER_THRESHOLD))),
         }
     }
 
@@ -315,8 +328,35 @@ impl CymruClient {
                 let Some((i, chunk)) = chunks.next() else {
                     break;
                 };
+                let admit = self.breaker.lock().expect("breaker").admit(Instant::now());
+                if admit == Admit::Shed {
+                    let shed = CymruError::Shed {
+                        server: self.server.clone(),
+                        asked: chunk.len(),
+                    };
+                    done.push((i, (Vec::new(), Some(shed))));
+                    continue;
+                }
                 let (server, timeout) = (self.server.clone(), self.timeout);
-                tasks.spawn(async move { (i, lookup_chunk(&server, timeout, &chunk).await) });
+                let breaker = Arc::clone(&self.breaker);
+                tasks.spawn(async move {
+                    let (answers, error) = lookup_chunk(&server, timeout, &chunk).await;
+                    let mut b = breaker.lock().expect("breaker");
+                    if answers.is_empty() && error.is_some() {
+                        if b.failure(Instant::now(), admit == Admit::Probe) {
+                            tracing::warn!(
+                                server,
+                                "Team Cymru is not answering ({} failed connections in a \
+                                 row): lookups are shed until a probe is answered",
+                                BREAKER_THRESHOLD
+                            );
+                        }
+                    } else {
+                        b.success();
+                    }
+                    drop(b);
+                    (i, (answers, error))
+                });
             }
             match tasks.join_next().await {
                 None => break,
@@ -1125,8 +1165,9 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn lookup_keeps_at_most_two_connections() {
-        // Every connection hangs: 3 chunks, 2 at a time, take two timeouts.
+    async fn lookup_keeps_at_most_two_connections_and_sheds_when_they_hang() {
+        // Every connection hangs: 3 chunks, 2 at a time. The two hung connections open the
+        // breaker, so the third chunk is shed instead of costing a second timeout.
         let (addr, seen) = serve(Arc::new(|_: &[String]| None));
         let timeout = Duration::from_millis(300);
         let client = CymruClient::new(addr.to_string(), timeout);
@@ -1134,15 +1175,25 @@ mod tests {
         let (answers, errors) = client.lookup(&many(1200)).await;
         let took = t0.elapsed();
         assert!(answers.is_empty());
-        assert_eq!(errors.len(), 3);
+        match &errors[..] {
+            [
+                CymruError::Timeout { asked: 500, .. },
+                CymruError::Timeout { asked: 500, .. },
+                CymruError::Shed { asked: 200, .. },
+            ] => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+        assert!(took >= timeout, "{took:?}");
+        assert!(took < 2 * timeout, "{took:?}");
+        // Still down: the next lookup asks nothing until the cool-down allows a probe.
+        let (answers, errors) = client.lookup(&many(10)).await;
+        assert!(answers.is_empty());
         assert!(
-            errors
-                .iter()
-                .all(|e| matches!(e, CymruError::Timeout { .. }))
+            matches!(&errors[..], [CymruError::Shed { asked: 10, .. }]),
+            "{errors:?}"
         );
-        assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
-        assert!(took >= 2 * timeout, "{took:?}");
-        assert!(took < 3 * timeout, "{took:?}");
+        assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(flavor = "current_thread")]

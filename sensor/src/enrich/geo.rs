@@ -7,7 +7,9 @@
 //! file has nothing for falls through to the next.
 //!
 //! The files are mapped, not read: the page cache holds one copy however many processes use
-//! them, and opening is instant. The price is that a mapped file must never be rewritten in
+//! them. Opening probes the file with lookups across the address space (see [`probe`]), so
+//! a corrupt file is refused when it is opened, at start or reload, rather than answering
+//! nothing lookup after lookup. The price is that a mapped file must never be rewritten in
 //! place (`cp new.mmdb GeoLite2-City.mmdb` truncates it under the mapping: the sensor could
 //! read garbage or die of SIGBUS). Replace files by renaming over them, as `geoipupdate` does;
 //! [`GeoDbs::reload_changed`] then maps the new file and the old mapping lives until the
@@ -19,7 +21,10 @@ use std::{
     net::IpAddr,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use maxminddb::{MaxMindDbError, Mmap, Reader};
@@ -129,6 +134,9 @@ struct Db {
     /// The file as last seen by [`GeoDbs::reload_changed`] (None: missing). A change that
     /// failed to load is remembered too, so it is reported once, not on every check.
     seen: Option<Stamp>,
+    /// Lookups that failed (a damaged search tree or data section), for
+    /// `sensor_enrich_lookups_total{source="mmdb",result="error"}`.
+    errors: Arc<AtomicU64>,
 }
 
 /// The fields of a City or Country record we keep; serde skips the rest (names in eight
@@ -196,12 +204,21 @@ impl Db {
                 database_type: database_type.clone(),
             });
         };
+        // Opening checks the metadata and layout only (a truncated file fails there);
+        // damage inside the tree or the data would make lookups fail one by one, silently
+        // empty. Probe it across the address space so such a file is refused here.
+        let ipv6 = reader.metadata().ip_version == 6;
+        probe(&reader, kind, ipv6).map_err(|source| GeoError::Invalid {
+            path: path.into(),
+            source,
+        })?;
         Ok(Db {
             path: path.into(),
             kind,
-            ipv6: reader.metadata().ip_version == 6,
+            ipv6,
             reader: Arc::new(reader),
             seen: Some(Stamp::of(&meta)),
+            errors: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -214,14 +231,17 @@ impl Db {
         let found = match self.reader.lookup(ip) {
             Ok(found) => found,
             Err(error) => {
-                tracing::debug!(path = %self.path.display(), %ip, %error, "mmdb lookup failed");
+                // Counted, and rate-limited (log_throttle): a damaged file fails often.
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(path = %self.path.display(), %ip, %error, "mmdb lookup failed");
                 return None;
             }
         };
         match found.decode::<T>() {
             Ok(record) => record,
             Err(error) => {
-                tracing::debug!(path = %self.path.display(), %ip, %error, "mmdb record undecodable");
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(path = %self.path.display(), %ip, %error, "mmdb record undecodable");
                 None
             }
         }
@@ -255,6 +275,33 @@ impl Db {
             org: r.autonomous_system_organization.map(str::to_owned),
         })
     }
+}
+
+/// Lookups spread over the whole address space (256 IPv4 addresses, one in each /8, and 64
+/// IPv6 ones across 2000::/3), each record decoded as lookups decode it. Every lookup
+/// passes through the top of the search tree, so damage there, or to the records most
+/// addresses share, fails this; damage deeper down is left to the full walk of
+/// `sensor check` ([`GeoDbs::verify`], seconds per file) and to the lookups' error count.
+fn probe(reader: &Reader<Mmap>, kind: Kind, ipv6: bool) -> Result<(), MaxMindDbError> {
+    let v4 = (0u32..256).map(|i| {
+        let low = i.wrapping_mul(0x9E37_79B9) >> 8;
+        IpAddr::V4(std::net::Ipv4Addr::from((i << 24) | low))
+    });
+    let v6 = (0u128..64).map(|i| {
+        let low = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15)) & ((1 << 116) - 1);
+        IpAddr::V6(std::net::Ipv6Addr::from(
+            (0x2u128 << 124) | (i << 118) | low,
+        ))
+    });
+    for ip in v4.chain(v6.take(if ipv6 { 64 } else { 0 })) {
+        let found = reader.lookup(ip)?;
+        if kind.is_geo() {
+            found.decode::<GeoRecord>()?;
+        } else {
+            found.decode::<AsnRecord>()?;
+        }
+    }
+    Ok(())
 }
 
 fn io_error(path: &Path, source: io::Error) -> GeoError {
@@ -361,6 +408,14 @@ impl GeoDbs {
 
     pub fn has_geo(&self) -> bool {
         self.dbs.iter().any(|d| d.kind.is_geo())
+    }
+
+    /// Lookups that failed so far, over every open file (compare before and after).
+    pub fn errors(&self) -> u64 {
+        self.dbs
+            .iter()
+            .map(|d| d.errors.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn has_asn(&self) -> bool {

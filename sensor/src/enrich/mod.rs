@@ -7,6 +7,7 @@
 //! addresses the databases don't know; reverse DNS ([`rdns`]) gives the hostname. Addresses
 //! that are not public ([`scope::is_public`]) never leave the host.
 pub mod batch;
+pub mod breaker;
 pub mod cascade;
 pub mod cymru;
 pub mod geo;
@@ -95,6 +96,19 @@ pub enum EnrichError {
     DnsServer { value: String },
 }
 
+impl EnrichError {
+    /// The `source` label of `sensor_enrich_source_errors_total`.
+    pub fn source_label(&self) -> &'static str {
+        match self {
+            EnrichError::Geo(_) => "mmdb",
+            EnrichError::Threat(_) => "threat",
+            EnrichError::Rdns(_) | EnrichError::DnsServer { .. } | EnrichError::Runtime(_) => {
+                "rdns"
+            }
+        }
+    }
+}
+
 impl cascade::Sources {
     /// Opens what `cfg` names: databases (configured, else found in geoipupdate's
     /// directories), threat lists, the resolver and the Cymru client. A database or list
@@ -166,7 +180,7 @@ impl cascade::Sources {
             threat,
             rdns,
             cymru,
-            cymru_cache: std::sync::Mutex::new(cymru::PrefixCache::new()),
+            cymru_cache: std::sync::Arc::new(std::sync::Mutex::new(cymru::PrefixCache::new())),
             ttls: cascade::Ttls {
                 mmdb: Duration::from_secs(cfg.mmdb_ttl_s),
                 cymru: Duration::from_secs(cfg.cymru_ttl_s),
@@ -220,7 +234,7 @@ impl Prepared {
     /// Starts the worker on its own thread; answers go to `out`.
     pub fn spawn(
         self,
-        out: impl Fn(Vec<cascade::IpInfo>) + Send + 'static,
+        out: impl Fn(Vec<cascade::IpUpdate>) + Send + Sync + 'static,
     ) -> Result<pool::Pool, EnrichError> {
         pool::Pool::spawn(
             self.sources,

@@ -1,14 +1,18 @@
 //! The enrichment worker: takes addresses from the queue in batches, reads what `ip_info`
-//! already holds for them, runs the cascade, and hands the answers to the store.
+//! already holds for them, runs the in-memory pass and hands its answers to the store at
+//! once; then starts the network passes (Cymru, reverse DNS) as tasks of their own, which
+//! amend the rows when they are done.
 //!
-//! One batch runs at a time; inside it, Cymru chunks and reverse lookups run concurrently
-//! (bounded by their own limits). While a batch waits on the network, the queue fills and
-//! further addresses are shed at the door ([`super::queue`]): the worker's slowness never
-//! reaches capture. Between batches the MaxMind files and threat lists are checked for
-//! changes and reloaded.
+//! The in-memory pass never waits on the network: a hung DNS server or whois costs its own
+//! fields, not the batch. Each network source has at most [`MAX_IN_FLIGHT`] batches in
+//! flight; a batch beyond that is not asked of that source (policy: shed, counted as
+//! `sensor_enrich_lookups_total{result="shed"}`, asked again after the retry interval),
+//! so a stuck source can't pile up tasks. Between batches the MaxMind files and threat
+//! lists are checked for changes and reloaded.
 //!
-//! Shutdown: [`Pool::finish`] lets the worker look up what is queued until a deadline;
-//! what is left is counted as shed (`reason="shutdown"`).
+//! Shutdown: [`Pool::finish`] lets the worker take what is queued and wait for network
+//! passes until a deadline; queued addresses left are counted as shed
+//! (`reason="shutdown"`), network lookups left as `result="shed"`.
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -20,8 +24,10 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    cascade::{IpInfo, Quiet, Sources, ms},
+    Source,
+    cascade::{Fields, IpInfo, IpUpdate, Quiet, Remote, Sources, ms},
     queue::EnrichQueue,
+    unix_ms,
 };
 use crate::metrics::Metrics;
 
@@ -54,10 +60,12 @@ impl Pool {
         queue: EnrichQueue,
         cfg: PoolConfig,
         metrics: Arc<Metrics>,
-        out: impl Fn(Vec<IpInfo>) + Send + 'static,
+        out: impl Fn(Vec<IpUpdate>) + Send + Sync + 'static,
     ) -> std::io::Result<Self> {
+        // Two workers: the batches' in-memory pass never queues behind the resolver's and
+        // whois' tasks.
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(2)
             .thread_name("sensor-enrich")
             .enable_all()
             .build()?;
@@ -172,6 +180,93 @@ pub fn next_due(info: &IpInfo, sources: &Sources) -> i64 {
     due
 }
 
+/// Batches of one network source in flight at once, at most.
+pub const MAX_IN_FLIGHT: usize = 4;
+
+/// A network pass in flight: its addresses, so that a pass cut at shutdown is counted.
+struct InFlight {
+    source: Source,
+    /// Still to answer; emptied when the pass is done.
+    infos: Vec<IpInfo>,
+    remote: Remote,
+}
+
+impl Drop for InFlight {
+    /// Aborted at the shutdown deadline: the lookups were not made.
+    fn drop(&mut self) {
+        if !self.infos.is_empty() {
+            let _ = self
+                .remote
+                .shed(self.source, std::mem::take(&mut self.infos));
+        }
+    }
+}
+
+/// Starts the network pass of `source` over `infos` (or sheds it: too many in flight).
+fn start_remote(
+    tasks: &mut tokio::task::JoinSet<Source>,
+    in_flight: &mut HashMap<Source, usize>,
+    source: Source,
+    infos: Vec<IpInfo>,
+    remote: &Remote,
+    queue: &EnrichQueue,
+    out: &Arc<dyn Fn(Vec<IpUpdate>) + Send + Sync>,
+) {
+    if infos.is_empty() {
+        return;
+    }
+    let fields = match source {
+        Source::Rdns => Fields::Rdns,
+        _ => Fields::Cymru,
+    };
+    let busy = in_flight.entry(source).or_insert(0);
+    if *busy >= MAX_IN_FLIGHT {
+        // Not asked: counted, the row left as it is, and offered again after the retry
+        // interval.
+        let shed = remote.shed(source, infos);
+        answered(queue, &shed, fields);
+        return;
+    }
+    *busy += 1;
+    let mut guard = InFlight {
+        source,
+        infos,
+        remote: remote.clone(),
+    };
+    let (queue, out) = (queue.clone(), Arc::clone(out));
+    tasks.spawn(async move {
+        let infos = guard.infos.clone();
+        let done = match source {
+            Source::Rdns => guard.remote.rdns(infos, &Quiet).await,
+            _ => guard.remote.cymru(infos, &Quiet).await,
+        };
+        guard.infos.clear();
+        answered(&queue, &done, fields);
+        // Lookups shed by the breaker were not made: their rows stay as they are.
+        let asked: Vec<IpInfo> = done
+            .into_iter()
+            .filter(|i| fields != Fields::Rdns || i.rdns_status.as_deref() != Some("shed"))
+            .collect();
+        if !asked.is_empty() {
+            out(IpUpdate::wrap(asked, fields));
+        }
+        source
+    });
+}
+
+/// Tells the queue when a network pass's addresses are next due (it keeps the earliest).
+fn answered(queue: &EnrichQueue, infos: &[IpInfo], fields: Fields) {
+    for info in infos {
+        let due = match fields {
+            Fields::Rdns => info.rdns_due_ms,
+            _ => info.cymru_due_ms,
+        };
+        if let Some(due) = due {
+            queue.answered_by(info.ip, due);
+        }
+    }
+}
+
 async fn work(
     mut sources: Sources,
     mut rx: mpsc::Receiver<IpAddr>,
@@ -179,8 +274,9 @@ async fn work(
     cfg: PoolConfig,
     metrics: Arc<Metrics>,
     control: Control,
-    out: impl Fn(Vec<IpInfo>),
+    out: impl Fn(Vec<IpUpdate>) + Send + Sync + 'static,
 ) {
+    let out: Arc<dyn Fn(Vec<IpUpdate>) + Send + Sync> = Arc::new(out);
     let Control {
         mut stopped,
         mut replaced,
@@ -191,6 +287,8 @@ async fn work(
     let mut last_reload = Instant::now();
     let mut deadline: Option<Instant> = None;
     let mut batch: Vec<IpAddr> = Vec::with_capacity(cfg.batch_ips);
+    let mut tasks: tokio::task::JoinSet<Source> = tokio::task::JoinSet::new();
+    let mut in_flight: HashMap<Source, usize> = HashMap::new();
     loop {
         batch.clear();
         if let Some(d) = deadline {
@@ -224,8 +322,17 @@ async fn work(
                         }
                     }
                 }
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Ok(source) = done
+                        && let Some(n) = in_flight.get_mut(&source)
+                    {
+                        *n = n.saturating_sub(1);
+                    }
+                    continue;
+                }
                 _ = tick.tick() => {
                     heartbeat.beat();
+                    crate::log_throttle::report(false);
                     if last_reload.elapsed() >= cfg.reload_check {
                         last_reload = Instant::now();
                         reload(&mut sources, &queue, &metrics);
@@ -252,39 +359,35 @@ async fn work(
             }
         }
         let known = prior.load(&batch);
-        let lookup = sources.enrich(&batch, &known, &Quiet);
-        tokio::pin!(lookup);
-        let answers = loop {
-            // A batch can wait on the network for a while: keep beating, and give up at
-            // the shutdown deadline.
-            let cut = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                a = &mut lookup => break Some(a),
-                _ = tick.tick() => heartbeat.beat(),
-                _ = cut => break None,
-                d = &mut stopped, if deadline.is_none() => {
-                    deadline = Some(d.unwrap_or_else(|_| Instant::now()));
-                }
+        let answers = sources.local(&batch, &known, &Quiet);
+        let remote = sources.remote();
+        let (cymru_want, rdns_want) = remote.wants(&answers, unix_ms());
+        let mut waits = vec![false; answers.len()];
+        for &i in cymru_want.iter().chain(&rdns_want) {
+            waits[i] = true;
+        }
+        // Addresses with a network pass to come stay "in progress" in the queue's set
+        // until it is done; the others are known until their earliest answer expires.
+        for (info, waits) in answers.iter().zip(&waits) {
+            if !waits {
+                queue.answered(info.ip, next_due(info, &sources));
             }
-        };
-        match answers {
-            Some(answers) => {
-                for info in &answers {
-                    queue.answered(info.ip, next_due(info, &sources));
-                }
-                metrics.enrich_done.inc_by(answers.len() as u64);
-                metrics.enrich_queue.sub(answers.len() as i64);
-                out(answers);
-            }
-            None => {
-                shed(&metrics, batch.len());
-                break;
-            }
+        }
+        let pick = |want: &[usize]| want.iter().map(|&i| answers[i].clone()).collect();
+        let (cymru, rdns): (Vec<IpInfo>, Vec<IpInfo>) = (pick(&cymru_want), pick(&rdns_want));
+        metrics.enrich_done.inc_by(answers.len() as u64);
+        metrics.enrich_queue.sub(answers.len() as i64);
+        out(IpUpdate::wrap(answers, Fields::Local));
+        for (source, infos) in [(Source::Cymru, cymru), (Source::Rdns, rdns)] {
+            start_remote(
+                &mut tasks,
+                &mut in_flight,
+                source,
+                infos,
+                &remote,
+                &queue,
+                &out,
+            );
         }
     }
     // Whatever is still queued is shed; later offers find the queue closed.
@@ -294,6 +397,26 @@ async fn work(
         left += 1;
     }
     shed(&metrics, left);
+    // Network passes still running get until the deadline (they are bounded by their own
+    // timeouts); the rest are cut, and counted by their guards.
+    let until = deadline.unwrap_or_else(Instant::now);
+    while !tasks.is_empty() {
+        tokio::select! {
+            _ = tasks.join_next() => {}
+            _ = tick.tick() => heartbeat.beat(),
+            _ = tokio::time::sleep_until(until.into()) => break,
+        }
+    }
+    if !tasks.is_empty() {
+        tracing::info!(
+            passes = tasks.len(),
+            "network lookups still running at the shutdown deadline were cut"
+        );
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    // What the rate limit held back since its last report.
+    crate::log_throttle::report(true);
 }
 
 fn shed(metrics: &Metrics, n: usize) {
@@ -323,10 +446,14 @@ fn reload(sources: &mut Sources, queue: &EnrichQueue, metrics: &Metrics) {
                 changed = true;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "keeping the previous MaxMind database");
+                tracing::error!(error = %e, "keeping the previous MaxMind database");
                 metrics
                     .enrich_reloads
                     .with_label_values(&["mmdb", "failed"])
+                    .inc();
+                metrics
+                    .enrich_source_errors
+                    .with_label_values(&["mmdb"])
                     .inc();
             }
         }
@@ -342,10 +469,14 @@ fn reload(sources: &mut Sources, queue: &EnrichQueue, metrics: &Metrics) {
         }
         Ok(false) => {}
         Err(e) => {
-            tracing::warn!(error = %e, "keeping the previous threat lists");
+            tracing::error!(error = %e, "keeping the previous threat lists");
             metrics
                 .enrich_reloads
                 .with_label_values(&["threat", "failed"])
+                .inc();
+            metrics
+                .enrich_source_errors
+                .with_label_values(&["threat"])
                 .inc();
         }
     }

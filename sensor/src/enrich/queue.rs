@@ -110,6 +110,16 @@ impl EnrichQueue {
         known.due_ms.insert(ip, due_ms);
     }
 
+    /// Records that one network pass for `ip` is done and its answer is due at `due_ms`:
+    /// the address stays known until then, or until an earlier time already recorded
+    /// (another pass's answer, or the "in progress" mark) — so no answer is left past due.
+    pub fn answered_by(&self, ip: IpAddr, due_ms: i64) {
+        let mut known = self.known.lock().expect("known lock");
+        known.make_room(unix_ms());
+        let due = known.due_ms.entry(ip).or_insert(due_ms);
+        *due = (*due).min(due_ms);
+    }
+
     /// Forgets everything (threat lists or databases changed: answers are re-applied as
     /// addresses come back).
     pub fn forget_all(&self) {

@@ -1,11 +1,13 @@
 //! Reverse DNS (PTR) through hickory-resolver: the system's resolv.conf or configured
 //! servers, a concurrency limit so a burst of new addresses can't flood the resolver, a
 //! timeout per lookup, and the answer's TTL (or the negative TTL) so the caller knows when
-//! to ask again.
+//! to ask again. A server that stops answering opens a [`Breaker`]: lookups are shed
+//! at once (and asked again after the retry interval) instead of each waiting out the
+//! timeout.
 use std::{
     net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::Duration,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use hickory_resolver::{
@@ -18,6 +20,8 @@ use hickory_resolver::{
     },
 };
 use tokio::sync::Semaphore;
+
+use super::breaker::{Admit, Breaker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RdnsError {
@@ -59,6 +63,9 @@ pub enum RdnsOutcome {
     /// No usable answer; `reason` is a metric label (`timeout`, `servfail`, `refused`,
     /// `error`). Asked again after the retry interval.
     Failed { reason: &'static str },
+    /// Not asked: the server has not been answering (the breaker is open). Asked again
+    /// after the retry interval.
+    Shed,
 }
 
 impl RdnsOutcome {
@@ -68,14 +75,20 @@ impl RdnsOutcome {
             Self::Name { .. } => "found",
             Self::NoName { .. } => "not_found",
             Self::Failed { reason } => reason,
+            Self::Shed => "shed",
         }
     }
 }
+
+/// How long a lookup that follows a failure waits for the rest of its wave (see
+/// [`Rdns::lookup`]).
+const SETTLE: Duration = Duration::from_millis(20);
 
 #[derive(Clone)]
 pub struct Rdns {
     resolver: TokioResolver,
     limit: Arc<Semaphore>,
+    breaker: Arc<Mutex<Breaker>>,
     cfg: RdnsConfig,
 }
 
@@ -114,14 +127,71 @@ impl Rdns {
         Ok(Self {
             resolver,
             limit: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
+            breaker: Arc::new(Mutex::new(Breaker::new())),
             cfg,
         })
     }
 
+    fn admit(&self) -> Admit {
+        self.breaker
+            .lock()
+            .expect("breaker lock")
+            .admit(Instant::now())
+    }
+
     /// One lookup, waiting for a free slot first. Never takes longer than the slot wait
-    /// plus the configured timeout.
+    /// plus the configured timeout; shed at once while the server is taken to be down.
     pub async fn lookup(&self, ip: IpAddr) -> RdnsOutcome {
+        let mut admit = self.admit();
+        if admit == Admit::Shed {
+            return RdnsOutcome::Shed;
+        }
         let _slot = self.limit.acquire().await.expect("semaphore never closed");
+        // The breaker may have opened while this one waited for its slot. When the lookup
+        // that freed the slot failed, the others of its wave (started together, timing out
+        // together) are about to: let them land first, so a hung server costs one timeout,
+        // not two.
+        if admit == Admit::Ask {
+            let failing = {
+                let b = self.breaker.lock().expect("breaker lock");
+                b.failures_in_a_row() > 0 && !b.is_open()
+            };
+            if failing {
+                tokio::time::sleep(SETTLE).await;
+            }
+            admit = self.admit();
+            if admit == Admit::Shed {
+                return RdnsOutcome::Shed;
+            }
+        }
+        let outcome = self.ask(ip).await;
+        let mut breaker = self.breaker.lock().expect("breaker lock");
+        match outcome {
+            RdnsOutcome::Failed {
+                reason: "timeout" | "error",
+            } => {
+                if breaker.failure(Instant::now(), admit == Admit::Probe) {
+                    tracing::warn!(
+                        servers = ?self.cfg.servers,
+                        "reverse DNS is not answering ({} failures in a row): lookups are \
+                         shed, and asked again after rdns_retry_s, until a probe (every {} s \
+                         at first) is answered",
+                        super::breaker::THRESHOLD,
+                        super::breaker::MIN_COOLDOWN.as_secs()
+                    );
+                }
+            }
+            _ => {
+                if breaker.is_open() {
+                    tracing::info!("reverse DNS answers again");
+                }
+                breaker.success();
+            }
+        }
+        outcome
+    }
+
+    async fn ask(&self, ip: IpAddr) -> RdnsOutcome {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
@@ -172,10 +242,24 @@ impl Rdns {
             }
             NetError::Timeout => RdnsOutcome::Failed { reason: "timeout" },
             other => {
-                tracing::debug!(error = %other, "reverse lookup failed");
+                // Rate-limited (log_throttle): a garbage-answering server fails every lookup.
+                tracing::warn!(error = %other, "reverse lookup failed");
                 RdnsOutcome::Failed { reason: "error" }
             }
         }
+    }
+
+    /// Lookups in flight at once, at most.
+    pub fn concurrency(&self) -> usize {
+        self.cfg.concurrency.max(1)
+    }
+
+    /// Whether a lookup now would be shed (the breaker is open, no probe due).
+    pub fn is_down(&self) -> bool {
+        self.breaker
+            .lock()
+            .expect("breaker lock")
+            .sheds(Instant::now())
     }
 
     pub fn retry_after(&self) -> Duration {

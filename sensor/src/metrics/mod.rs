@@ -106,12 +106,20 @@ pub struct Metrics {
     pub enrich_lookup_seconds: prometheus::HistogramVec,
     /// `source` (mmdb, threat), `result` (ok, failed).
     pub enrich_reloads: IntCounterVec,
+    /// Sources that failed to (re)open while running, by `source` (mmdb, threat, rdns):
+    /// the previous one is kept.
+    pub enrich_source_errors: IntCounterVec,
     heartbeats: Vec<(&'static str, u64, Arc<AtomicU64>)>,
 }
 
-/// Results of each enrichment source, as labels (bounded).
+/// The `source` labels of `sensor_enrich_source_errors_total`.
+pub const ENRICH_SOURCES: &[&str] = &["mmdb", "threat", "rdns"];
+
+/// Results of each enrichment source, as labels (bounded). `error` and the failure
+/// reasons: the source was asked and gave no usable answer; `shed`: not asked (the source
+/// was not answering, or the sensor stopped).
 pub const ENRICH_RESULTS: &[(&str, &[&str])] = &[
-    ("mmdb", &["found", "not_found"]),
+    ("mmdb", &["found", "not_found", "error"]),
     ("threat", &["hit", "miss"]),
     (
         "rdns",
@@ -122,6 +130,7 @@ pub const ENRICH_RESULTS: &[(&str, &[&str])] = &[
             "servfail",
             "refused",
             "error",
+            "shed",
         ],
     ),
     (
@@ -135,6 +144,7 @@ pub const ENRICH_RESULTS: &[(&str, &[&str])] = &[
             "garbage",
             "connect",
             "error",
+            "shed",
         ],
     ),
 ];
@@ -408,6 +418,12 @@ impl Metrics {
                 "Reloads of changed MaxMind databases and threat lists.",
                 &["source", "result"],
             ),
+            enrich_source_errors: counter_vec(
+                "sensor_enrich_source_errors_total",
+                "Enrichment sources that failed to reload (SIGHUP or a changed file); the \
+                 running one is kept.",
+                &["source"],
+            ),
             heartbeats: STAGES
                 .iter()
                 .map(|(name, interval)| (*name, *interval, Arc::new(AtomicU64::new(0))))
@@ -451,6 +467,9 @@ impl Metrics {
             for result in ["ok", "failed"] {
                 m.enrich_reloads.with_label_values(&[source, result]);
             }
+        }
+        for source in ENRICH_SOURCES {
+            m.enrich_source_errors.with_label_values(&[source]);
         }
         for program in PROGRAMS {
             m.ebpf_runs.with_label_values(&[program]);

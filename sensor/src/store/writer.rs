@@ -29,7 +29,7 @@ use super::{
     amend::{self, Amendable, Outcome},
 };
 use crate::{
-    enrich::{cascade::IpInfo, queue::EnrichQueue},
+    enrich::{cascade::IpUpdate, queue::EnrichQueue},
     flow::FlowRecord,
     metrics::Metrics,
 };
@@ -43,7 +43,7 @@ enum Row {
     Flow(FlowRecord),
     /// Several flows at once, from a source that can wait (replay).
     Flows(Vec<FlowRecord>),
-    Ip(Vec<IpInfo>),
+    Ip(Vec<IpUpdate>),
 }
 
 /// The bound on flows queued for the writer, counted in flows (a chunk counts for its
@@ -177,7 +177,8 @@ pub struct StoreStats {
     /// Amendments dropped: the writer's queue was full, or their write failed for longer
     /// than the held buffer could bridge.
     pub amendments_dropped: AtomicU64,
-    /// `ip_info` rows written, and lost (queue full or a failed transaction).
+    /// `ip_info` row updates written (one per pass that answered an address), and lost
+    /// (queue full or a failed transaction).
     pub ip_rows_written: AtomicU64,
     pub ip_rows_dropped: AtomicU64,
 }
@@ -234,7 +235,7 @@ impl WriterHandle {
 
     /// Queues enrichment answers without waiting; counted as dropped when the queue is
     /// full (the addresses are looked up again when next seen).
-    pub fn send_ip_info(&self, infos: Vec<IpInfo>) {
+    pub fn send_ip_info(&self, infos: Vec<IpUpdate>) {
         let n = infos.len() as u64;
         if self.tx.tx.send(Row::Ip(infos)).is_err() {
             self.stats.ip_rows_dropped.fetch_add(n, Ordering::Relaxed);
@@ -382,7 +383,7 @@ fn run(
         next_rollup: Instant::now() + Duration::from_secs(1),
         amendable: Amendable::new(cfg.amend_window.as_millis() as u64),
     };
-    let mut infos: Vec<IpInfo> = Vec::new();
+    let mut infos: Vec<IpUpdate> = Vec::new();
     let mut deadline: Option<Instant> = None;
     let heartbeat = cfg.metrics.as_ref().map(|m| m.heartbeat("store"));
     loop {
@@ -632,7 +633,7 @@ fn prune(st: &mut State, cfg: &WriterConfig) {
 fn write_infos(
     conn: &mut Connection,
     path: &std::path::Path,
-    infos: &[IpInfo],
+    infos: &[IpUpdate],
     stats: &StoreStats,
 ) {
     let result = conn.transaction().and_then(|tx| {
@@ -964,7 +965,12 @@ mod tests {
         }
         w.handle()
             .unwrap()
-            .send_ip_info(vec![IpInfo::new("192.0.2.1".parse().unwrap())]);
+            .send_ip_info(crate::enrich::cascade::IpUpdate::wrap(
+                vec![crate::enrich::cascade::IpInfo::new(
+                    "192.0.2.1".parse().unwrap(),
+                )],
+                crate::enrich::cascade::Fields::Local,
+            ));
         let reader = super::super::open_for_reading(&path).unwrap();
         let rolled = || {
             reader
