@@ -244,6 +244,10 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     };
     let ringbuf_beat = probe.as_ref().map(|_| metrics.heartbeat("ringbuf"));
     let mut published = Published::default();
+    // The programs submit without waking us (unless the ring is filling up): the ring is
+    // read on this tick, in batches.
+    let mut ring_poll = tokio::time::interval(RING_POLL);
+    ring_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
@@ -255,6 +259,10 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
                 let mut guard = guard.map_err(KernelError::RingBuf)?;
                 malformed += drain(guard.get_inner_mut(), &mut tracker, &mut emit);
                 guard.clear_ready();
+            }
+            _ = ring_poll.tick(), if ring.is_some() => {
+                let ring = ring.as_mut().expect("guarded").get_mut();
+                malformed += drain(ring, &mut tracker, &mut emit);
             }
             guard = async { logger.as_mut().expect("guarded").readable_mut().await },
                 if logger.is_some() => {
@@ -307,6 +315,10 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     }
     if let Some(ring) = ring.as_mut() {
         malformed += drain(ring.get_mut(), &mut tracker, &mut emit);
+    }
+    // Connections still open whose start the kernel kept instead of sending it.
+    for ev in probe.iter().flat_map(Probe::open_sockets) {
+        tracker.on_open_at_shutdown(&ev, &mut emit);
     }
     let open = tracker.open_flows();
     tracker.flush_all(&mut emit);
@@ -576,6 +588,11 @@ fn ringbuf_totals(probe: Option<&Probe>, last_drops: u64) -> (u64, u64) {
         )
     })
 }
+
+/// How often the ring buffer is read without a wake-up. A closed connection's record waits
+/// at most this long (a burst that fills a quarter of the ring wakes the reader at once),
+/// so close to row takes at most `RING_POLL` + `flush_ms` + the write.
+pub const RING_POLL: Duration = Duration::from_millis(50);
 
 /// Reads every event waiting in the ring buffer. Returns how many were too short to be an
 /// event (never expected; counted rather than trusted).
