@@ -134,6 +134,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     let found = listeners.scan_proc();
     tracing::debug!(found, "listeners from /proc");
     let mut tracker = TcpTracker::new(BootClock::now(), listeners).with_limit(cfg.max_flows);
+    tracker.set_host_addrs(flow::local::host_addrs());
 
     let writer = Writer::spawn(
         conn,
@@ -273,6 +274,8 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
             _ = tick.tick() => {
                 // Kernel times stay on the packets' clock across a wall-clock step.
                 tracker.set_clock(BootClock::now());
+                // Addresses come and go: which peers are on this host, re-read.
+                tracker.set_host_addrs(flow::local::host_addrs());
                 let (drops, produced) = ringbuf_totals(probe.as_ref(), last_drops);
                 if drops > last_drops {
                     tracing::warn!(lost = drops - last_drops, total = drops,

@@ -9,7 +9,7 @@
 //! the receiving end's `bytes_received` when that end is local, else from the sending end's
 //! `bytes_acked`: what the peer acknowledged is what it got.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
@@ -18,6 +18,7 @@ use sensor_common::{AF_INET, SockEvent, flags, kind, tcp_state};
 use super::{
     clock::BootClock,
     listeners::Listeners,
+    local::is_local,
     record::{EndReason, FlowRecord, Owner},
 };
 
@@ -95,6 +96,9 @@ pub struct TcpTracker {
     stats: TrackerStats,
     /// Most sockets followed at once.
     max_socks: usize,
+    /// This host's addresses besides loopback: a connection to one of them has both ends
+    /// here, and its flow waits for both closes.
+    host_addrs: HashSet<IpAddr>,
 }
 
 /// Decodes an event's address; IPv4-mapped IPv6 becomes IPv4 so both views of one peer agree.
@@ -122,7 +126,13 @@ impl TcpTracker {
             next_id: 1,
             stats: TrackerStats::default(),
             max_socks: usize::MAX,
+            host_addrs: HashSet::new(),
         }
+    }
+
+    /// This host's addresses now (loopback aside), to tell which peers are local.
+    pub fn set_host_addrs(&mut self, addrs: HashSet<IpAddr>) {
+        self.host_addrs = addrs;
     }
 
     /// Bounds the socket table: past `max`, the oldest of a few sockets is let go and its
@@ -357,8 +367,8 @@ impl TcpTracker {
             if exact_dst.is_some() {
                 flow.dst_owner = exact_dst;
             }
-            // Over loopback the other end is ours too: wait for its close as well.
-            flow.wait_both |= remote.ip().is_loopback();
+            // With a local peer the other end is ours too: wait for its close as well.
+            flow.wait_both |= is_local(&self.host_addrs, remote.ip());
         }
     }
 
@@ -394,6 +404,16 @@ impl TcpTracker {
             return;
         };
         flow.last_ns = flow.last_ns.max(ev.ts_ns);
+        // A connection that was established with a peer on this host has that peer's end
+        // to come, even if nothing of it has been seen yet (the kernel sends a connect()
+        // only inside its close, so the accepting end may close first).
+        if !matches!(
+            ev.old_state,
+            tcp_state::SYN_SENT | tcp_state::SYN_RECV | tcp_state::NEW_SYN_RECV
+        ) && is_local(&self.host_addrs, remote.ip())
+        {
+            flow.wait_both = true;
+        }
         let fin = |bit| u64::from(ev.flags & bit != 0);
         // The active opener's bytes_acked also counts its SYN, acknowledged by the SYN-ACK.
         let syn = u64::from(sock.role == INITIATOR && ev.bytes_acked > 0);
@@ -751,6 +771,85 @@ mod tests {
         assert_eq!(t.stats().events, 4, "the kept start is not an event read");
         assert_eq!(t.stats().orphan_closes, 0);
         assert_eq!(t.open_flows(), 0);
+    }
+
+    /// The accepting end closes first: its flow waits for the connecting end, whose close
+    /// (carrying its connect()) comes later; and a refused loopback connect waits for nothing.
+    #[test]
+    fn accepting_end_closing_first_waits_for_the_local_peer() {
+        let mut t = tracker();
+        let mut out = Vec::new();
+        let s = ev(
+            kind::PASSIVE_ESTABLISHED,
+            3,
+            "127.0.0.1:80",
+            "127.0.0.1:5000",
+            0,
+            "",
+        );
+        t.on_event(&s, &mut |r| out.push(r));
+        t.on_event(&close(s, tcp_state::FIN_WAIT2, 8, 101), &mut |r| {
+            out.push(r)
+        });
+        assert!(out.is_empty(), "the connecting end is still to close");
+        let c = ev(kind::CLOSE, 4, "127.0.0.1:5000", "127.0.0.1:80", 0, "");
+        let c = with_start(
+            close(c, tcp_state::LAST_ACK, 101, 8),
+            kind::CONNECT,
+            2_000_000,
+            20,
+            "cli",
+        );
+        t.on_event(&c, &mut |r| out.push(r));
+        assert_eq!(out.len(), 1, "one flow for both ends");
+        assert_eq!(out[0].src, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(out[0].src_owner.as_ref().unwrap().pid, 20);
+        assert_eq!(
+            (out[0].src_payload_bytes, out[0].dst_payload_bytes),
+            (Some(100), Some(7))
+        );
+        // The same with a peer that is this host's address on another interface.
+        let mut t = tracker();
+        t.set_host_addrs(HashSet::from(["192.0.2.5".parse().unwrap()]));
+        let mut out = Vec::new();
+        let s = ev(
+            kind::PASSIVE_ESTABLISHED,
+            3,
+            "192.0.2.5:80",
+            "192.0.2.5:5000",
+            0,
+            "",
+        );
+        t.on_event(&s, &mut |r| out.push(r));
+        t.on_event(&close(s, tcp_state::LAST_ACK, 8, 101), &mut |r| out.push(r));
+        assert!(out.is_empty(), "a host address is a local peer");
+        // A peer elsewhere: the accepting end alone is the flow.
+        let s = ev(
+            kind::PASSIVE_ESTABLISHED,
+            5,
+            "192.0.2.5:80",
+            "198.51.100.1:5000",
+            0,
+            "",
+        );
+        t.on_event(&s, &mut |r| out.push(r));
+        t.on_event(&close(s, tcp_state::LAST_ACK, 8, 101), &mut |r| out.push(r));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].src, "198.51.100.1:5000".parse().unwrap());
+        // Refused: no accepted end will ever come.
+        let mut t = tracker();
+        let mut out = Vec::new();
+        let c = ev(kind::CLOSE, 6, "127.0.0.1:5001", "127.0.0.1:9", 0, "");
+        let c = with_start(
+            close(c, tcp_state::SYN_SENT, 0, 0),
+            kind::CONNECT,
+            1,
+            20,
+            "cli",
+        );
+        t.on_event(&c, &mut |r| out.push(r));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].end_reason, EndReason::Failed);
     }
 
     #[test]
