@@ -15,10 +15,9 @@
 //! (`connect()` with its process, the active side's established) is kept in `OPEN`, keyed by
 //! the socket, and sent inside the close record; so a connection to another host is one
 //! record. The passive side's established stays a record: the accepting process is found
-//! from the listener at that moment (the listener may close before the connection does), and
-//! it tells the agent that a local connection's two ends are to be joined. A loopback
-//! connection is three records (was five). When `OPEN` is full, the start goes out as a
-//! record of its own, as before.
+//! from the listener at that moment, and the listener may close before the connection does.
+//! A loopback connection is three records (was five). When `OPEN` is full, the start goes
+//! out as a record of its own, as before.
 //!
 //! Wake-ups: records are submitted with `BPF_RB_NO_WAKEUP`; the agent polls the ring on a
 //! short timer, and a record that finds the ring more than a quarter full
