@@ -400,6 +400,11 @@ fn btf_set_state(ctx: &BtfTracePointContext, sk: *const u8, old: u32, new: u32) 
         );
         return None;
     }
+    // Beside sock_ops this runs on every transition of every socket: leave before reading
+    // the socket's ends unless it is a close sock_ops will not report.
+    if second_view_skips(sk, event_kind, off) {
+        return None;
+    }
     // SAFETY: `sk` is the tracepoint's `struct sock *`; every read goes through
     // bpf_probe_read_kernel at an offset from the running kernel's BTF.
     let ends = unsafe {
@@ -493,19 +498,26 @@ fn classic_set_state(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
+/// Beside sock_ops (`untracked_closes_only`), every event but the closes of sockets
+/// sock_ops does not follow (no state callback asked for: older than the sensor) is skipped.
+#[inline(always)]
+fn second_view_skips(sk: *const u8, event_kind: u32, off: &SockOffsets) -> bool {
+    if off.untracked_closes_only == 0 {
+        return false;
+    }
+    if event_kind != kind::CLOSE {
+        return true;
+    }
+    // SAFETY: bpf_probe_read_kernel at an offset from the running kernel's BTF.
+    let cb: u8 = unsafe { read_at(sk, off.ops_cb_flags) }.unwrap_or(0);
+    u32::from(cb) & BPF_SOCK_OPS_STATE_CB_FLAG != 0
+}
+
 /// Emits a tracepoint-seen transition; at close, reads the counters when `off` is valid.
 #[inline(always)]
 fn emit_transition(sk: *const u8, old: u32, event_kind: u32, ends: &Ends, off: &SockOffsets) {
-    if off.untracked_closes_only != 0 {
-        // Beside sock_ops: only closes of sockets it does not follow.
-        if event_kind != kind::CLOSE {
-            return;
-        }
-        // SAFETY: bpf_probe_read_kernel at an offset from the running kernel's BTF.
-        let cb: u8 = unsafe { read_at(sk, off.ops_cb_flags) }.unwrap_or(0);
-        if u32::from(cb) & BPF_SOCK_OPS_STATE_CB_FLAG != 0 {
-            return;
-        }
+    if second_view_skips(sk, event_kind, off) {
+        return;
     }
     let mut counters = [0u64; 2];
     let mut small = [0u32; 4];
