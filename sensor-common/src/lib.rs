@@ -16,7 +16,9 @@ pub mod kind {
     pub const ACTIVE_ESTABLISHED: u32 = 3;
     /// The passive (accepting) side reached ESTABLISHED. Runs in softirq: pid is meaningless.
     pub const PASSIVE_ESTABLISHED: u32 = 4;
-    /// The socket reached TCP_CLOSE; carries the final kernel counters.
+    /// The socket reached TCP_CLOSE; carries the final kernel counters and, in
+    /// [`SockEvent::start_kind`] / [`SockEvent::start_ns`] (with `pid` and `comm`), how the
+    /// end began, kept in the kernel until now instead of sent as a record of its own.
     pub const CLOSE: u32 = 5;
 }
 
@@ -76,6 +78,8 @@ pub struct SockEvent {
     pub bytes_acked: u64,
     /// Payload bytes this end received (`tcp_sock.bytes_received`).
     pub bytes_received: u64,
+    /// In a close: `ts_ns` of the end's first event (`start_kind`); 0 when `start_kind` is 0.
+    pub start_ns: u64,
     /// One of [`kind`].
     pub kind: u32,
     /// One of [`source`].
@@ -96,13 +100,18 @@ pub struct SockEvent {
     pub _pad: u16,
     /// [`flags`] known at close.
     pub flags: u32,
-    pub _pad2: u32,
+    /// In a close: the [`kind`] of the end's first event, which the kernel kept instead of
+    /// sending it (`CONNECT`: `pid` and `comm` are the connecting process;
+    /// `ACTIVE_ESTABLISHED`: connected before the hooks attached, owner unknown). 0: no start
+    /// was kept (the socket is older than the hooks, or the kernel's table was full and the
+    /// start went out as a record of its own).
+    pub start_kind: u32,
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
     pub comm: [u8; COMM_LEN],
 }
 
-const _: () = assert!(size_of::<SockEvent>() == 128);
+const _: () = assert!(size_of::<SockEvent>() == 136);
 
 impl SockEvent {
     pub const ZERO: Self = Self {
@@ -110,6 +119,7 @@ impl SockEvent {
         sock_id: 0,
         bytes_acked: 0,
         bytes_received: 0,
+        start_ns: 0,
         kind: 0,
         source: 0,
         pid: 0,
@@ -123,7 +133,7 @@ impl SockEvent {
         remote_port: 0,
         _pad: 0,
         flags: 0,
-        _pad2: 0,
+        start_kind: 0,
         local_addr: [0; 16],
         remote_addr: [0; 16],
         comm: [0; COMM_LEN],

@@ -10,11 +10,25 @@
 //! Every event goes through the `EVENTS` ring buffer; a failed reserve counts in `DROPS`
 //! (per-CPU, read by the agent). Nothing here logs on the per-event path: aya-log is used only
 //! for setup problems that make a program useless (e.g. missing offsets), once per CPU.
+//!
+//! Records per connection end: the start of an end the agent does not need at once
+//! (`connect()` with its process, the active side's established) is kept in `OPEN`, keyed by
+//! the socket, and sent inside the close record; so a connection to another host is one
+//! record. The passive side's established stays a record: the accepting process is found
+//! from the listener at that moment, and the listener may close before the connection does.
+//! A loopback connection is three records (was five). When `OPEN` is full, the start goes
+//! out as a record of its own, as before.
+//!
+//! Wake-ups: records are submitted with `BPF_RB_NO_WAKEUP`; the agent polls the ring on a
+//! short timer, and a record that finds the ring more than a quarter full
+//! (`bpf_ringbuf_query(BPF_RB_AVAIL_DATA)`) forces a wake-up so a burst cannot fill it
+//! between two polls.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::{
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG,
         BPF_SOCK_OPS_PARSE_HDR_OPT_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
         BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB,
@@ -24,7 +38,7 @@ use aya_ebpf::{
         generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
     },
     macros::{btf_tracepoint, map, sock_ops, tracepoint},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, SockOpsContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
@@ -64,6 +78,19 @@ static WARNED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static FIN_SEEN: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
 
+/// The start of each connection end not sent yet (its `CONNECT` or `ACTIVE_ESTABLISHED`
+/// event, as it would have been sent), keyed by `sock_id`; taken out by the close, which
+/// carries it. Bounded: when full, starts are sent as records of their own. The agent reads
+/// what is left at shutdown (connections still open).
+#[map]
+static OPEN: HashMap<u64, SockEvent> = HashMap::with_max_entries(OPEN_MAX, 0);
+
+/// Connection ends followed in `OPEN` at once (about 200 bytes each, preallocated).
+const OPEN_MAX: u32 = 16384;
+
+/// A submit that finds more than 1/`WAKE_FRACTION` of the ring in use wakes the agent.
+const WAKE_FRACTION: u64 = 4;
+
 const IPPROTO_TCP: u16 = 6;
 const TCPHDR_FIN: u32 = 0x01;
 
@@ -75,20 +102,66 @@ fn count_drop() {
     }
 }
 
-/// Reserves an event, lets `fill` write it, and submits it; counts a drop when full.
 #[inline(always)]
-fn emit(fill: impl FnOnce(&mut SockEvent)) {
+fn count_produced() {
     if let Some(p) = PRODUCED.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *p += 1 };
     }
+}
+
+/// No wake-up (the agent polls), unless the ring is filling up.
+#[inline(always)]
+fn wakeup_flag() -> u64 {
+    let used = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    let size = EVENTS.query(u64::from(BPF_RB_RING_SIZE));
+    if used > size / WAKE_FRACTION {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
+}
+
+/// Reserves an event, lets `fill` write it, and submits it; counts a drop when full.
+#[inline(always)]
+fn emit(fill: impl FnOnce(&mut SockEvent)) {
+    count_produced();
     match EVENTS.reserve::<SockEvent>(0) {
         Some(mut entry) => {
             let ev = entry.write(SockEvent::ZERO);
             fill(ev);
-            entry.submit(0);
+            entry.submit(wakeup_flag());
         }
         None => count_drop(),
+    }
+}
+
+/// Keeps the start of a connection end in `OPEN` until its close; sends it as a record of
+/// its own when `OPEN` is full.
+#[inline(always)]
+fn keep_start(ev: &SockEvent) {
+    if OPEN.insert(ev.sock_id, ev, 0).is_err() {
+        count_produced();
+        if EVENTS.output::<SockEvent>(ev, wakeup_flag()).is_err() {
+            count_drop();
+        }
+    }
+}
+
+/// Moves the kept start of the closing end `ev.sock_id` into its close record.
+#[inline(always)]
+fn take_start(ev: &mut SockEvent) {
+    if let Some(open) = OPEN.get_ptr(ev.sock_id) {
+        // SAFETY: a value of OPEN, read before it is deleted; only this socket's own
+        // (serialised) callbacks write it.
+        let open = unsafe { &*open };
+        if open.source == ev.source {
+            ev.start_ns = open.ts_ns;
+            ev.start_kind = open.kind;
+            ev.pid = open.pid;
+            ev.comm = open.comm;
+        }
+        let _ = OPEN.remove(ev.sock_id);
     }
 }
 
@@ -140,6 +213,9 @@ pub fn sensor_sock_ops(ctx: SockOpsContext) -> u32 {
                 // SAFETY: valid context for bpf_get_socket_cookie.
                 let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
                 let _ = FIN_SEEN.insert(cookie, 1, 0);
+                // Seen: no need to run on the segments still to come.
+                let flags = ctx.cb_flags() & !BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG;
+                let _ = ctx.set_cb_flags(flags as i32);
             }
             return 1;
         }
@@ -162,25 +238,39 @@ pub fn sensor_sock_ops(ctx: SockOpsContext) -> u32 {
         return 1;
     }
     let ops = ctx.ops;
-    emit(|ev| {
-        // SAFETY: the kernel hands a valid context; bpf_get_socket_cookie accepts it.
+    // SAFETY: the kernel hands a valid context; bpf_get_socket_cookie accepts it.
+    let cookie = unsafe { bpf_get_socket_cookie(ops.cast()) };
+    if event_kind == kind::CONNECT || event_kind == kind::ACTIVE_ESTABLISHED {
+        if let Some(open) = OPEN.get_ptr_mut(cookie) {
+            // connect() was kept: only the ends may have changed since.
+            // SAFETY: a value of OPEN; this socket's callbacks are serialised.
+            sock_ops_ends(&ctx, family, unsafe { &mut *open });
+            return 1;
+        }
+        let mut ev = SockEvent::ZERO;
+        // SAFETY: no preconditions.
         ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
-        ev.sock_id = unsafe { bpf_get_socket_cookie(ops.cast()) };
+        ev.sock_id = cookie;
         ev.kind = event_kind;
         ev.source = source::SOCK_OPS;
-        ev.family = family;
-        ev.local_port = ctx.local_port() as u16;
-        ev.remote_port = u32::from_be(ctx.remote_port()) as u16;
-        if family == AF_INET {
-            ev.local_addr[..4].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
-            ev.remote_addr[..4].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
-        } else {
-            ev.local_addr = ip6_bytes(ctx.local_ip6());
-            ev.remote_addr = ip6_bytes(ctx.remote_ip6());
+        sock_ops_ends(&ctx, family, &mut ev);
+        if event_kind == kind::CONNECT {
+            // Runs in the calling process's context.
+            current_task(&mut ev);
         }
+        keep_start(&ev);
+        return 1;
+    }
+    emit(|ev| {
+        // SAFETY: no preconditions.
+        ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+        ev.sock_id = cookie;
+        ev.kind = event_kind;
+        ev.source = source::SOCK_OPS;
+        sock_ops_ends(&ctx, family, ev);
         match event_kind {
-            // These run in the calling process's context.
-            kind::LISTEN | kind::CONNECT => current_task(ev),
+            // Runs in the listening process's context.
+            kind::LISTEN => current_task(ev),
             kind::CLOSE => {
                 let old = ctx.arg(0);
                 ev.old_state = old;
@@ -200,11 +290,27 @@ pub fn sensor_sock_ops(ctx: SockOpsContext) -> u32 {
                     ev.srtt_us = (*ops).srtt_us >> 3;
                     ev.total_retrans = (*ops).total_retrans;
                 }
+                take_start(ev);
             }
             _ => {}
         }
     });
     1
+}
+
+/// The socket's family, addresses and ports, from the stable `bpf_sock_ops` fields.
+#[inline(always)]
+fn sock_ops_ends(ctx: &SockOpsContext, family: u16, ev: &mut SockEvent) {
+    ev.family = family;
+    ev.local_port = ctx.local_port() as u16;
+    ev.remote_port = u32::from_be(ctx.remote_port()) as u16;
+    if family == AF_INET {
+        ev.local_addr[..4].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
+        ev.remote_addr[..4].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
+    } else {
+        ev.local_addr = ip6_bytes(ctx.local_ip6());
+        ev.remote_addr = ip6_bytes(ctx.remote_ip6());
+    }
 }
 
 /// [`flags`] of a closing end. `fin_in_late`: the peer's FIN arrived after our own close;
@@ -292,6 +398,11 @@ fn btf_set_state(ctx: &BtfTracePointContext, sk: *const u8, old: u32, new: u32) 
             ctx,
             "inet_sock_set_state: kernel offsets not loaded, events ignored",
         );
+        return None;
+    }
+    // Beside sock_ops this runs on every transition of every socket: leave before reading
+    // the socket's ends unless it is a close sock_ops will not report.
+    if second_view_skips(sk, event_kind, off) {
         return None;
     }
     // SAFETY: `sk` is the tracepoint's `struct sock *`; every read goes through
@@ -387,19 +498,26 @@ fn classic_set_state(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
+/// Beside sock_ops (`untracked_closes_only`), every event but the closes of sockets
+/// sock_ops does not follow (no state callback asked for: older than the sensor) is skipped.
+#[inline(always)]
+fn second_view_skips(sk: *const u8, event_kind: u32, off: &SockOffsets) -> bool {
+    if off.untracked_closes_only == 0 {
+        return false;
+    }
+    if event_kind != kind::CLOSE {
+        return true;
+    }
+    // SAFETY: bpf_probe_read_kernel at an offset from the running kernel's BTF.
+    let cb: u8 = unsafe { read_at(sk, off.ops_cb_flags) }.unwrap_or(0);
+    u32::from(cb) & BPF_SOCK_OPS_STATE_CB_FLAG != 0
+}
+
 /// Emits a tracepoint-seen transition; at close, reads the counters when `off` is valid.
 #[inline(always)]
 fn emit_transition(sk: *const u8, old: u32, event_kind: u32, ends: &Ends, off: &SockOffsets) {
-    if off.untracked_closes_only != 0 {
-        // Beside sock_ops: only closes of sockets it does not follow.
-        if event_kind != kind::CLOSE {
-            return;
-        }
-        // SAFETY: bpf_probe_read_kernel at an offset from the running kernel's BTF.
-        let cb: u8 = unsafe { read_at(sk, off.ops_cb_flags) }.unwrap_or(0);
-        if u32::from(cb) & BPF_SOCK_OPS_STATE_CB_FLAG != 0 {
-            return;
-        }
+    if second_view_skips(sk, event_kind, off) {
+        return;
     }
     let mut counters = [0u64; 2];
     let mut small = [0u32; 4];
@@ -424,7 +542,7 @@ fn emit_transition(sk: *const u8, old: u32, event_kind: u32, ends: &Ends, off: &
             }
         }
     }
-    emit(|ev| {
+    let fill = |ev: &mut SockEvent| {
         // SAFETY: no preconditions.
         ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
         ev.sock_id = sk as u64;
@@ -448,7 +566,28 @@ fn emit_transition(sk: *const u8, old: u32, event_kind: u32, ends: &Ends, off: &
         if matches!(event_kind, kind::LISTEN | kind::CONNECT) {
             current_task(ev);
         }
-    });
+        if event_kind == kind::CLOSE {
+            take_start(ev);
+        }
+    };
+    if event_kind == kind::CONNECT || event_kind == kind::ACTIVE_ESTABLISHED {
+        let id = sk as u64;
+        if let Some(open) = OPEN.get_ptr_mut(id) {
+            // connect() was kept, before its source port was chosen: the ends now.
+            // SAFETY: a value of OPEN; this socket's transitions are serialised.
+            let open = unsafe { &mut *open };
+            open.local_port = ends.local_port;
+            open.remote_port = ends.remote_port;
+            open.local_addr = ends.local;
+            open.remote_addr = ends.remote;
+            return;
+        }
+        let mut ev = SockEvent::ZERO;
+        fill(&mut ev);
+        keep_start(&ev);
+        return;
+    }
+    emit(fill);
 }
 
 #[cfg(not(test))]

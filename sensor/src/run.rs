@@ -151,6 +151,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     let found = listeners.scan_proc();
     tracing::debug!(found, "listeners from /proc");
     let mut tracker = TcpTracker::new(BootClock::now(), listeners).with_limit(cfg.max_flows);
+    tracker.set_host_addrs(flow::local::host_addrs());
 
     let writer = Writer::spawn(
         conn,
@@ -261,6 +262,10 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     };
     let ringbuf_beat = probe.as_ref().map(|_| metrics.heartbeat("ringbuf"));
     let mut published = Published::default();
+    // The programs submit without waking us (unless the ring is filling up): the ring is
+    // read on this tick, in batches.
+    let mut ring_poll = tokio::time::interval(RING_POLL);
+    ring_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
@@ -273,6 +278,10 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
                 malformed += drain(guard.get_inner_mut(), &mut tracker, &mut emit);
                 guard.clear_ready();
             }
+            _ = ring_poll.tick(), if ring.is_some() => {
+                let ring = ring.as_mut().expect("guarded").get_mut();
+                malformed += drain(ring, &mut tracker, &mut emit);
+            }
             guard = async { logger.as_mut().expect("guarded").readable_mut().await },
                 if logger.is_some() => {
                 let mut guard = guard.map_err(KernelError::RingBuf)?;
@@ -282,6 +291,8 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
             _ = tick.tick() => {
                 // Kernel times stay on the packets' clock across a wall-clock step.
                 tracker.set_clock(BootClock::now());
+                // Addresses come and go: which peers are on this host, re-read.
+                tracker.set_host_addrs(flow::local::host_addrs());
                 let (drops, produced) = ringbuf_totals(probe.as_ref(), last_drops);
                 if drops > last_drops {
                     tracing::warn!(lost = drops - last_drops, total = drops,
@@ -324,6 +335,10 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     }
     if let Some(ring) = ring.as_mut() {
         malformed += drain(ring.get_mut(), &mut tracker, &mut emit);
+    }
+    // Connections still open whose start the kernel kept instead of sending it.
+    for ev in probe.iter().flat_map(Probe::open_sockets) {
+        tracker.on_open_at_shutdown(&ev, &mut emit);
     }
     let open = tracker.open_flows();
     tracker.flush_all(&mut emit);
@@ -600,6 +615,11 @@ fn ringbuf_totals(probe: Option<&Probe>, last_drops: u64) -> (u64, u64) {
         )
     })
 }
+
+/// How often the ring buffer is read without a wake-up. A closed connection's record waits
+/// at most this long (a burst that fills a quarter of the ring wakes the reader at once),
+/// so close to row takes at most `RING_POLL` + `flush_ms` + the write.
+pub const RING_POLL: Duration = Duration::from_millis(50);
 
 /// Reads every event waiting in the ring buffer. Returns how many were too short to be an
 /// event (never expected; counted rather than trusted).

@@ -1,6 +1,7 @@
 //! Aggregate: socket events in, finished flows out.
 pub mod clock;
 pub mod listeners;
+pub mod local;
 pub mod merge;
 pub mod packets;
 pub mod record;

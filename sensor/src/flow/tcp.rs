@@ -9,7 +9,7 @@
 //! the receiving end's `bytes_received` when that end is local, else from the sending end's
 //! `bytes_acked`: what the peer acknowledged is what it got.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
@@ -18,6 +18,7 @@ use sensor_common::{AF_INET, SockEvent, flags, kind, tcp_state};
 use super::{
     clock::BootClock,
     listeners::Listeners,
+    local::is_local,
     record::{EndReason, FlowRecord, Owner},
 };
 
@@ -95,6 +96,9 @@ pub struct TcpTracker {
     stats: TrackerStats,
     /// Most sockets followed at once.
     max_socks: usize,
+    /// This host's addresses besides loopback: a connection to one of them has both ends
+    /// here, and its flow waits for both closes.
+    host_addrs: HashSet<IpAddr>,
 }
 
 /// Decodes an event's address; IPv4-mapped IPv6 becomes IPv4 so both views of one peer agree.
@@ -122,7 +126,13 @@ impl TcpTracker {
             next_id: 1,
             stats: TrackerStats::default(),
             max_socks: usize::MAX,
+            host_addrs: HashSet::new(),
         }
+    }
+
+    /// This host's addresses now (loopback aside), to tell which peers are local.
+    pub fn set_host_addrs(&mut self, addrs: HashSet<IpAddr>) {
+        self.host_addrs = addrs;
     }
 
     /// Bounds the socket table: past `max`, the oldest of a few sockets is let go and its
@@ -179,6 +189,36 @@ impl TcpTracker {
     /// Applies one event; finished flows are passed to `out`.
     pub fn on_event(&mut self, ev: &SockEvent, out: &mut impl FnMut(FlowRecord)) {
         self.stats.events += 1;
+        if ev.kind == kind::CLOSE {
+            let key = (ev.source, ev.sock_id);
+            // The start the kernel kept for this end rides in its close.
+            if ev.start_kind != 0 && !self.socks.contains_key(&key) {
+                let mut start = *ev;
+                start.kind = ev.start_kind;
+                start.ts_ns = ev.start_ns;
+                self.on_start(&start);
+            }
+            let local = addr(ev.family, &ev.local_addr, ev.local_port);
+            let remote = addr(ev.family, &ev.remote_addr, ev.remote_port);
+            self.on_close(ev, key, local, remote, out);
+        } else {
+            self.on_start(ev);
+        }
+        self.evict_if_full(out);
+    }
+
+    /// A connection end the kernel still held open when the hooks were detached (its
+    /// start kept in the kernel, never sent): followed like its start event, so that
+    /// [`Self::flush_all`] writes it. Not counted as an event read from the ring.
+    pub fn on_open_at_shutdown(&mut self, ev: &SockEvent, out: &mut impl FnMut(FlowRecord)) {
+        if ev.kind != kind::CLOSE && !self.socks.contains_key(&(ev.source, ev.sock_id)) {
+            self.on_start(ev);
+            self.evict_if_full(out);
+        }
+    }
+
+    /// Any event but a close.
+    fn on_start(&mut self, ev: &SockEvent) {
         let key = (ev.source, ev.sock_id);
         let local = addr(ev.family, &ev.local_addr, ev.local_port);
         let remote = addr(ev.family, &ev.remote_addr, ev.remote_port);
@@ -235,10 +275,8 @@ impl TcpTracker {
                 );
                 self.bind(key, local, remote, ev.ts_ns);
             }
-            kind::CLOSE => self.on_close(ev, key, local, remote, out),
             _ => {}
         }
-        self.evict_if_full(out);
     }
 
     /// Attaches socket `key` to the flow of its 5-tuple, creating the flow if needed.
@@ -329,8 +367,8 @@ impl TcpTracker {
             if exact_dst.is_some() {
                 flow.dst_owner = exact_dst;
             }
-            // Over loopback the other end is ours too: wait for its close as well.
-            flow.wait_both |= remote.ip().is_loopback();
+            // With a local peer the other end is ours too: wait for its close as well.
+            flow.wait_both |= is_local(&self.host_addrs, remote.ip());
         }
     }
 
@@ -366,6 +404,16 @@ impl TcpTracker {
             return;
         };
         flow.last_ns = flow.last_ns.max(ev.ts_ns);
+        // A connection that was established with a peer on this host has that peer's end
+        // to come, even if nothing of it has been seen yet (the kernel sends a connect()
+        // only inside its close, so the accepting end may close first).
+        if !matches!(
+            ev.old_state,
+            tcp_state::SYN_SENT | tcp_state::SYN_RECV | tcp_state::NEW_SYN_RECV
+        ) && is_local(&self.host_addrs, remote.ip())
+        {
+            flow.wait_both = true;
+        }
         let fin = |bit| u64::from(ev.flags & bit != 0);
         // The active opener's bytes_acked also counts its SYN, acknowledged by the SYN-ACK.
         let syn = u64::from(sock.role == INITIATOR && ev.bytes_acked > 0);
@@ -656,6 +704,221 @@ mod tests {
         assert_eq!(out[0].dst_owner.as_ref().unwrap().comm, "srv");
         assert!(!out[0].starts_at_connect, "begins at its first close");
         assert_eq!(t.stats().orphan_closes, 2);
+    }
+
+    /// The kernel keeps an end's connect() and sends it in the close: a client's close
+    /// record alone joins the accepted end's flow and names the client.
+    fn with_start(
+        mut close: SockEvent,
+        start_kind: u32,
+        start_ns: u64,
+        pid: u32,
+        comm: &str,
+    ) -> SockEvent {
+        close.start_kind = start_kind;
+        close.start_ns = start_ns;
+        close.pid = pid;
+        close.comm = [0; 16];
+        close.comm[..comm.len()].copy_from_slice(comm.as_bytes());
+        close
+    }
+
+    #[test]
+    fn start_kept_until_close_makes_one_loopback_flow() {
+        let mut t = tracker();
+        let mut out = Vec::new();
+        t.on_event(
+            &ev(kind::LISTEN, 1, "127.0.0.1:80", "0.0.0.0:0", 10, "srv"),
+            &mut |r| out.push(r),
+        );
+        let s = ev(
+            kind::PASSIVE_ESTABLISHED,
+            3,
+            "127.0.0.1:80",
+            "127.0.0.1:5000",
+            99,
+            "softirq",
+        );
+        t.on_event(&s, &mut |r| out.push(r));
+        let c = ev(kind::CLOSE, 4, "127.0.0.1:5000", "127.0.0.1:80", 0, "");
+        let c = with_start(
+            close(c, tcp_state::FIN_WAIT2, 101, 8),
+            kind::CONNECT,
+            2_500_000,
+            20,
+            "cli",
+        );
+        t.on_event(&c, &mut |r| out.push(r));
+        assert!(out.is_empty(), "server end still open");
+        t.on_event(&close(s, tcp_state::LAST_ACK, 8, 101), &mut |r| out.push(r));
+        assert_eq!(out.len(), 1, "one flow for both ends");
+        let f = &out[0];
+        assert_eq!(f.src, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(
+            f.src_owner,
+            Some(Owner {
+                pid: 20,
+                comm: "cli".into()
+            })
+        );
+        assert_eq!(f.dst_owner.as_ref().unwrap().pid, 10);
+        assert_eq!(
+            (f.src_payload_bytes, f.dst_payload_bytes),
+            (Some(100), Some(7))
+        );
+        assert!(f.starts_at_connect, "begins at the kept connect()");
+        assert_eq!(f.seen_ns, Some((2_500_000, 4_000_000)));
+        assert_eq!(t.stats().events, 4, "the kept start is not an event read");
+        assert_eq!(t.stats().orphan_closes, 0);
+        assert_eq!(t.open_flows(), 0);
+    }
+
+    /// The accepting end closes first: its flow waits for the connecting end, whose close
+    /// (carrying its connect()) comes later; and a refused loopback connect waits for nothing.
+    #[test]
+    fn accepting_end_closing_first_waits_for_the_local_peer() {
+        let mut t = tracker();
+        let mut out = Vec::new();
+        let s = ev(
+            kind::PASSIVE_ESTABLISHED,
+            3,
+            "127.0.0.1:80",
+            "127.0.0.1:5000",
+            0,
+            "",
+        );
+        t.on_event(&s, &mut |r| out.push(r));
+        t.on_event(&close(s, tcp_state::FIN_WAIT2, 8, 101), &mut |r| {
+            out.push(r)
+        });
+        assert!(out.is_empty(), "the connecting end is still to close");
+        let c = ev(kind::CLOSE, 4, "127.0.0.1:5000", "127.0.0.1:80", 0, "");
+        let c = with_start(
+            close(c, tcp_state::LAST_ACK, 101, 8),
+            kind::CONNECT,
+            2_000_000,
+            20,
+            "cli",
+        );
+        t.on_event(&c, &mut |r| out.push(r));
+        assert_eq!(out.len(), 1, "one flow for both ends");
+        assert_eq!(out[0].src, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(out[0].src_owner.as_ref().unwrap().pid, 20);
+        assert_eq!(
+            (out[0].src_payload_bytes, out[0].dst_payload_bytes),
+            (Some(100), Some(7))
+        );
+        // The same with a peer that is this host's address on another interface.
+        let mut t = tracker();
+        t.set_host_addrs(HashSet::from(["192.0.2.5".parse().unwrap()]));
+        let mut out = Vec::new();
+        let s = ev(
+            kind::PASSIVE_ESTABLISHED,
+            3,
+            "192.0.2.5:80",
+            "192.0.2.5:5000",
+            0,
+            "",
+        );
+        t.on_event(&s, &mut |r| out.push(r));
+        t.on_event(&close(s, tcp_state::LAST_ACK, 8, 101), &mut |r| out.push(r));
+        assert!(out.is_empty(), "a host address is a local peer");
+        // A peer elsewhere: the accepting end alone is the flow.
+        let s = ev(
+            kind::PASSIVE_ESTABLISHED,
+            5,
+            "192.0.2.5:80",
+            "198.51.100.1:5000",
+            0,
+            "",
+        );
+        t.on_event(&s, &mut |r| out.push(r));
+        t.on_event(&close(s, tcp_state::LAST_ACK, 8, 101), &mut |r| out.push(r));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].src, "198.51.100.1:5000".parse().unwrap());
+        // Refused: no accepted end will ever come.
+        let mut t = tracker();
+        let mut out = Vec::new();
+        let c = ev(kind::CLOSE, 6, "127.0.0.1:5001", "127.0.0.1:9", 0, "");
+        let c = with_start(
+            close(c, tcp_state::SYN_SENT, 0, 0),
+            kind::CONNECT,
+            1,
+            20,
+            "cli",
+        );
+        t.on_event(&c, &mut |r| out.push(r));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].end_reason, EndReason::Failed);
+    }
+
+    #[test]
+    fn connection_to_another_host_is_one_record() {
+        let mut t = tracker();
+        let mut out = Vec::new();
+        let c = ev(kind::CLOSE, 7, "10.0.0.1:5000", "192.0.2.1:443", 0, "");
+        let c = with_start(
+            close(c, tcp_state::FIN_WAIT2, 51, 61),
+            kind::CONNECT,
+            1_000_000,
+            20,
+            "curl",
+        );
+        t.on_event(&c, &mut |r| out.push(r));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].src_owner.as_ref().unwrap().comm, "curl");
+        assert_eq!(out[0].dst_owner, None);
+        assert_eq!(
+            (out[0].src_payload_bytes, out[0].dst_payload_bytes),
+            (Some(49), Some(60))
+        );
+        assert_eq!(out[0].end_reason, EndReason::Fin);
+        assert!(out[0].starts_at_connect);
+        assert_eq!(out[0].seen_ns, Some((1_000_000, 7_000_000)));
+        assert_eq!(
+            t.stats().orphan_closes,
+            0,
+            "not an orphan: its start was kept"
+        );
+    }
+
+    /// Connections still open at shutdown whose start the kernel kept are written as
+    /// `shutdown` rows with their process, like those whose start was a record.
+    #[test]
+    fn kept_starts_are_flushed_at_shutdown() {
+        let mut t = tracker();
+        let mut out = Vec::new();
+        let s = ev(
+            kind::PASSIVE_ESTABLISHED,
+            3,
+            "[::1]:80",
+            "[::1]:5000",
+            0,
+            "",
+        );
+        t.on_event(&s, &mut |r| out.push(r));
+        let c = ev(kind::CONNECT, 2, "[::1]:5000", "[::1]:80", 20, "cli");
+        t.on_open_at_shutdown(&c, &mut |r| out.push(r));
+        let far = ev(
+            kind::CONNECT,
+            5,
+            "10.0.0.1:6000",
+            "192.0.2.1:443",
+            21,
+            "far",
+        );
+        t.on_open_at_shutdown(&far, &mut |r| out.push(r));
+        // A close is never an open socket.
+        let closed = ev(kind::CLOSE, 6, "10.0.0.1:6001", "192.0.2.1:443", 0, "");
+        t.on_open_at_shutdown(&closed, &mut |r| out.push(r));
+        assert_eq!(t.stats().events, 1);
+        assert_eq!(t.open_flows(), 2);
+        t.flush_all(&mut |r| out.push(r));
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|f| f.end_reason == EndReason::Shutdown));
+        assert_eq!(out[0].src_owner.as_ref().unwrap().comm, "cli");
+        assert_eq!(out[0].dst, "[::1]:80".parse().unwrap());
+        assert_eq!(out[1].src_owner.as_ref().unwrap().comm, "far");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{fs::File, path::PathBuf};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, CgroupAttachMode, SockOps, TracePoint},
 };
 
@@ -44,6 +44,8 @@ pub struct Probe {
     events: Option<RingBuf<MapData>>,
     drops: PerCpuArray<MapData, u64>,
     produced: PerCpuArray<MapData, u64>,
+    /// Starts of connection ends the programs keep until their close.
+    open: HashMap<MapData, u64, sensor_common::SockEvent>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub hooks: Vec<HookStatus>,
 }
@@ -104,11 +106,13 @@ impl Probe {
         let events = take_map(&mut ebpf, "EVENTS")?;
         let drops = take_map(&mut ebpf, "DROPS")?;
         let produced = take_map(&mut ebpf, "PRODUCED")?;
+        let open = take_map(&mut ebpf, "OPEN")?;
         Ok(Self {
             ebpf: Some(ebpf),
             events: Some(events),
             drops,
             produced,
+            open,
             logger,
             hooks,
         })
@@ -131,6 +135,17 @@ impl Probe {
     /// Events the programs tried to put in the ring buffer (read + dropped), all CPUs.
     pub fn ringbuf_produced(&self) -> Result<u64, KernelError> {
         per_cpu_total(&self.produced, "PRODUCED")
+    }
+
+    /// The starts the programs still keep: connection ends not closed yet (each as the
+    /// `CONNECT` or `ACTIVE_ESTABLISHED` event it would have been). Read after
+    /// [`Self::detach`], when nothing changes them any more.
+    pub fn open_sockets(&self) -> Vec<sensor_common::SockEvent> {
+        self.open
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, ev)| ev)
+            .collect()
     }
 
     /// (program, run count, run time ns) of every loaded program; zeros unless

@@ -14,6 +14,11 @@
 //! <start unix ns> <end unix ns>` (from before the socket exists to after it is closed),
 //! then `PID <pid>`.
 //!
+//! `tcpload rate --conns N [--v4 ADDR]` measures the connection rate: it serves on ADDR
+//! (default an ephemeral port on 127.0.0.1) from a thread of its own and makes N connections
+//! one after another, each one byte each way, closed by the client first; prints
+//! `RATE <conns/s>`.
+//!
 //! Each connection starts with a 12-byte header (request length including the header,
 //! response length, mode; big-endian u32s). Modes say who closes and how:
 //! 0 client FIN first, 1 client RST, 2 server FIN first, 3 server RST, 4 both at once (the
@@ -120,8 +125,15 @@ fn main() {
             let port = u16::try_from(num("--source-port", None)).expect("--source-port");
             reuse(peer, port, num("--conns", None), num("--hold-ms", Some(2)));
         }
+        Some("rate") => {
+            let conns: usize = arg(&args, "--conns")
+                .expect("--conns")
+                .parse()
+                .expect("--conns");
+            rate(v4, conns);
+        }
         _ => {
-            eprintln!("usage: tcpload server|client|reuse ...");
+            eprintln!("usage: tcpload server|client|reuse|rate ...");
             std::process::exit(2);
         }
     }
@@ -377,4 +389,30 @@ fn reuse(peer: SocketAddr, port: u16, conns: u64, hold_ms: u64) {
     }
     print!("{out}");
     println!("PID {}", std::process::id());
+}
+
+/// Sequential connections, one byte each way, client closes first.
+fn rate(addr: SocketAddr, conns: usize) {
+    set_comm("tl-rate");
+    let listener = TcpListener::bind(addr).expect("bind");
+    let peer = listener.local_addr().expect("addr");
+    let server = std::thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        for _ in 0..conns {
+            let (mut s, _) = listener.accept().expect("accept");
+            s.read_exact(&mut byte).expect("server read");
+            s.write_all(&byte).expect("server write");
+            drain(&mut s);
+        }
+    });
+    let start = Instant::now();
+    let mut byte = [b'x'; 1];
+    for _ in 0..conns {
+        let mut s = TcpStream::connect(peer).expect("connect");
+        s.write_all(&byte).expect("client write");
+        s.read_exact(&mut byte).expect("client read");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    server.join().expect("server thread");
+    println!("RATE {:.0}", conns as f64 / secs);
 }
