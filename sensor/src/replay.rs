@@ -120,8 +120,21 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplayReport, ReplayErr
     if let Some(pool) = pool {
         pool.finish_blocking(Duration::from_millis(cfg.enrich.drain_ms));
         summary.enriched = metrics.enrich_done.get();
+        // Addresses shed at the queue, and network lookups shed (a source down or
+        // saturated): either way answers that were asked for are missing.
+        let lookups_shed: u64 = crate::metrics::ENRICH_RESULTS
+            .iter()
+            .filter(|(_, results)| results.contains(&"shed"))
+            .map(|(source, _)| {
+                metrics
+                    .enrich_lookups
+                    .with_label_values(&[source, "shed"])
+                    .get()
+            })
+            .sum();
         summary.enrich_shed = metrics.enrich_shed.with_label_values(&["queue_full"]).get()
-            + metrics.enrich_shed.with_label_values(&["shutdown"]).get();
+            + metrics.enrich_shed.with_label_values(&["shutdown"]).get()
+            + lookups_shed;
     }
     writer.finish();
     publish_store(&metrics, &store_stats);

@@ -411,9 +411,13 @@ fn run(
             }
             Row::Ip(more) => infos.extend(more),
         };
+        // Enrichment answers are written as they come (a pool batch is one transaction):
+        // the in-memory sources' answers must not wait for a flush that slow sources set.
+        let mut answers_came = false;
         let closed = match rx.recv_timeout(timeout) {
             Ok(row) => {
                 let flows = !matches!(row, Row::Ip(_));
+                answers_came = !flows;
                 take(row, &mut st.held);
                 // After flows, take whatever else is queued up to a batch in one go.
                 while flows && st.held.len() < cfg.batch_rows {
@@ -429,7 +433,7 @@ fn run(
             Err(RecvTimeoutError::Disconnected) => true,
         };
         let due = deadline.is_some_and(|d| Instant::now() >= d);
-        if !infos.is_empty() && (infos.len() >= cfg.batch_rows || due || closed) {
+        if !infos.is_empty() && (infos.len() >= cfg.batch_rows || due || closed || answers_came) {
             if st.failing.is_some() {
                 stats
                     .ip_rows_dropped
