@@ -306,6 +306,65 @@ fn tree_cpu_secs(pid: u32) -> Result<f64> {
     Ok(ticks as f64 / clock_ticks())
 }
 
+/// CPU seconds the whole machine has spent busy (neither idle nor waiting for I/O).
+fn machine_busy_secs() -> Result<f64> {
+    let text = std::fs::read_to_string("/proc/stat")?;
+    let cpu: Vec<u64> = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .context("/proc/stat: no cpu line")?
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let busy: u64 = cpu.iter().take(8).sum::<u64>() - cpu[3] - cpu[4];
+    Ok(busy as f64 / clock_ticks())
+}
+
+/// What the rest of the machine does meanwhile: its busy CPU outside this process and its
+/// descendants (interrupt and softirq time that no process is charged with counts here
+/// too). Another build on the host shows here; a run it disturbs says so.
+struct Others {
+    busy: f64,
+    ours: f64,
+    at: Instant,
+}
+
+impl Others {
+    fn start() -> Result<Self> {
+        Ok(Self {
+            busy: machine_busy_secs()?,
+            ours: tree_cpu_secs(std::process::id())?,
+            at: Instant::now(),
+        })
+    }
+
+    /// Cores the rest of the machine kept busy, on average, since `start`.
+    fn cores(&self) -> Result<f64> {
+        let busy = machine_busy_secs()? - self.busy;
+        let ours = tree_cpu_secs(std::process::id())? - self.ours;
+        Ok(((busy - ours) / self.at.elapsed().as_secs_f64()).max(0.0))
+    }
+}
+
+/// A line saying how busy the rest of the machine was during the rounds, loud when it
+/// was busy enough to move the figures.
+fn others_note(v: &[f64]) -> String {
+    let (_, hi) = min_max(v);
+    let med = median(v);
+    let line = format!(
+        "the rest of the machine kept {:.0}% of a core busy per run (median; max {:.0}%)",
+        med * 100.0,
+        hi * 100.0
+    );
+    if med > 0.1 {
+        format!("*** DISTURBED: {line}: other work ran during the benchmark ***")
+    } else {
+        line
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Statistics and tables
 
@@ -411,6 +470,10 @@ struct ConnSample {
     conns: f64,
     /// What the monitor says it lost (the sensor's drop counters, tcpdump's kernel drops).
     dropped: f64,
+    /// Cores the rest of the machine kept busy meanwhile.
+    others: f64,
+    /// connrate's own CPU seconds: the kernel's work for the hooks is charged here.
+    load_cpu_secs: f64,
 }
 
 /// A free TCP port on 127.0.0.1 for the sensor's metrics.
@@ -507,6 +570,7 @@ fn conn_round(mode: ConnMode, s: &Settings) -> Result<ConnSample> {
     std::thread::sleep(Duration::from_millis(300));
     let cpu = |m: &Option<Proc>| m.as_ref().map_or(Ok(0.0), |p| tree_cpu_secs(p.pid()));
     let cpu0 = cpu(&monitor)?;
+    let others = Others::start()?;
     let t0 = Instant::now();
     let out = output(
         Command::new(CONNRATE).args(["--conns", &s.conns.to_string(), "--max-secs", "120"]),
@@ -514,6 +578,7 @@ fn conn_round(mode: ConnMode, s: &Settings) -> Result<ConnSample> {
     )?;
     let wall_secs = t0.elapsed().as_secs_f64();
     let cpu_secs = cpu(&monitor)? - cpu0;
+    let others = others.cores()?;
     let dropped = match mode {
         ConnMode::SensorCapture | ConnMode::SensorNoCapture => {
             let text = http_get(&metrics_addr, "/metrics")?;
@@ -543,6 +608,8 @@ fn conn_round(mode: ConnMode, s: &Settings) -> Result<ConnSample> {
         wall_secs,
         conns: field(&out, "CONNS")?,
         dropped: dropped + dropped_by_kernel,
+        others,
+        load_cpu_secs: field(&out, "CPU")?,
     })
 }
 
@@ -563,13 +630,14 @@ fn connection_rate(s: &Settings, nfpcapd: Result<(), String>) -> Result<String> 
                 Ok(x) => {
                     eprintln!(
                         "xtask: host-cost round {}/{} {}: {:.0} conn/s, monitor {:.2} CPU s \
-                         in {:.2} s",
+                         in {:.2} s, rest of the machine {:.0}% of a core",
                         round + 1,
                         s.rounds,
                         mode.label(),
                         x.rate,
                         x.cpu_secs,
-                        x.wall_secs
+                        x.wall_secs,
+                        x.others * 100.0
                     );
                     samples.entry(mode).or_default().push(x);
                 }
@@ -592,6 +660,7 @@ fn connection_rate(s: &Settings, nfpcapd: Result<(), String>) -> Result<String> 
             rows.push(vec![
                 mode.label().into(),
                 "DID NOT RUN".into(),
+                "-".into(),
                 "-".into(),
                 "-".into(),
                 "-".into(),
@@ -633,11 +702,17 @@ fn connection_rate(s: &Settings, nfpcapd: Result<(), String>) -> Result<String> 
                 v.len()
             ));
         }
+        let load = median(
+            &v.iter()
+                .map(|x| x.load_cpu_secs / x.conns * 1e6)
+                .collect::<Vec<_>>(),
+        );
         rows.push(vec![
             mode.label().into(),
             thousands(rate),
             format!("{:.2}", rate / base),
             cpu,
+            format!("{load:.1} µs/conn"),
             format!("{}–{}", thousands(lo), thousands(hi)),
         ]);
     }
@@ -646,7 +721,8 @@ fn connection_rate(s: &Settings, nfpcapd: Result<(), String>) -> Result<String> 
          way, close), {} rounds cycling through the modes, medians; CPU = the monitor's \
          utime+stime (children included) while the connections ran. The kernel's work for \
          a monitor (eBPF programs, copies to packet sockets) runs in the connecting \
-         processes' context and shows in their rate, not in the monitor's CPU.\n\n",
+         processes' context and shows in their rate and in connrate's own CPU (client and \
+         server, getrusage), not in the monitor's.\n\n",
         thousands(s.conns as f64),
         s.rounds
     );
@@ -656,6 +732,7 @@ fn connection_rate(s: &Settings, nfpcapd: Result<(), String>) -> Result<String> 
             "conn/s",
             "ratio to no sensor",
             "monitor's own CPU",
+            "connrate's own CPU",
             "conn/s range",
         ],
         &rows,
@@ -663,6 +740,8 @@ fn connection_rate(s: &Settings, nfpcapd: Result<(), String>) -> Result<String> 
     for n in notes {
         out.push_str(&format!("\n*** {n}"));
     }
+    let others: Vec<f64> = samples.values().flatten().map(|x| x.others).collect();
+    out.push_str(&format!("\n{}", others_note(&others)));
     out.push('\n');
     Ok(out)
 }
@@ -784,6 +863,10 @@ struct CapSample {
     dropped: f64,
     cpu_secs: f64,
     busy_secs: f64,
+    /// Cores the rest of the machine kept busy meanwhile.
+    others: f64,
+    /// pktgen's own CPU seconds, the kernel's delivery to packet sockets included.
+    sender_cpu_secs: f64,
 }
 
 /// After the generator stops, waits until the monitor is idle again (less than one clock
@@ -845,6 +928,7 @@ fn capture_round(v: &Veth, mode: CapMode, rate: u64, s: &Settings) -> Result<Cap
     };
     let pid = monitor.as_ref().map_or(0, Proc::pid);
     let cpu0 = if pid == 0 { 0.0 } else { tree_cpu_secs(pid)? };
+    let others = Others::start()?;
     let t0 = Instant::now();
     let packets = if rate == 0 {
         50_000_000
@@ -874,6 +958,7 @@ fn capture_round(v: &Veth, mode: CapMode, rate: u64, s: &Settings) -> Result<Cap
         wait_idle(pid)?
     };
     let busy_secs = idle_at.duration_since(t0).as_secs_f64().max(gen_secs);
+    let others = others.cores()?;
     // tcpdump reads the kernel's ring a block at a time; a partly filled block is handed
     // over at the block timeout. Both monitors get the same grace before SIGTERM.
     if let Some(rest) = Duration::from_millis(1500).checked_sub(gen_end.elapsed()) {
@@ -911,6 +996,8 @@ fn capture_round(v: &Veth, mode: CapMode, rate: u64, s: &Settings) -> Result<Cap
         dropped,
         cpu_secs: cpu1 - cpu0,
         busy_secs,
+        others,
+        sender_cpu_secs: field(&out, "CPU")?,
     })
 }
 
@@ -927,7 +1014,8 @@ fn capture_throughput(s: &Settings) -> Result<String> {
                     .with_context(|| format!("capture at {rate} pkt/s, {}", mode.label()))?;
                 eprintln!(
                     "xtask: host-cost capture round {}/{} offered {} pkt/s {}: sent {} at {:.0}/s, \
-                     captured {} dropped {}, monitor {:.2} CPU s",
+                     captured {} dropped {}, monitor {:.2} CPU s, rest of the machine {:.0}% \
+                     of a core",
                     round + 1,
                     s.capture_rounds,
                     rate_label(rate),
@@ -936,7 +1024,8 @@ fn capture_throughput(s: &Settings) -> Result<String> {
                     x.offered_pps,
                     thousands(x.captured),
                     thousands(x.dropped),
-                    x.cpu_secs
+                    x.cpu_secs,
+                    x.others * 100.0
                 );
                 samples.entry((rate, mode)).or_default().push(x);
             }
@@ -955,6 +1044,7 @@ fn capture_throughput(s: &Settings) -> Result<String> {
                     rate_label(rate),
                     mode.label().into(),
                     thousands(offered),
+                    format!("{:.0} ns", m(&|x| x.sender_cpu_secs / x.sent * 1e9)),
                     "-".into(),
                     "-".into(),
                     "-".into(),
@@ -977,6 +1067,7 @@ fn capture_throughput(s: &Settings) -> Result<String> {
                 rate_label(rate),
                 mode.label().into(),
                 thousands(offered),
+                format!("{:.0} ns", m(&|x| x.sender_cpu_secs / x.sent * 1e9)),
                 thousands(m(&|x| x.captured_pps)),
                 format!("{lost:.1}% (+{unseen:.1}% unseen)"),
                 format!("{:.1}%", m(&|x| x.cpu_secs / x.busy_secs * 100.0)),
@@ -991,8 +1082,8 @@ fn capture_throughput(s: &Settings) -> Result<String> {
          queue; tcpdump: by kernel) of the frames sent; unseen: sent but neither captured \
          nor counted as dropped. CPU share over the time the monitor was busy. The kernel's \
          copy of each frame to a packet socket runs in the sender's softirq on CPU 0 and is \
-         charged to pktgen, not to the monitor: it shows as a lower sent rate than with \
-         nothing capturing.\n\n",
+         charged to pktgen, not to the monitor: it shows in the sender's CPU per packet and \
+         as a lower sent rate than with nothing capturing.\n\n",
         s.capture_secs, s.capture_rounds
     );
     out.push_str(&table(
@@ -1000,6 +1091,7 @@ fn capture_throughput(s: &Settings) -> Result<String> {
             "offered",
             "monitor",
             "sent pkt/s",
+            "sender CPU per packet",
             "captured pkt/s",
             "dropped",
             "monitor CPU (of one core)",
@@ -1007,6 +1099,8 @@ fn capture_throughput(s: &Settings) -> Result<String> {
         ],
         &rows,
     ));
+    let others: Vec<f64> = samples.values().flatten().map(|x| x.others).collect();
+    out.push_str(&format!("\n{}\n", others_note(&others)));
     Ok(out)
 }
 

@@ -5,7 +5,7 @@
 //! byte to the server, one byte back, the server closes (so TIME_WAIT is on the server's
 //! side and the client's ports come free at once), the client reads the end and closes.
 //! It stops after N connections or S seconds (default 60), whichever comes first, and prints
-//! `CONNS <done> SECS <seconds> RATE <conns/s>`; exit 1 if it stopped on the time limit or a
+//! `CONNS <done> SECS <seconds> RATE <conns/s> CPU <its own user+system seconds>`; exit 1 if it stopped on the time limit or a
 //! connection failed. Every read and write gives up after 5 s.
 //!
 //! The two threads name themselves `cr-server` / `cr-client` (the kernel's `comm`).
@@ -67,7 +67,11 @@ fn main() {
         done += 1;
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("CONNS {done} SECS {secs:.6} RATE {:.0}", done as f64 / secs);
+    println!(
+        "CONNS {done} SECS {secs:.6} RATE {:.0} CPU {:.6}",
+        done as f64 / secs,
+        own_cpu_secs()
+    );
     if let Some(e) = failed {
         eprintln!("connrate: connection {} failed: {e}", done + 1);
         std::process::exit(1);
@@ -76,6 +80,16 @@ fn main() {
         eprintln!("connrate: only {done} of {conns} connections in {max_secs} s");
         std::process::exit(1);
     }
+}
+
+/// User + system CPU seconds of this process, every thread.
+fn own_cpu_secs() -> f64 {
+    // SAFETY: rusage is plain data; getrusage fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
 }
 
 /// One connection: a byte each way; the server closes first.
