@@ -944,8 +944,17 @@ fn capture_round(v: &Veth, mode: CapMode, rate: u64, s: &Settings) -> Result<Cap
             &packets.to_string(),
             "--rate",
             &rate.to_string(),
+            // Unpaced runs last the run's time; paced ones may take a little longer when
+            // the sender cannot keep the pace.
             "--max-secs",
-            &format!("{}", s.capture_secs + 2.0),
+            &format!(
+                "{}",
+                if rate == 0 {
+                    s.capture_secs
+                } else {
+                    s.capture_secs + 2.0
+                }
+            ),
         ]),
         "pktgen",
     )?;
