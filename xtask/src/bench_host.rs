@@ -329,6 +329,44 @@ struct Others {
     busy: f64,
     ours: f64,
     at: Instant,
+    /// Monitors this bench did not start, running at the start: their hooks and packet
+    /// sockets see this bench's traffic too.
+    foreign: Vec<String>,
+}
+
+/// `pid comm` of every sensor, tcpdump or nfpcapd that is not this process's descendant.
+fn foreign_monitors() -> Vec<String> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if !matches!(comm, "sensor" | "tcpdump" | "nfpcapd") {
+            continue;
+        }
+        // Walk up the parents: ours if we meet this process.
+        let (mut p, mut ours) = (pid, false);
+        for _ in 0..64 {
+            match stat_fields(p) {
+                Some(f) if f[0] as u32 == me => {
+                    ours = true;
+                    break;
+                }
+                Some(f) if f[0] > 1 => p = f[0] as u32,
+                _ => break,
+            }
+        }
+        if !ours {
+            found.push(format!("{pid} {comm}"));
+        }
+    }
+    found
 }
 
 impl Others {
@@ -337,6 +375,7 @@ impl Others {
             busy: machine_busy_secs()?,
             ours: tree_cpu_secs(std::process::id())?,
             at: Instant::now(),
+            foreign: foreign_monitors(),
         })
     }
 
@@ -348,9 +387,9 @@ impl Others {
     }
 }
 
-/// A line saying how busy the rest of the machine was during the rounds, loud when it
-/// was busy enough to move the figures.
-fn others_note(v: &[f64]) -> String {
+/// Lines saying how busy the rest of the machine was during the rounds and which other
+/// monitors ran, loud when that may have moved the figures.
+fn others_note(v: &[f64], foreign: &[&[String]]) -> String {
     let (_, hi) = min_max(v);
     let med = median(v);
     let line = format!(
@@ -358,11 +397,27 @@ fn others_note(v: &[f64]) -> String {
         med * 100.0,
         hi * 100.0
     );
-    if med > 0.1 {
+    let mut out = if med > 0.1 {
         format!("*** DISTURBED: {line}: other work ran during the benchmark ***")
     } else {
         line
+    };
+    let mut seen: Vec<&String> = foreign.iter().flat_map(|f| f.iter()).collect();
+    seen.sort();
+    seen.dedup();
+    if !seen.is_empty() {
+        let runs = foreign.iter().filter(|f| !f.is_empty()).count();
+        out.push_str(&format!(
+            "\n*** DISTURBED: in {runs} of {} runs another monitor was running (pid comm: {}); \
+             its hooks or packet sockets saw this traffic too ***",
+            foreign.len(),
+            seen.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
+    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -472,6 +527,8 @@ struct ConnSample {
     dropped: f64,
     /// Cores the rest of the machine kept busy meanwhile.
     others: f64,
+    /// Monitors this bench did not start, running at the round's start.
+    foreign: Vec<String>,
     /// connrate's own CPU seconds: the kernel's work for the hooks is charged here.
     load_cpu_secs: f64,
 }
@@ -578,6 +635,7 @@ fn conn_round(mode: ConnMode, s: &Settings) -> Result<ConnSample> {
     )?;
     let wall_secs = t0.elapsed().as_secs_f64();
     let cpu_secs = cpu(&monitor)? - cpu0;
+    let foreign = others.foreign.clone();
     let others = others.cores()?;
     let dropped = match mode {
         ConnMode::SensorCapture | ConnMode::SensorNoCapture => {
@@ -609,6 +667,7 @@ fn conn_round(mode: ConnMode, s: &Settings) -> Result<ConnSample> {
         conns: field(&out, "CONNS")?,
         dropped: dropped + dropped_by_kernel,
         others,
+        foreign,
         load_cpu_secs: field(&out, "CPU")?,
     })
 }
@@ -740,8 +799,10 @@ fn connection_rate(s: &Settings, nfpcapd: Result<(), String>) -> Result<String> 
     for n in notes {
         out.push_str(&format!("\n*** {n}"));
     }
-    let others: Vec<f64> = samples.values().flatten().map(|x| x.others).collect();
-    out.push_str(&format!("\n{}", others_note(&others)));
+    let all: Vec<&ConnSample> = samples.values().flatten().collect();
+    let others: Vec<f64> = all.iter().map(|x| x.others).collect();
+    let foreign: Vec<&[String]> = all.iter().map(|x| x.foreign.as_slice()).collect();
+    out.push_str(&format!("\n{}", others_note(&others, &foreign)));
     out.push('\n');
     Ok(out)
 }
@@ -865,6 +926,8 @@ struct CapSample {
     busy_secs: f64,
     /// Cores the rest of the machine kept busy meanwhile.
     others: f64,
+    /// Monitors this bench did not start, running at the run's start.
+    foreign: Vec<String>,
     /// pktgen's own CPU seconds, the kernel's delivery to packet sockets included.
     sender_cpu_secs: f64,
 }
@@ -967,6 +1030,7 @@ fn capture_round(v: &Veth, mode: CapMode, rate: u64, s: &Settings) -> Result<Cap
         wait_idle(pid)?
     };
     let busy_secs = idle_at.duration_since(t0).as_secs_f64().max(gen_secs);
+    let foreign = others.foreign.clone();
     let others = others.cores()?;
     // tcpdump reads the kernel's ring a block at a time; a partly filled block is handed
     // over at the block timeout. Both monitors get the same grace before SIGTERM.
@@ -1006,6 +1070,7 @@ fn capture_round(v: &Veth, mode: CapMode, rate: u64, s: &Settings) -> Result<Cap
         cpu_secs: cpu1 - cpu0,
         busy_secs,
         others,
+        foreign,
         sender_cpu_secs: field(&out, "CPU")?,
     })
 }
@@ -1108,8 +1173,10 @@ fn capture_throughput(s: &Settings) -> Result<String> {
         ],
         &rows,
     ));
-    let others: Vec<f64> = samples.values().flatten().map(|x| x.others).collect();
-    out.push_str(&format!("\n{}\n", others_note(&others)));
+    let all: Vec<&CapSample> = samples.values().flatten().collect();
+    let others: Vec<f64> = all.iter().map(|x| x.others).collect();
+    let foreign: Vec<&[String]> = all.iter().map(|x| x.foreign.as_slice()).collect();
+    out.push_str(&format!("\n{}\n", others_note(&others, &foreign)));
     Ok(out)
 }
 
