@@ -106,6 +106,7 @@ const ONLY: &[&str] = &[
     "persist",
     "export",
     "top",
+    "host-cost",
 ];
 
 pub fn bench(copies: usize, only: Option<&str>) -> Result<()> {
@@ -141,6 +142,9 @@ pub fn bench(copies: usize, only: Option<&str>) -> Result<()> {
     }
     if want("top") {
         crate::bench_query::top()?;
+    }
+    if want("host-cost") {
+        crate::bench_host::host_cost()?;
     }
     Ok(())
 }
@@ -190,7 +194,7 @@ fn replay(copies: usize) -> Result<()> {
 }
 
 /// HTTP/1.0 GET of `path` on `addr`; the body.
-fn http_get(addr: &str, path: &str) -> Result<String> {
+pub(crate) fn http_get(addr: &str, path: &str) -> Result<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;

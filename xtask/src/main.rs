@@ -6,6 +6,7 @@
 //! and the programs the tests drive; `setup` does that, idempotently and quickly when done.
 mod bench;
 mod bench_enrich;
+mod bench_host;
 mod bench_query;
 mod bench_store;
 mod package;
@@ -45,12 +46,14 @@ enum Cmd {
     /// Set up, lint, build, and run every test (privileged ones need root).
     Test,
     /// Benchmarks: the flow table alone, close-to-row latency, replay against tshark on one
-    /// large capture, and enrichment of 10,000 addresses.
+    /// large capture, enrichment of 10,000 addresses, and what monitoring costs the host
+    /// (connection rate under each monitor, live capture throughput).
     Bench {
         /// Copies of the dev captures in the large capture.
         #[arg(long, default_value_t = 3)]
         copies: usize,
-        /// Run only this one: flow-table, latency, replay, enrich, persist, export or top.
+        /// Run only this one: flow-table, latency, replay, enrich, persist, export, top or
+        /// host-cost.
         #[arg(long)]
         only: Option<String>,
     },

@@ -111,6 +111,21 @@ fn apt_install(packages: &[&str], updated: &mut bool) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
+/// Installs, with apt-get, the Debian packages of the `(command, package)` pairs whose
+/// command is not on PATH; nothing when every command is there.
+pub fn ensure_commands(commands: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = commands
+        .iter()
+        .filter(|(cmd, _)| !on_path(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    apt_install(&missing, &mut false)?;
+    if let Some((cmd, pkg)) = commands.iter().find(|(cmd, _)| !on_path(cmd)) {
+        bail!("{pkg} is installed but {cmd} is not on PATH");
+    }
+    Ok(())
+}
+
 pub fn setup() -> Result<Tools> {
     let start = Instant::now();
     let mut apt_updated = false;
