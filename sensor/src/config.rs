@@ -258,6 +258,7 @@ impl Config {
         w.held_rows = self.store_held_rows;
         w.amend_window = std::time::Duration::from_millis(self.tcp_close_linger_ms + 5_000);
         w.rollup = true;
+        w.live = true;
         w.retention = Some(crate::store::retention::Retention {
             max_age: (self.retention_max_age_s > 0)
                 .then(|| std::time::Duration::from_secs(self.retention_max_age_s)),

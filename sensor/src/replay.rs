@@ -95,6 +95,7 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplayReport, ReplayErr
             retention: None,
             // Rolled up by the next `sensor run` (top reads what isn't from flows).
             rollup: false,
+            live: false,
             ..cfg.writer()
         },
     );

@@ -134,6 +134,9 @@ pub struct WriterConfig {
     pub rollup: bool,
     /// How often the rollup looks for work when it was caught up.
     pub rollup_every: Duration,
+    /// A live run (`sensor run`): flows end now, so close→row latency is observed; a
+    /// replay's flows ended long ago.
+    pub live: bool,
     /// How long (in the flows' own time) a closed TCP connection's row may still be amended
     /// with late packets ([`super::amend`]): the packet table's `close_linger` and a margin.
     pub amend_window: Duration,
@@ -154,6 +157,7 @@ impl WriterConfig {
             rollup: false,
             rollup_every: Duration::from_secs(10),
             amend_window: Duration::from_secs(7),
+            live: false,
         }
     }
 }
@@ -567,9 +571,7 @@ fn write_held(st: &mut State, cfg: &WriterConfig, stats: &StoreStats) {
                     m.store_write_seconds
                         .observe(started.elapsed().as_secs_f64());
                     let now = now_ms();
-                    // A live run's latency; a replay's flows ended long ago.
-                    let live = cfg.retention.is_some();
-                    for f in st.held.range(..n).filter(|f| live && !f.amends) {
+                    for f in st.held.range(..n).filter(|f| cfg.live && !f.amends) {
                         let ms = (now - f.last_seen_ms).max(0);
                         m.store_close_to_row_seconds.observe(ms as f64 / 1000.0);
                     }
