@@ -105,6 +105,7 @@ impl Listeners {
                     let owner = Owner {
                         pid,
                         comm: comm.clone(),
+                        ..Default::default()
                     };
                     if row.listening {
                         self.insert_if_absent(row.local.ip(), row.local.port(), owner);
@@ -227,6 +228,7 @@ mod tests {
         let owner = Owner {
             pid: 7,
             comm: "srv".into(),
+            ..Default::default()
         };
         l.insert(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 80, owner.clone());
         assert_eq!(

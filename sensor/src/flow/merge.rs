@@ -479,6 +479,7 @@ mod tests {
             src_owner: Some(Owner {
                 pid: 1,
                 comm: "curl".into(),
+                ..Default::default()
             }),
             end_reason: EndReason::Fin,
             ..FlowRecord::kernel(
@@ -527,6 +528,7 @@ mod tests {
             src_owner: Some(Owner {
                 pid,
                 comm: "client".into(),
+                ..Default::default()
             }),
             ..kernel()
         }

@@ -15,12 +15,55 @@ pub struct Tunnel {
     pub dst: IpAddr,
 }
 
+/// How an end's owner was found: the rule, so a reader knows how far to trust it. Stored as
+/// its lowercase name in `src_attr` / `dst_attr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Attr {
+    /// The process that called `connect()` (kernel, in its context).
+    #[default]
+    Connect,
+    /// The process that returned from `accept()` with this connection (kernel, in its context).
+    Accept,
+    /// The process that listened on the local address and port (the accepting process was
+    /// not seen: the fallback).
+    Listener,
+    /// Read from `/proc` (sockets older than the sensor).
+    ProcScan,
+    /// The process whose socket sent the datagram (kernel, in its context).
+    Send,
+    /// The process whose socket received the datagram.
+    Recv,
+}
+
+impl Attr {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attr::Connect => "connect",
+            Attr::Accept => "accept",
+            Attr::Listener => "listener",
+            Attr::ProcScan => "proc-scan",
+            Attr::Send => "send",
+            Attr::Recv => "recv",
+        }
+    }
+}
+
 /// The process that owns one end of a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Owner {
     pub pid: u32,
     /// The kernel's `comm`: at most 15 bytes of the thread's name.
     pub comm: String,
+    /// The task's real uid, where the hook ran in its context.
+    pub uid: Option<u32>,
+    /// The task's cgroup v2 id (`bpf_get_current_cgroup_id`), resolved to `unit` off the
+    /// ingest path.
+    pub cgroup_id: Option<u64>,
+    /// The systemd unit (`nginx.service`, `user@1000.service/app.scope`) or, where there is
+    /// none, the cgroup path.
+    pub unit: Option<String>,
+    /// How this owner was found.
+    pub attr: Attr,
 }
 
 impl Owner {
@@ -30,6 +73,7 @@ impl Owner {
         Self {
             pid,
             comm: String::from_utf8_lossy(&comm[..end]).into_owned(),
+            ..Self::default()
         }
     }
 }

@@ -685,6 +685,7 @@ mod tests {
             Owner {
                 pid: 10,
                 comm: "srv".into(),
+                ..Default::default()
             },
         );
         let mut out = Vec::new();
@@ -758,7 +759,8 @@ mod tests {
             f.src_owner,
             Some(Owner {
                 pid: 20,
-                comm: "cli".into()
+                comm: "cli".into(),
+                ..Default::default()
             })
         );
         assert_eq!(f.dst_owner.as_ref().unwrap().pid, 10);

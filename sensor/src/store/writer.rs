@@ -787,6 +787,7 @@ mod tests {
             src_owner: Some(Owner {
                 pid: 1,
                 comm: "a,b".into(),
+                ..Default::default()
             }),
             srtt_us: Some(5),
             retransmits: Some(0),
