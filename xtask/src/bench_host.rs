@@ -10,7 +10,8 @@
 //!    monitor's own CPU (utime + stime from /proc/PID/stat, its children's included) per
 //!    connection and as a share of one core.
 //! 2. **Live capture throughput.** Two network namespaces joined by a veth pair; `pktgen`
-//!    (tests/src/bin) sends UDP frames from one end, pinned to CPU 0, at a few offered rates;
+//!    (tests/src/bin) sends UDP frames from one end, two threads pinned to CPUs 0 and 1, at a
+//!    few offered rates;
 //!    the sensor (`--hooks none --interface hcv-cap`) or tcpdump captures the other end,
 //!    pinned to CPU 1. Packets captured a second, drops (the sensor's metrics, tcpdump's exit
 //!    summary), and CPU per captured packet.
@@ -1003,6 +1004,13 @@ fn capture_round(v: &Veth, mode: CapMode, rate: u64, s: &Settings) -> Result<Cap
         Veth::exec(&v.gen_ns, 0, &pktgen.to_string_lossy()).args([
             "--interface",
             GEN_DEV,
+            // Two sending threads, one a core: one core alone offers only ~700k frames/s
+            // through veth (the peer's receive path runs in the sender's softirq). The
+            // monitor shares CPU 1 with the second thread.
+            "--threads",
+            "2",
+            "--cpus",
+            "0,1",
             "--packets",
             &packets.to_string(),
             "--rate",
