@@ -271,8 +271,12 @@ fn main() {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let cpu = (!cpus.is_empty()).then(|| cpus[t % cpus.len()]);
-                let share = |n: u64| n / threads as u64 + u64::from((t as u64) < n % threads as u64);
-                let (packets, rate) = (share(packets), if rate == 0 { 0 } else { share(rate).max(1) });
+                let share =
+                    |n: u64| n / threads as u64 + u64::from((t as u64) < n % threads as u64);
+                let (packets, rate) = (
+                    share(packets),
+                    if rate == 0 { 0 } else { share(rate).max(1) },
+                );
                 scope.spawn(move || {
                     if let Some(cpu) = cpu {
                         pin(cpu);
