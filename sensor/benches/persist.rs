@@ -57,6 +57,7 @@ fn flows() -> Vec<FlowRecord> {
                 src_owner: Some(Owner {
                     pid: (x % 30_000) as u32,
                     comm: comms[(x % comms.len() as u64) as usize].to_string(),
+                    ..Default::default()
                 }),
                 srtt_us: Some((x % 100_000) as u32),
                 retransmits: Some((x % 3) as u32),
