@@ -20,6 +20,15 @@ pub mod kind {
     /// [`SockEvent::start_kind`] / [`SockEvent::start_ns`] (with `pid` and `comm`), how the
     /// end began, kept in the kernel until now instead of sent as a record of its own.
     pub const CLOSE: u32 = 5;
+    /// `accept()`/`accept4()` returned this socket: the current process (`pid`, `comm`,
+    /// `uid`, `cgroup_id`) accepted it. Kept in the kernel and carried by the close as its
+    /// `start_kind`; a record of its own only when the kernel's table is full.
+    pub const ACCEPT: u32 = 6;
+    /// A datagram (UDP, ICMP...) went out of (`flags` has [`super::flags::SEND`]) or came
+    /// into ([`super::flags::RECV`]) a local socket: `protocol`, the ends as the local socket
+    /// sees them, and its owner. Sent once per 5-tuple and direction while the kernel's
+    /// table remembers it, not per packet.
+    pub const DGRAM: u32 = 7;
 }
 
 /// Which hook produced an event.
@@ -28,6 +37,8 @@ pub mod source {
     pub const SOCK_OPS: u32 = 1;
     /// The `sock/inet_sock_set_state` tracepoint (BTF-typed or classic).
     pub const TRACEPOINT: u32 = 2;
+    /// The cgroup `skb` programs (datagrams), with `sock_create` (their owners).
+    pub const CGROUP_SKB: u32 = 3;
 }
 
 /// Facts about a socket's end, in [`SockEvent::flags`] of a close. The kernel's byte
@@ -39,6 +50,10 @@ pub mod flags {
     pub const FIN_ACKED: u32 = 2;
     /// The hook could not read the counters (classic tracepoint without BTF).
     pub const NO_COUNTERS: u32 = 4;
+    /// A [`super::kind::DGRAM`] that left the local socket.
+    pub const SEND: u32 = 8;
+    /// A [`super::kind::DGRAM`] that reached the local socket.
+    pub const RECV: u32 = 16;
 }
 
 /// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
@@ -97,7 +112,8 @@ pub struct SockEvent {
     pub family: u16,
     pub local_port: u16,
     pub remote_port: u16,
-    pub _pad: u16,
+    /// IP protocol of a [`kind::DGRAM`]; 0 in the TCP events.
+    pub protocol: u16,
     /// [`flags`] known at close.
     pub flags: u32,
     /// In a close: the [`kind`] of the end's first event, which the kernel kept instead of
@@ -109,9 +125,15 @@ pub struct SockEvent {
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
     pub comm: [u8; COMM_LEN],
+    /// Where `pid` is filled: the task's cgroup v2 id (`bpf_get_current_cgroup_id`, the
+    /// inode of its cgroup directory), for its systemd unit.
+    pub cgroup_id: u64,
+    /// Where `pid` is filled: the task's real uid.
+    pub uid: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<SockEvent>() == 136);
+const _: () = assert!(size_of::<SockEvent>() == 152);
 
 impl SockEvent {
     pub const ZERO: Self = Self {
@@ -131,12 +153,15 @@ impl SockEvent {
         family: 0,
         local_port: 0,
         remote_port: 0,
-        _pad: 0,
+        protocol: 0,
         flags: 0,
         start_kind: 0,
         local_addr: [0; 16],
         remote_addr: [0; 16],
         comm: [0; COMM_LEN],
+        cgroup_id: 0,
+        uid: 0,
+        _pad: 0,
     };
 }
 
@@ -220,6 +245,42 @@ pub struct TpFormat {
 
 const _: () = assert!(size_of::<TpFormat>() == 48);
 
+/// Where the accept hook (at the return of `accept`/`accept4`) finds the socket it
+/// returned: offsets from the running kernel's BTF, syscall numbers from the agent's build.
+/// A zero `valid` means "not filled in": the program does nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AcceptOffsets {
+    pub valid: u32,
+    /// 1: sockets are named by their cookie (`sock_ops` runs and made one at
+    /// PASSIVE_ESTABLISHED); 0: by the `struct sock` address (the tracepoint's naming).
+    pub by_cookie: u32,
+    /// `accept` and `accept4` on this architecture (`u32::MAX` where there is none).
+    pub nr_accept: u32,
+    pub nr_accept4: u32,
+    /// `pt_regs.orig_ax` (x86-64) or `pt_regs.syscallno` (arm64): the syscall number.
+    pub regs_nr: u32,
+    /// `task_struct.files`.
+    pub task_files: u32,
+    /// `files_struct.fdt`.
+    pub files_fdt: u32,
+    /// `fdtable.max_fds` (u32).
+    pub fdt_max_fds: u32,
+    /// `fdtable.fd` (`struct file **`).
+    pub fdt_fd: u32,
+    /// `file.private_data` (the `struct socket *` of a socket file).
+    pub file_private: u32,
+    /// `socket.sk`.
+    pub socket_sk: u32,
+    /// `sock_common.skc_cookie` (u64), within `struct sock`.
+    pub sk_cookie: u32,
+    /// `sock.sk_protocol` (u16).
+    pub sk_protocol: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(size_of::<AcceptOffsets>() == 56);
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain old data, every bit pattern valid, padding explicit.
@@ -228,4 +289,6 @@ mod user {
     unsafe impl aya::Pod for super::SockOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TpFormat {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AcceptOffsets {}
 }

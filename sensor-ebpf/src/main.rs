@@ -34,16 +34,23 @@ use aya_ebpf::{
         BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB,
     },
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
-        generated::{bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_socket_cookie,
+            bpf_ktime_get_boot_ns,
+        },
     },
-    macros::{btf_tracepoint, map, sock_ops, tracepoint},
+    macros::{btf_tracepoint, cgroup_skb, cgroup_sock, map, sock_ops, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, SockOpsContext, TracePointContext},
+    programs::{
+        BtfTracePointContext, SkBuffContext, SockContext, SockOpsContext, TracePointContext,
+    },
 };
 use aya_log_ebpf::warn;
 use sensor_common::{
-    AF_INET, AF_INET6, SOCK_DONE, SockEvent, SockOffsets, TpFormat, flags, kind, source, tcp_state,
+    AF_INET, AF_INET6, AcceptOffsets, SOCK_DONE, SockEvent, SockOffsets, TpFormat, flags, kind,
+    source, tcp_state,
 };
 
 /// Socket events for the agent. The agent sets the size at load time (`ringbuf_bytes`).
@@ -160,6 +167,8 @@ fn take_start(ev: &mut SockEvent) {
             ev.start_kind = open.kind;
             ev.pid = open.pid;
             ev.comm = open.comm;
+            ev.uid = open.uid;
+            ev.cgroup_id = open.cgroup_id;
         }
         let _ = OPEN.remove(ev.sock_id);
     }
@@ -171,6 +180,9 @@ fn current_task(ev: &mut SockEvent) {
     if let Ok(comm) = bpf_get_current_comm() {
         ev.comm = comm;
     }
+    ev.uid = bpf_get_current_uid_gid() as u32;
+    // SAFETY: no preconditions.
+    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
 }
 
 #[inline(always)]
@@ -588,6 +600,257 @@ fn emit_transition(sk: *const u8, old: u32, event_kind: u32, ends: &Ends, off: &
         return;
     }
     emit(fill);
+}
+
+/// Index 0: where the accept hook finds the returned socket, filled in by the agent.
+#[map]
+static ACCEPT_OFFSETS: Array<AcceptOffsets> = Array::with_max_entries(1, 0);
+
+/// `raw_syscalls:sys_exit(struct pt_regs *regs, long ret)`, BTF-typed: at the return of
+/// `accept`/`accept4` (in the accepting process, so a pre-fork worker or one of several
+/// `SO_REUSEPORT` processes is named, not the listener's maker), the returned descriptor's
+/// socket is found through the task's file table and its owner kept for the close, as
+/// `connect()`'s is. Every other syscall leaves after one read and a compare.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sensor_accept_exit(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const u8 = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
+    let _ = accept_exit(regs, ret);
+    0
+}
+
+#[inline(always)]
+fn accept_exit(regs: *const u8, ret: i64) -> Option<()> {
+    if ret < 0 {
+        return None;
+    }
+    let off = ACCEPT_OFFSETS.get(0)?;
+    if off.valid == 0 {
+        return None;
+    }
+    // SAFETY: every read goes through bpf_probe_read_kernel, at offsets from the running
+    // kernel's BTF; a bad pointer makes a read fail, never a wrong write.
+    unsafe {
+        let nr: u64 = read_at(regs, off.regs_nr)?;
+        if nr != u64::from(off.nr_accept) && nr != u64::from(off.nr_accept4) {
+            return None;
+        }
+        let task = bpf_get_current_task() as *const u8;
+        let files: *const u8 = read_at(task, off.task_files)?;
+        let fdt: *const u8 = read_at(files, off.files_fdt)?;
+        let max_fds: u32 = read_at(fdt, off.fdt_max_fds)?;
+        if ret as u64 >= u64::from(max_fds) {
+            return None;
+        }
+        let fds: *const u8 = read_at(fdt, off.fdt_fd)?;
+        let file: *const u8 = read_at(fds, (ret as u32).wrapping_mul(8))?;
+        let socket: *const u8 = read_at(file, off.file_private)?;
+        let sk: *const u8 = read_at(socket, off.socket_sk)?;
+        let protocol: u16 = read_at(sk, off.sk_protocol)?;
+        if protocol != IPPROTO_TCP {
+            return None;
+        }
+        let (id, src) = if off.by_cookie != 0 {
+            (read_at::<u64>(sk, off.sk_cookie)?, source::SOCK_OPS)
+        } else {
+            (sk as u64, source::TRACEPOINT)
+        };
+        if id == 0 {
+            // No cookie: sock_ops never saw this socket, so no close will carry it.
+            return None;
+        }
+        let mut ev = SockEvent::ZERO;
+        ev.ts_ns = bpf_ktime_get_boot_ns();
+        ev.sock_id = id;
+        ev.kind = kind::ACCEPT;
+        ev.source = src;
+        current_task(&mut ev);
+        keep_start(&ev);
+    }
+    Some(())
+}
+
+/// Who made each datagram socket (`sock_create` runs in the creating process), by cookie,
+/// for the datagram programs, which run where the task is not the owner.
+#[map]
+static DGRAM_OWNERS: LruHashMap<u64, TaskOwner> = LruHashMap::with_max_entries(16384, 0);
+
+/// Datagram flows already reported: (5-tuple as the local socket sees it, direction) to
+/// when. Reported again after [`DGRAM_REFRESH_NS`], so the agent, which forgets owners
+/// after a while, keeps knowing those of long-lived flows.
+#[map]
+static DGRAM_SEEN: LruHashMap<DgramKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+const DGRAM_REFRESH_NS: u64 = 30_000_000_000;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TaskOwner {
+    cgroup_id: u64,
+    pid: u32,
+    uid: u32,
+    comm: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DgramKey {
+    cookie: u64,
+    local: [u8; 16],
+    remote: [u8; 16],
+    local_port: u16,
+    remote_port: u16,
+    protocol: u8,
+    dir: u8,
+    family: u8,
+    _pad: u8,
+}
+
+const SOCK_STREAM: u32 = 1;
+
+/// `cgroup/sock_create`: a datagram or raw socket (UDP, ICMP echo, ...) is born; its
+/// maker is remembered by cookie. TCP sockets are left to `sock_ops`.
+#[cgroup_sock(sock_create)]
+pub fn sensor_sock_create(ctx: SockContext) -> i32 {
+    // SAFETY: the kernel hands a valid bpf_sock.
+    let (ty, family) = unsafe { ((*ctx.sock).type_, (*ctx.sock).family) };
+    if ty == SOCK_STREAM || (family != u32::from(AF_INET) && family != u32::from(AF_INET6)) {
+        return 1;
+    }
+    // SAFETY: valid context for bpf_get_socket_cookie.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+    let mut owner = TaskOwner {
+        cgroup_id: 0,
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        comm: [0; 16],
+    };
+    if let Ok(comm) = bpf_get_current_comm() {
+        owner.comm = comm;
+    }
+    // SAFETY: no preconditions.
+    owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let _ = DGRAM_OWNERS.insert(cookie, owner, 0);
+    1
+}
+
+/// `cgroup_skb/egress`: a packet leaves a local socket. TCP returns at once.
+#[cgroup_skb(egress)]
+pub fn sensor_dgram_out(ctx: SkBuffContext) -> i32 {
+    let _ = dgram(&ctx, true);
+    1
+}
+
+/// `cgroup_skb/ingress`: a packet reaches a local socket. TCP returns at once.
+#[cgroup_skb(ingress)]
+pub fn sensor_dgram_in(ctx: SkBuffContext) -> i32 {
+    let _ = dgram(&ctx, false);
+    1
+}
+
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_UDPLITE: u8 = 136;
+
+#[inline(always)]
+fn dgram(ctx: &SkBuffContext, out: bool) -> Option<()> {
+    // The packet starts at its IP header here.
+    let v: u8 = ctx.load(0).ok()?;
+    let mut key = DgramKey {
+        cookie: 0,
+        local: [0; 16],
+        remote: [0; 16],
+        local_port: 0,
+        remote_port: 0,
+        protocol: 0,
+        dir: u8::from(out),
+        family: 0,
+        _pad: 0,
+    };
+    let (src, dst, l4): ([u8; 16], [u8; 16], usize) = match v >> 4 {
+        4 => {
+            let proto: u8 = ctx.load(9).ok()?;
+            if proto == IPPROTO_TCP as u8 {
+                return None;
+            }
+            let frag: u16 = u16::from_be(ctx.load(6).ok()?);
+            if frag & 0x1fff != 0 {
+                // A later fragment has no ports; its first fragment was counted.
+                return None;
+            }
+            key.protocol = proto;
+            key.family = AF_INET as u8;
+            let s: [u8; 4] = ctx.load(12).ok()?;
+            let d: [u8; 4] = ctx.load(16).ok()?;
+            let mut src = [0u8; 16];
+            let mut dst = [0u8; 16];
+            src[..4].copy_from_slice(&s);
+            dst[..4].copy_from_slice(&d);
+            (src, dst, usize::from(v & 0x0f) * 4)
+        }
+        6 => {
+            let proto: u8 = ctx.load(6).ok()?;
+            if proto == IPPROTO_TCP as u8 {
+                return None;
+            }
+            key.protocol = proto;
+            key.family = AF_INET6 as u8;
+            (ctx.load(8).ok()?, ctx.load(24).ok()?, 40)
+        }
+        _ => return None,
+    };
+    let ports = matches!(key.protocol, IPPROTO_UDP | IPPROTO_UDPLITE);
+    if !ports && !matches!(key.protocol, IPPROTO_ICMP | IPPROTO_ICMPV6) {
+        return None;
+    }
+    let (sport, dport) = if ports {
+        let p: [u8; 4] = ctx.load(l4).ok()?;
+        (
+            u16::from_be_bytes([p[0], p[1]]),
+            u16::from_be_bytes([p[2], p[3]]),
+        )
+    } else {
+        (0, 0)
+    };
+    // SAFETY: valid context for bpf_get_socket_cookie (0 without a socket).
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+    let owner = DGRAM_OWNERS.get_ptr(cookie)?;
+    key.cookie = cookie;
+    if out {
+        (key.local, key.remote, key.local_port, key.remote_port) = (src, dst, sport, dport);
+    } else {
+        (key.local, key.remote, key.local_port, key.remote_port) = (dst, src, dport, sport);
+    }
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if let Some(last) = DGRAM_SEEN.get_ptr(&key) {
+        // SAFETY: a value of DGRAM_SEEN; a racing update only moves the time.
+        if now.wrapping_sub(unsafe { *last }) < DGRAM_REFRESH_NS {
+            return None;
+        }
+    }
+    let _ = DGRAM_SEEN.insert(&key, now, 0);
+    // SAFETY: a value of DGRAM_OWNERS, copied at once.
+    let owner = unsafe { *owner };
+    emit(|ev| {
+        ev.ts_ns = now;
+        ev.sock_id = cookie;
+        ev.kind = kind::DGRAM;
+        ev.source = source::CGROUP_SKB;
+        ev.protocol = u16::from(key.protocol);
+        ev.family = u16::from(key.family);
+        ev.local_addr = key.local;
+        ev.remote_addr = key.remote;
+        ev.local_port = key.local_port;
+        ev.remote_port = key.remote_port;
+        ev.flags = if out { flags::SEND } else { flags::RECV };
+        ev.pid = owner.pid;
+        ev.uid = owner.uid;
+        ev.cgroup_id = owner.cgroup_id;
+        ev.comm = owner.comm;
+    });
+    Some(())
 }
 
 #[cfg(not(test))]

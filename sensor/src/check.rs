@@ -23,7 +23,10 @@ use crate::{
         btf::{KernelBtf, sock_offsets},
         caps::{Cap, CapSet},
         cgroup::find_cgroup2_root,
-        loader::{HOOK_SOCK_OPS, HOOK_TRACEPOINT, HOOK_TRACEPOINT_CLASSIC, HookStatus, try_hook},
+        loader::{
+            ATTRIBUTION_HOOKS, HOOK_SOCK_OPS, HOOK_TRACEPOINT, HOOK_TRACEPOINT_CLASSIC, HookStatus,
+            try_hook,
+        },
         tracefs,
     },
     store::schema::SCHEMA_VERSION,
@@ -162,6 +165,7 @@ pub fn check(cfg: &Config) -> Report {
     };
     rows.push(caps_row);
     rows.extend(hooks(cfg, have));
+    rows.extend(attribution_hooks(cfg, have));
     rows.push(capture(cfg));
     rows.push(process_owners(cfg, have));
     rows.push(database(&cfg.db_path));
@@ -348,6 +352,51 @@ fn hooks(cfg: &Config, have: Option<CapSet>) -> Vec<Row> {
                     format!("hook {}", r.name),
                     verdict,
                     format!("{}{unused}", r.detail),
+                )
+            }
+        })
+        .collect()
+}
+
+/// Each attribution hook alone, attached for real and detached: what it gives when it
+/// loads, and what stands in (with the kernel's reason) when it does not. Never a failure:
+/// flows are recorded without them, with fewer processes named.
+fn attribution_hooks(cfg: &Config, have: Option<CapSet>) -> Vec<Row> {
+    ATTRIBUTION_HOOKS
+        .iter()
+        .map(|&(hook, gives)| {
+            let name = format!("hook {hook}");
+            if cfg.hooks == HookMode::None || !cfg.attribution {
+                return row(
+                    name,
+                    Verdict::Ok,
+                    "not used (hooks = none or attribution = false)",
+                );
+            }
+            let needed = kernel::needed_capabilities(HookMode::Auto, false);
+            let missing = have.map_or_else(|| needed.clone(), |h| h.missing(&needed));
+            if !missing.is_empty() {
+                return row(
+                    name,
+                    Verdict::Warn,
+                    format!("not tried without {}", names(&missing)),
+                );
+            }
+            let (what, fallback) = gives
+                .split_once("; without it, ")
+                .unwrap_or((gives, "none"));
+            let r = try_hook(cfg, hook);
+            if r.attached {
+                row(
+                    name,
+                    Verdict::Ok,
+                    format!("attached and detached: {}; gives {what}", r.detail),
+                )
+            } else {
+                row(
+                    name,
+                    Verdict::Warn,
+                    format!("fell back to {fallback}: {}", r.detail),
                 )
             }
         })

@@ -87,6 +87,9 @@ pub struct Config {
     pub retention_max_db_bytes: u64,
     /// cgroup v2 mount to attach `sock_ops` to; found in /proc/self/mountinfo when unset.
     pub cgroup_path: Option<PathBuf>,
+    /// Attach the attribution hooks beside the flow hooks: the accepting process of each
+    /// TCP connection, and the processes of UDP/ICMP flows (see `sensor check`).
+    pub attribution: bool,
     /// A packet flow ends after this long without packets (UDP, ICMP, one-way TCP).
     pub idle_timeout_ms: u64,
     /// A TCP connection (packets seen both ways, not closed) ends after this long without
@@ -229,6 +232,7 @@ impl Default for Config {
             retention_max_age_s: 30 * 86_400,
             retention_max_db_bytes: 0,
             cgroup_path: None,
+            attribution: true,
             idle_timeout_ms: 60_000,
             tcp_idle_timeout_ms: 3_600_000,
             tcp_syn_timeout_ms: 130_000,

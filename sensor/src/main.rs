@@ -40,6 +40,10 @@ enum Command {
         /// No packet capture: the kernel's connection view only.
         #[arg(long)]
         no_capture: bool,
+        /// Without the attribution hooks (accept, datagram sockets): accepted connections
+        /// are named by their listener's maker, UDP/ICMP flows by no process.
+        #[arg(long)]
+        no_attribution: bool,
         /// Serve /metrics and /healthz here ("" for nowhere) [default: 127.0.0.1:9464].
         #[arg(long, value_name = "ADDR")]
         metrics_addr: Option<String>,
@@ -252,6 +256,7 @@ fn main() -> ExitCode {
             hooks,
             interfaces,
             no_capture,
+            no_attribution,
             metrics_addr,
             metrics_on_exit,
         } => {
@@ -267,6 +272,9 @@ fn main() -> ExitCode {
             }
             if no_capture {
                 cfg.interfaces.clear();
+            }
+            if no_attribution {
+                cfg.attribution = false;
             }
             if let Some(a) = metrics_addr {
                 if !a.is_empty() && a.parse::<std::net::SocketAddr>().is_err() {

@@ -4,8 +4,8 @@
 //! at SIGINT/SIGTERM the hooks are detached first, then the ring buffer is drained, every
 //! open flow is ended as `shutdown`, and the writer flushes its last batch before exit.
 use std::{
-    sync::{Arc, atomic::Ordering},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -20,6 +20,7 @@ use crate::{
     config::{Config, HookMode},
     flow::{
         self, BootClock, Listeners, TcpTracker,
+        dgram::DgramOwners,
         merge::{self, MergeSender},
     },
     kernel::{self, KernelError, Probe},
@@ -151,6 +152,8 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     let found = listeners.scan_proc();
     tracing::debug!(found, "listeners from /proc");
     let mut tracker = TcpTracker::new(BootClock::now(), listeners).with_limit(cfg.max_flows);
+    // Owners of datagram sockets from the kernel, for the packet view's UDP/ICMP flows.
+    let dgram = Arc::new(Mutex::new(DgramOwners::default()));
     tracker.set_host_addrs(flow::local::host_addrs());
 
     let writer = Writer::spawn(
@@ -190,9 +193,17 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     } else {
         let (tx, rx) = crate::capture::batch::queue(cfg.capture_queue_packets);
         let sender = merge.as_ref().expect("merge with capture").0.clone();
-        let flows = flow::packets::spawn(cfg.table(), rx, Some(Arc::clone(&metrics)), move |f| {
-            sender.send(merge::Input::Packets(f));
-        });
+        let owners = Arc::clone(&dgram);
+        let flows =
+            flow::packets::spawn(cfg.table(), rx, Some(Arc::clone(&metrics)), move |mut f| {
+                if f.proto != flow::record::PROTO_TCP {
+                    owners
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .fill(&mut f);
+                }
+                sender.send(merge::Input::Packets(f));
+            });
         let live = LiveCapture::start(
             capture_ifaces,
             cfg.capture_ring_bytes,
@@ -275,12 +286,12 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
             guard = async { ring.as_mut().expect("guarded").readable_mut().await },
                 if ring.is_some() => {
                 let mut guard = guard.map_err(KernelError::RingBuf)?;
-                malformed += drain(guard.get_inner_mut(), &mut tracker, &mut emit);
+                malformed += drain(guard.get_inner_mut(), &mut tracker, &dgram, &mut emit);
                 guard.clear_ready();
             }
             _ = ring_poll.tick(), if ring.is_some() => {
                 let ring = ring.as_mut().expect("guarded").get_mut();
-                malformed += drain(ring, &mut tracker, &mut emit);
+                malformed += drain(ring, &mut tracker, &dgram, &mut emit);
             }
             guard = async { logger.as_mut().expect("guarded").readable_mut().await },
                 if logger.is_some() => {
@@ -293,6 +304,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
                 tracker.set_clock(BootClock::now());
                 // Addresses come and go: which peers are on this host, re-read.
                 tracker.set_host_addrs(flow::local::host_addrs());
+                dgram.lock().unwrap_or_else(|e| e.into_inner()).expire(Instant::now());
                 let (drops, produced) = ringbuf_totals(probe.as_ref(), last_drops);
                 if drops > last_drops {
                     tracing::warn!(lost = drops - last_drops, total = drops,
@@ -334,7 +346,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         p.detach();
     }
     if let Some(ring) = ring.as_mut() {
-        malformed += drain(ring.get_mut(), &mut tracker, &mut emit);
+        malformed += drain(ring.get_mut(), &mut tracker, &dgram, &mut emit);
     }
     // Connections still open whose start the kernel kept instead of sending it.
     for ev in probe.iter().flat_map(Probe::open_sockets) {
@@ -626,9 +638,11 @@ pub const RING_POLL: Duration = Duration::from_millis(50);
 fn drain(
     ring: &mut RingBuf<MapData>,
     tracker: &mut TcpTracker,
+    dgram: &Mutex<DgramOwners>,
     emit: &mut impl FnMut(crate::flow::FlowRecord),
 ) -> u64 {
     let mut malformed = 0;
+    let now = Instant::now();
     while let Some(item) = ring.next() {
         if item.len() < size_of::<SockEvent>() {
             malformed += 1;
@@ -637,7 +651,15 @@ fn drain(
         // SAFETY: the buffer holds at least one SockEvent, a plain-old-data type written by
         // our program; read_unaligned makes no alignment assumption.
         let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<SockEvent>()) };
-        tracker.on_event(&ev, emit);
+        if ev.kind == sensor_common::kind::DGRAM {
+            tracker.count_event();
+            dgram
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .on_event(&ev, now);
+        } else {
+            tracker.on_event(&ev, emit);
+        }
     }
     malformed
 }

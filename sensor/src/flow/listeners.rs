@@ -6,13 +6,14 @@
 //! `listen()` events as they happen and, for listeners older than the sensor, from
 //! `/proc/net/tcp{,6}` and `/proc/<pid>/fd`. The same scan remembers who owns the
 //! connections already open when the sensor starts, whose closes arrive with no history.
+use std::os::unix::fs::MetadataExt as _;
 use std::{
     collections::HashMap,
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use super::record::Owner;
+use super::record::{Attr, Owner};
 
 #[derive(Debug, Default)]
 pub struct Listeners {
@@ -105,6 +106,8 @@ impl Listeners {
                     let owner = Owner {
                         pid,
                         comm: comm.clone(),
+                        uid: entry.metadata().ok().map(|m| m.uid()),
+                        attr: Attr::ProcScan,
                         ..Default::default()
                     };
                     if row.listening {

@@ -1,5 +1,6 @@
 //! Aggregate: socket events in, finished flows out.
 pub mod clock;
+pub mod dgram;
 pub mod listeners;
 pub mod local;
 pub mod merge;

@@ -67,6 +67,16 @@ pub struct Owner {
 }
 
 impl Owner {
+    /// The task a kernel event names (`pid`, `comm`, `uid`, `cgroup_id`), found `attr`.
+    pub fn from_event(ev: &sensor_common::SockEvent, attr: Attr) -> Self {
+        Self {
+            uid: Some(ev.uid),
+            cgroup_id: (ev.cgroup_id != 0).then_some(ev.cgroup_id),
+            attr,
+            ..Self::from_comm(ev.pid, &ev.comm)
+        }
+    }
+
     /// Decodes a NUL-padded kernel `comm`.
     pub fn from_comm(pid: u32, comm: &[u8]) -> Self {
         let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());

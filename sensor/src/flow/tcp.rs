@@ -19,7 +19,7 @@ use super::{
     clock::BootClock,
     listeners::Listeners,
     local::is_local,
-    record::{EndReason, FlowRecord, Owner},
+    record::{Attr, EndReason, FlowRecord, Owner},
 };
 
 /// Initiator's end, responder's end.
@@ -102,7 +102,7 @@ pub struct TcpTracker {
 }
 
 /// Decodes an event's address; IPv4-mapped IPv6 becomes IPv4 so both views of one peer agree.
-fn addr(family: u16, raw: &[u8; 16], port: u16) -> SocketAddr {
+pub(crate) fn addr(family: u16, raw: &[u8; 16], port: u16) -> SocketAddr {
     let ip = if family == AF_INET {
         IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
     } else {
@@ -186,13 +186,21 @@ impl TcpTracker {
         &mut self.listeners
     }
 
+    /// Counts an event read from the ring that another table applies (datagram owners).
+    pub fn count_event(&mut self) {
+        self.stats.events += 1;
+    }
+
     /// Applies one event; finished flows are passed to `out`.
     pub fn on_event(&mut self, ev: &SockEvent, out: &mut impl FnMut(FlowRecord)) {
         self.stats.events += 1;
         if ev.kind == kind::CLOSE {
             let key = (ev.source, ev.sock_id);
+            // The process that accepted this end, kept in the kernel until its close.
+            let accepted =
+                (ev.start_kind == kind::ACCEPT).then(|| Owner::from_event(ev, Attr::Accept));
             // The start the kernel kept for this end rides in its close.
-            if ev.start_kind != 0 && !self.socks.contains_key(&key) {
+            if ev.start_kind != 0 && accepted.is_none() && !self.socks.contains_key(&key) {
                 let mut start = *ev;
                 start.kind = ev.start_kind;
                 start.ts_ns = ev.start_ns;
@@ -200,7 +208,7 @@ impl TcpTracker {
             }
             let local = addr(ev.family, &ev.local_addr, ev.local_port);
             let remote = addr(ev.family, &ev.remote_addr, ev.remote_port);
-            self.on_close(ev, key, local, remote, out);
+            self.on_close(ev, key, (local, remote), accepted, out);
         } else {
             self.on_start(ev);
         }
@@ -211,7 +219,9 @@ impl TcpTracker {
     /// start kept in the kernel, never sent): followed like its start event, so that
     /// [`Self::flush_all`] writes it. Not counted as an event read from the ring.
     pub fn on_open_at_shutdown(&mut self, ev: &SockEvent, out: &mut impl FnMut(FlowRecord)) {
-        if ev.kind != kind::CLOSE && !self.socks.contains_key(&(ev.source, ev.sock_id)) {
+        if ev.kind == kind::ACCEPT
+            || (ev.kind != kind::CLOSE && !self.socks.contains_key(&(ev.source, ev.sock_id)))
+        {
             self.on_start(ev);
             self.evict_if_full(out);
         }
@@ -224,7 +234,7 @@ impl TcpTracker {
         let remote = addr(ev.family, &ev.remote_addr, ev.remote_port);
         match ev.kind {
             kind::LISTEN => {
-                let owner = Owner::from_comm(ev.pid, &ev.comm);
+                let owner = Owner::from_event(ev, Attr::Listener);
                 self.listeners.insert(local.ip(), local.port(), owner);
                 // Remembered so the listener's close can remove it.
                 self.socks.insert(
@@ -242,7 +252,7 @@ impl TcpTracker {
                 let sock = Sock {
                     flow: None,
                     role: INITIATOR,
-                    owner: Some(Owner::from_comm(ev.pid, &ev.comm)),
+                    owner: Some(Owner::from_event(ev, Attr::Connect)),
                     first_ns: ev.ts_ns,
                     connect_seen: true,
                 };
@@ -274,6 +284,29 @@ impl TcpTracker {
                     },
                 );
                 self.bind(key, local, remote, ev.ts_ns);
+            }
+            // Sent on its own (the kernel's table was full) or read at shutdown.
+            kind::ACCEPT => {
+                let owner = Owner::from_event(ev, Attr::Accept);
+                match self.socks.get_mut(&key) {
+                    Some(sock) => match sock.flow.and_then(|id| self.flows.get_mut(&id)) {
+                        Some(flow) if sock.role == RESPONDER => flow.dst_owner = Some(owner),
+                        Some(_) => {}
+                        None => sock.owner = Some(owner),
+                    },
+                    None => {
+                        self.socks.insert(
+                            key,
+                            Sock {
+                                flow: None,
+                                role: RESPONDER,
+                                owner: Some(owner),
+                                first_ns: ev.ts_ns,
+                                connect_seen: false,
+                            },
+                        );
+                    }
+                }
             }
             _ => {}
         }
@@ -321,8 +354,15 @@ impl TcpTracker {
             }
         };
         sock.flow = Some(id);
-        let listener_owner = if role == RESPONDER {
-            self.listeners.owner_of(local.ip(), local.port()).cloned()
+        // The fallback for the accepting end: who made the listener.
+        let listener_owner = if role == RESPONDER && owner.is_none() {
+            self.listeners
+                .owner_of(local.ip(), local.port())
+                .cloned()
+                .map(|o| Owner {
+                    attr: Attr::Listener,
+                    ..o
+                })
         } else {
             None
         };
@@ -334,16 +374,22 @@ impl TcpTracker {
         if role == INITIATOR {
             flow.src_owner = owner.or(flow.src_owner.take());
         } else {
-            flow.dst_owner = listener_owner.or(flow.dst_owner.take());
+            flow.dst_owner = owner.or(listener_owner).or(flow.dst_owner.take());
         }
     }
 
     /// A close of a socket opened before we attached. The role comes from the listener
     /// table, the owner from the /proc scan at start; its start is unknown, so first_seen is
     /// this close.
-    fn bind_orphan(&mut self, key: (u32, u64), local: SocketAddr, remote: SocketAddr, ts: u64) {
+    fn bind_orphan(
+        &mut self,
+        key: (u32, u64),
+        (local, remote): (SocketAddr, SocketAddr),
+        ts: u64,
+        accepted: bool,
+    ) {
         self.stats.orphan_closes += 1;
-        let listening = self.listeners.owner_of(local.ip(), local.port()).is_some();
+        let listening = accepted || self.listeners.owner_of(local.ip(), local.port()).is_some();
         let role = if listening { RESPONDER } else { INITIATOR };
         let owner = self.listeners.take_connection_owner(local, remote);
         let (sock_owner, exact_dst) = if role == INITIATOR {
@@ -376,8 +422,8 @@ impl TcpTracker {
         &mut self,
         ev: &SockEvent,
         key: (u32, u64),
-        local: SocketAddr,
-        remote: SocketAddr,
+        (local, remote): (SocketAddr, SocketAddr),
+        accepted: Option<Owner>,
         out: &mut impl FnMut(FlowRecord),
     ) {
         tracing::trace!(
@@ -392,7 +438,7 @@ impl TcpTracker {
         if self.socks.contains_key(&key) {
             self.bind(key, local, remote, ev.ts_ns);
         } else {
-            self.bind_orphan(key, local, remote, ev.ts_ns);
+            self.bind_orphan(key, (local, remote), ev.ts_ns, accepted.is_some());
         }
         let Some(sock) = self.socks.remove(&key) else {
             return;
@@ -404,6 +450,11 @@ impl TcpTracker {
             return;
         };
         flow.last_ns = flow.last_ns.max(ev.ts_ns);
+        if sock.role == RESPONDER
+            && let Some(owner) = accepted
+        {
+            flow.dst_owner = Some(owner);
+        }
         // A connection that was established with a peer on this host has that peer's end
         // to come, even if nothing of it has been seen yet (the kernel sends a connect()
         // only inside its close, so the accepting end may close first).
@@ -760,10 +811,13 @@ mod tests {
             Some(Owner {
                 pid: 20,
                 comm: "cli".into(),
+                uid: Some(0),
+                attr: Attr::Connect,
                 ..Default::default()
             })
         );
-        assert_eq!(f.dst_owner.as_ref().unwrap().pid, 10);
+        let dst = f.dst_owner.as_ref().unwrap();
+        assert_eq!((dst.pid, dst.attr), (10, Attr::Listener));
         assert_eq!(
             (f.src_payload_bytes, f.dst_payload_bytes),
             (Some(100), Some(7))
@@ -773,6 +827,57 @@ mod tests {
         assert_eq!(t.stats().events, 4, "the kept start is not an event read");
         assert_eq!(t.stats().orphan_closes, 0);
         assert_eq!(t.open_flows(), 0);
+    }
+
+    /// A worker that accepted (not the listener's maker) is the accepting end's owner,
+    /// whether its accept rides in the close or came as a record of its own.
+    #[test]
+    fn the_accepting_process_names_the_accepted_end() {
+        for own_record in [false, true] {
+            let mut t = tracker();
+            let mut out = Vec::new();
+            let mut listen = ev(kind::LISTEN, 1, "127.0.0.1:80", "0.0.0.0:0", 10, "parent");
+            listen.uid = 33;
+            t.on_event(&listen, &mut |r| out.push(r));
+            let s = ev(
+                kind::PASSIVE_ESTABLISHED,
+                3,
+                "127.0.0.1:80",
+                "127.0.0.1:5000",
+                99,
+                "softirq",
+            );
+            t.on_event(&s, &mut |r| out.push(r));
+            let mut accept = ev(kind::ACCEPT, 3, "0.0.0.0:0", "0.0.0.0:0", 11, "worker");
+            accept.uid = 33;
+            accept.cgroup_id = 77;
+            let mut server_close = close(s, tcp_state::LAST_ACK, 8, 101);
+            if own_record {
+                t.on_event(&accept, &mut |r| out.push(r));
+            } else {
+                server_close = with_start(server_close, kind::ACCEPT, 2_600_000, 11, "worker");
+                server_close.uid = 33;
+                server_close.cgroup_id = 77;
+            }
+            let c = ev(kind::CLOSE, 4, "127.0.0.1:5000", "127.0.0.1:80", 0, "");
+            let c = with_start(
+                close(c, tcp_state::FIN_WAIT2, 101, 8),
+                kind::CONNECT,
+                2_500_000,
+                20,
+                "cli",
+            );
+            t.on_event(&c, &mut |r| out.push(r));
+            t.on_event(&server_close, &mut |r| out.push(r));
+            assert_eq!(out.len(), 1, "one flow for both ends");
+            let dst = out[0].dst_owner.as_ref().unwrap();
+            assert_eq!(
+                (dst.pid, dst.comm.as_str(), dst.attr, dst.uid, dst.cgroup_id),
+                (11, "worker", Attr::Accept, Some(33), Some(77)),
+                "own record: {own_record}"
+            );
+            assert_eq!(out[0].src_owner.as_ref().unwrap().attr, Attr::Connect);
+        }
     }
 
     /// The accepting end closes first: its flow waits for the connecting end, whose close

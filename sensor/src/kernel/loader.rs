@@ -10,12 +10,15 @@ use std::{fs::File, path::PathBuf};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, SockOps, TracePoint},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, SockOps,
+        TracePoint,
+    },
 };
 
 use super::{
     KernelError,
-    btf::{KernelBtf, sock_offsets},
+    btf::{KernelBtf, accept_offsets, sock_offsets},
     cgroup::find_cgroup2_root,
     error_chain,
 };
@@ -36,6 +39,30 @@ pub struct HookStatus {
 pub const HOOK_SOCK_OPS: &str = "sock_ops";
 pub const HOOK_TRACEPOINT: &str = "tp_btf/inet_sock_set_state";
 pub const HOOK_TRACEPOINT_CLASSIC: &str = "tracepoint/sock/inet_sock_set_state";
+/// Attribution hooks: they name processes; the flows come from the hooks above.
+pub const HOOK_ACCEPT: &str = "tp_btf/sys_exit (accept)";
+pub const HOOK_SOCK_CREATE: &str = "cgroup/sock_create";
+pub const HOOK_DGRAM_EGRESS: &str = "cgroup_skb/egress";
+pub const HOOK_DGRAM_INGRESS: &str = "cgroup_skb/ingress";
+/// What each attribution hook gives, and what stands in where it does not load.
+pub const ATTRIBUTION_HOOKS: [(&str, &str); 4] = [
+    (
+        HOOK_ACCEPT,
+        "the accepting process of each TCP connection; without it, the listener's maker",
+    ),
+    (
+        HOOK_SOCK_CREATE,
+        "the maker of each datagram socket; without it, UDP/ICMP flows have no process",
+    ),
+    (
+        HOOK_DGRAM_EGRESS,
+        "the sending process of UDP/ICMP flows; without it, none",
+    ),
+    (
+        HOOK_DGRAM_INGRESS,
+        "the receiving process of UDP/ICMP flows; without it, none",
+    ),
+];
 
 /// The loaded programs and the maps the agent reads.
 pub struct Probe {
@@ -101,6 +128,23 @@ impl Probe {
                     .collect::<Vec<_>>()
                     .join("; "),
             });
+        }
+
+        if cfg.attribution {
+            let by_cookie = hooks.iter().any(|h| h.attached && h.name == HOOK_SOCK_OPS);
+            hooks.push(attach_accept(&mut ebpf, by_cookie));
+            let cgroup = cfg.cgroup_path.clone();
+            hooks.push(attach_sock_create(&mut ebpf, cgroup.clone()));
+            hooks.push(attach_dgram(
+                &mut ebpf,
+                cgroup.clone(),
+                CgroupSkbAttachType::Egress,
+            ));
+            hooks.push(attach_dgram(
+                &mut ebpf,
+                cgroup,
+                CgroupSkbAttachType::Ingress,
+            ));
         }
 
         let events = take_map(&mut ebpf, "EVENTS")?;
@@ -205,6 +249,18 @@ pub fn try_hook(cfg: &Config, hook: &'static str) -> HookStatus {
         HOOK_SOCK_OPS => attach_sock_ops(&mut ebpf, cfg.cgroup_path.clone()),
         HOOK_TRACEPOINT => attach_tracepoint(&mut ebpf, false),
         HOOK_TRACEPOINT_CLASSIC => attach_classic_tracepoint(&mut ebpf),
+        HOOK_ACCEPT => attach_accept(&mut ebpf, true),
+        HOOK_SOCK_CREATE => attach_sock_create(&mut ebpf, cfg.cgroup_path.clone()),
+        HOOK_DGRAM_EGRESS => attach_dgram(
+            &mut ebpf,
+            cfg.cgroup_path.clone(),
+            CgroupSkbAttachType::Egress,
+        ),
+        HOOK_DGRAM_INGRESS => attach_dgram(
+            &mut ebpf,
+            cfg.cgroup_path.clone(),
+            CgroupSkbAttachType::Ingress,
+        ),
         _ => status(hook, Err("no such hook".into())),
     }
     // `ebpf` drops here: links closed, programs and maps freed.
@@ -248,12 +304,86 @@ fn status(name: &'static str, r: Result<String, String>) -> HookStatus {
     }
 }
 
+/// The cgroup v2 directory the cgroup programs attach to (the hierarchy's root unless
+/// configured), opened.
+fn cgroup_dir(cgroup: Option<PathBuf>) -> Result<(PathBuf, File), String> {
+    let cgroup = cgroup
+        .or_else(find_cgroup2_root)
+        .ok_or_else(|| "no cgroup v2 hierarchy is mounted".to_string())?;
+    let dir = File::open(&cgroup).map_err(|e| format!("opening {}: {e}", cgroup.display()))?;
+    Ok((cgroup, dir))
+}
+
+/// The accept hook, given where to find the returned socket. `by_cookie`: the closes come
+/// from `sock_ops`, which names sockets by cookie.
+fn attach_accept(ebpf: &mut Ebpf, by_cookie: bool) -> HookStatus {
+    let r = (|| {
+        let kbtf = KernelBtf::from_sys_fs().map_err(|e| e.to_string())?;
+        let mut offsets = accept_offsets(&kbtf).map_err(|e| e.to_string())?;
+        offsets.by_cookie = u32::from(by_cookie);
+        let mut map: Array<_, sensor_common::AcceptOffsets> = ebpf
+            .map_mut("ACCEPT_OFFSETS")
+            .ok_or("map ACCEPT_OFFSETS missing from the object")?
+            .try_into()
+            .map_err(|e| error_chain(&e))?;
+        map.set(0, offsets, 0)
+            .map_err(|e| format!("writing offsets: {}", error_chain(&e)))?;
+        let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {}", error_chain(&e)))?;
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut("sensor_accept_exit")
+            .ok_or("program sensor_accept_exit missing from the object")?
+            .try_into()
+            .map_err(|e| error_chain(&e))?;
+        prog.load("sys_exit", &btf)
+            .map_err(|e| format!("load: {}", error_chain(&e)))?;
+        prog.attach()
+            .map_err(|e| format!("attach: {}", error_chain(&e)))?;
+        Ok("file-table offsets from kernel BTF".to_string())
+    })();
+    status(HOOK_ACCEPT, r)
+}
+
+fn attach_sock_create(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> HookStatus {
+    let r = (|| {
+        let (cgroup, dir) = cgroup_dir(cgroup)?;
+        let prog: &mut CgroupSock = ebpf
+            .program_mut("sensor_sock_create")
+            .ok_or("program sensor_sock_create missing from the object")?
+            .try_into()
+            .map_err(|e| error_chain(&e))?;
+        prog.load()
+            .map_err(|e| format!("load: {}", error_chain(&e)))?;
+        prog.attach(dir, CgroupAttachMode::Single)
+            .map_err(|e| format!("attach to {}: {}", cgroup.display(), error_chain(&e)))?;
+        Ok(format!("cgroup {}", cgroup.display()))
+    })();
+    status(HOOK_SOCK_CREATE, r)
+}
+
+fn attach_dgram(ebpf: &mut Ebpf, cgroup: Option<PathBuf>, dir: CgroupSkbAttachType) -> HookStatus {
+    let (name, program) = match dir {
+        CgroupSkbAttachType::Egress => (HOOK_DGRAM_EGRESS, "sensor_dgram_out"),
+        CgroupSkbAttachType::Ingress => (HOOK_DGRAM_INGRESS, "sensor_dgram_in"),
+    };
+    let r = (|| {
+        let (cgroup, fd) = cgroup_dir(cgroup)?;
+        let prog: &mut CgroupSkb = ebpf
+            .program_mut(program)
+            .ok_or_else(|| format!("program {program} missing from the object"))?
+            .try_into()
+            .map_err(|e| error_chain(&e))?;
+        prog.load()
+            .map_err(|e| format!("load: {}", error_chain(&e)))?;
+        prog.attach(fd, dir, CgroupAttachMode::Single)
+            .map_err(|e| format!("attach to {}: {}", cgroup.display(), error_chain(&e)))?;
+        Ok(format!("cgroup {}", cgroup.display()))
+    })();
+    status(name, r)
+}
+
 fn attach_sock_ops(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> HookStatus {
     let r = (|| {
-        let cgroup = cgroup
-            .or_else(find_cgroup2_root)
-            .ok_or_else(|| "no cgroup v2 hierarchy is mounted".to_string())?;
-        let dir = File::open(&cgroup).map_err(|e| format!("opening {}: {e}", cgroup.display()))?;
+        let (cgroup, dir) = cgroup_dir(cgroup)?;
         let prog: &mut SockOps = ebpf
             .program_mut("sensor_sock_ops")
             .ok_or("program sensor_sock_ops missing from the object")?
