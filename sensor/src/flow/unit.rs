@@ -410,15 +410,53 @@ mod tests {
         }
         let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
         let mut r = UnitResolver::new(root.clone());
+        let child_ino = ino(&child);
         let got = (
-            r.resolve(ino(&child)).map(str::to_owned),
-            r.unit(ino(&child)).map(str::to_owned),
+            r.resolve(child_ino).map(str::to_owned),
+            r.unit(child_ino).map(str::to_owned),
             r.resolve(ino(&root)).map(str::to_owned),
         );
+        let kernel_id = cgroup_id(&child);
         // Removed before asserting, so a failure leaves no cgroup behind.
         let removed = std::fs::remove_dir(&child).and_then(|()| std::fs::remove_dir(&dir));
         let path = format!("/{name}/client");
         assert_eq!(got, (Some(path.clone()), Some(path), Some("/".to_string())));
+        // The kernel's id of the cgroup (what bpf_get_current_cgroup_id returns: its kernfs
+        // id, which is also its file handle) is the inode the resolver keys by.
+        match kernel_id {
+            Some(id) => assert_eq!(id, child_ino, "cgroup id against inode"),
+            None => eprintln!("{test}: cgroup2 gives no file handles here, id not compared"),
+        }
         removed.unwrap();
+    }
+
+    /// A cgroup's id as the kernel reports it: the 8-byte kernfs file handle of its
+    /// directory. None where cgroup2 gives no file handles.
+    fn cgroup_id(dir: &Path) -> Option<u64> {
+        #[repr(C)]
+        struct Handle {
+            bytes: libc::c_uint,
+            kind: libc::c_int,
+            id: u64,
+        }
+        let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+        let mut h = Handle {
+            bytes: 8,
+            kind: 0,
+            id: 0,
+        };
+        let mut mount_id: libc::c_int = 0;
+        // SAFETY: `h` is a file_handle with room for the 8 bytes it declares; the path is
+        // NUL-terminated, and both outlive the call.
+        let rc = unsafe {
+            libc::name_to_handle_at(
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                (&raw mut h).cast::<libc::file_handle>(),
+                &raw mut mount_id,
+                0,
+            )
+        };
+        (rc == 0 && h.bytes == 8).then_some(h.id)
     }
 }
