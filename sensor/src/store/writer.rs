@@ -414,11 +414,11 @@ fn run(
         }
         let mut take = |row: Row, held: &mut std::collections::VecDeque<FlowRecord>| match row {
             Row::Flow(mut f) => {
+                gate.taken(1);
                 if let Some(u) = units.as_mut() {
                     u.fill_units(&mut f);
                 }
                 held.push_back(f);
-                gate.taken(1);
             }
             Row::Flows(mut fs) => {
                 gate.taken(fs.len());
@@ -1094,6 +1094,57 @@ mod tests {
                 ),
                 (None, None, None, None, None, None),
             ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// With a resolver, each owner's cgroup id becomes its unit on the way in, for single
+    /// flows and chunks alike; an unknown id leaves the unit NULL.
+    #[test]
+    fn the_writer_names_units_from_cgroup_ids() {
+        let dir = std::env::temp_dir().join(format!("sensor-writer-units-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // A directory tree stands in for the cgroup2 mount.
+        let cgroups = dir.join("cgroup");
+        let nginx = cgroups.join("system.slice/nginx.service");
+        std::fs::create_dir_all(&nginx).unwrap();
+        let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&nginx).unwrap());
+        let path = dir.join("f.db");
+        let conn = super::super::open_for_writing(&path).unwrap();
+        let w = Writer::spawn(
+            conn,
+            path.clone(),
+            WriterConfig {
+                units: Some(crate::flow::unit::UnitResolver::new(cgroups)),
+                ..WriterConfig::new(100, Duration::from_secs(60), 10_000)
+            },
+        );
+        let with_id = |i: u16, cgroup_id: u64| {
+            let mut f = flow(i);
+            f.dst_owner = Some(Owner {
+                pid: 2,
+                comm: "nginx".into(),
+                cgroup_id: Some(cgroup_id),
+                ..Default::default()
+            });
+            f
+        };
+        w.try_send(with_id(1, id));
+        w.send_many_blocking(vec![with_id(2, id), with_id(3, u64::MAX)]);
+        w.finish();
+        let conn = super::super::open_for_reading(&path).unwrap();
+        let units: Vec<(Option<String>, Option<String>)> = conn
+            .prepare("SELECT src_unit, dst_unit FROM flows ORDER BY src_port")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let nginx = Some("nginx.service".to_string());
+        assert_eq!(
+            units,
+            [(None, nginx.clone()), (None, nginx), (None, None)],
+            "the source owner has no cgroup id, the last id is unknown"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
