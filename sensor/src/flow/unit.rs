@@ -19,6 +19,8 @@
 //!   for a container under the cgroupfs driver): the path names it.
 //!
 //! No systemd is needed: the rule reads names only, so it holds where systemd is not pid 1.
+//! The ids are the host's: a sensor in a cgroup namespace (a container) sees only its own
+//! subtree, and the ids of tasks outside it stay unresolved.
 //!
 //! Lookups are a hash map. An id not in it makes the resolver walk the tree again, at most
 //! once per [`RESCAN_EVERY`] whatever the number of misses, so a flood of unknown ids (a
@@ -142,9 +144,16 @@ impl UnitResolver {
     /// Walks the tree and adds every cgroup in it. A tree that cannot be read (gone,
     /// permissions) adds nothing; what was known stays.
     fn rescan(&mut self) {
-        self.last_scan = Some(Instant::now());
+        let started = Instant::now();
+        self.last_scan = Some(started);
         self.scans += 1;
         let found = scan(&self.root);
+        tracing::debug!(
+            root = %self.root.display(),
+            cgroups = found.len(),
+            secs = started.elapsed().as_secs_f64(),
+            "cgroup tree read"
+        );
         if self.by_id.len() + found.len() > MAX_ENTRIES {
             self.by_id.clear();
         }
