@@ -26,7 +26,10 @@
 //! once per [`RESCAN_EVERY`] whatever the number of misses, so a flood of unknown ids (a
 //! cgroup removed before its flows were written) costs one walk a second, not one a flow.
 //! An id still unknown after that is counted in `sensor_attr_unresolved_cgroups_total` and
-//! its end's unit stays NULL.
+//! its end's unit stays NULL. Cgroups removed stay known (their flows may come later), so
+//! what is lost is a cgroup made and removed between two walks, before its flow was
+//! written: a client in a transient scope that exits at once. Naming those needs the
+//! cgroup's path at the event (the `cgroup:cgroup_mkdir` tracepoint carries id and path).
 use std::{
     collections::HashMap,
     os::unix::fs::DirEntryExt as _,
