@@ -145,7 +145,8 @@ enum Command {
         #[command(flatten)]
         filter: export::Filter,
     },
-    /// The largest groups of flows: by remote address, country, ASN, process, port or pair.
+    /// The largest groups of flows: by remote address, country, ASN, process, unit, port or
+    /// pair.
     ///
     /// Per flow, bytes = src_bytes + dst_bytes (IP layer) when a packet view counted the
     /// flow, else src_payload_bytes + dst_payload_bytes (kernel-only flows have no packet

@@ -162,6 +162,10 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         WriterConfig {
             metrics: Some(Arc::clone(&metrics)),
             enrich: enrich.as_ref().map(|e| e.queue.clone()),
+            units: kernel::cgroup::find_cgroup2_root().map(|root| {
+                flow::unit::UnitResolver::new(root)
+                    .with_counter(metrics.attr_unresolved_cgroups.clone())
+            }),
             ..cfg.writer()
         },
     );

@@ -19,7 +19,7 @@ use common::{sensor_bin, temp_dir};
 use rusqlite::{Connection, params, types::Value};
 
 /// The export's columns, in the order scripts rely on.
-const COLUMNS: [&str; 40] = [
+const COLUMNS: [&str; 46] = [
     "first_seen_ms",
     "last_seen_ms",
     "proto",
@@ -60,6 +60,12 @@ const COLUMNS: [&str; 40] = [
     "tunnel_src_ip",
     "tunnel_dst_ip",
     "tunnel_id",
+    "src_uid",
+    "src_unit",
+    "dst_uid",
+    "dst_unit",
+    "src_attr",
+    "dst_attr",
 ];
 
 /// The export as the test reads it straight from the database: both ends joined from
@@ -73,7 +79,8 @@ const REFERENCE_SQL: &str = "SELECT f.first_seen_ms, f.last_seen_ms, f.proto, f.
     f.src_tcp_flags, f.dst_tcp_flags, f.sources, \
     s.country, s.city, s.asn, s.as_org, s.hostname, s.threat, \
     d.country, d.city, d.asn, d.as_org, d.hostname, d.threat, \
-    f.tunnel, f.tunnel_src_ip, f.tunnel_dst_ip, f.tunnel_id \
+    f.tunnel, f.tunnel_src_ip, f.tunnel_dst_ip, f.tunnel_id, \
+    f.src_uid, f.src_unit, f.dst_uid, f.dst_unit, f.src_attr, f.dst_attr \
     FROM flows f LEFT JOIN ip_info s ON s.ip = f.src_ip LEFT JOIN ip_info d ON d.ip = f.dst_ip \
     ORDER BY f.first_seen_ms, f.id";
 
@@ -90,6 +97,9 @@ struct Flow {
     dst_payload: Option<i64>,
     src_comm: Option<String>,
     dst_comm: Option<String>,
+    /// Set after the rows are made (an UPDATE), read back with the rest.
+    src_unit: Option<String>,
+    dst_unit: Option<String>,
     src_packets: Option<i64>,
     dst_packets: Option<i64>,
     src_bytes: Option<i64>,
@@ -327,6 +337,8 @@ fn synthetic_db(name: &str) -> Db {
                     dst_payload,
                     src_comm,
                     dst_comm,
+                    src_unit: None,
+                    dst_unit: None,
                     src_packets,
                     dst_packets,
                     src_bytes,
@@ -391,7 +403,11 @@ fn synthetic_db(name: &str) -> Db {
         "UPDATE flows SET tunnel = 'vxlan', tunnel_src_ip = '192.0.2.250', \
          tunnel_dst_ip = '2001:db8::fe', tunnel_id = 4242 WHERE id % 7 = 0;
          UPDATE flows SET tunnel = 'ipip', tunnel_src_ip = '198.51.100.250', \
-         tunnel_dst_ip = '198.51.100.251' WHERE id % 7 = 3;",
+         tunnel_dst_ip = '198.51.100.251' WHERE id % 7 = 3;
+         UPDATE flows SET src_uid = 1000, src_unit = 'user@1000.service/app.scope', \
+         src_attr = 'connect' WHERE src_comm IS NOT NULL AND id % 3 = 0;
+         UPDATE flows SET dst_uid = 0, dst_unit = 'nginx.service', dst_attr = 'accept' \
+         WHERE dst_comm IS NOT NULL AND id % 3 = 1;",
     )
     .unwrap();
     tx.commit().unwrap();
@@ -412,7 +428,7 @@ fn read_back(path: &Path) -> (Vec<Flow>, HashMap<String, Info>) {
         .prepare(
             "SELECT first_seen_ms, proto, src_ip, src_port, dst_ip, dst_port, \
              src_payload_bytes, dst_payload_bytes, src_comm, dst_comm, src_packets, \
-             dst_packets, src_bytes, dst_bytes FROM flows",
+             dst_packets, src_bytes, dst_bytes, src_unit, dst_unit FROM flows",
         )
         .unwrap()
         .query_map([], |r| {
@@ -431,6 +447,8 @@ fn read_back(path: &Path) -> (Vec<Flow>, HashMap<String, Info>) {
                 dst_packets: r.get(11)?,
                 src_bytes: r.get(12)?,
                 dst_bytes: r.get(13)?,
+                src_unit: r.get(14)?,
+                dst_unit: r.get(15)?,
             })
         })
         .unwrap()
@@ -586,6 +604,18 @@ fn every_export_format_holds_the_database_rows() {
             .any(|o| o["tunnel"] == "ipip" && o["tunnel_id"].is_null())
     );
     assert!(array.iter().any(|o| o["tunnel"].is_null()));
+    // The owner columns come after the tunnel's, numbers as numbers.
+    assert!(array.iter().any(|o| o["src_uid"] == 1000
+        && o["src_unit"] == "user@1000.service/app.scope"
+        && o["src_attr"] == "connect"));
+    assert!(array.iter().any(|o| o["dst_uid"] == 0
+        && o["dst_unit"] == "nginx.service"
+        && o["dst_attr"] == "accept"));
+    assert!(
+        array
+            .iter()
+            .any(|o| o["src_unit"].is_null() && o["src_attr"].is_null())
+    );
 }
 
 /// `t` (Unix ms) in RFC 3339, by date(1).
@@ -730,6 +760,13 @@ fn each_filter_selects_exactly_the_matching_flows() {
         (
             vec!["--threat".into()],
             Box::new(|f| either(f, &|i| i.threat.is_some())),
+        ),
+        (
+            vec!["--unit".into(), "user@1000.service/app.scope".into()],
+            Box::new(|f| {
+                f.src_unit.as_deref() == Some("user@1000.service/app.scope")
+                    || f.dst_unit.as_deref() == Some("user@1000.service/app.scope")
+            }),
         ),
         (
             vec!["--process".into(), "nginx".into()],
@@ -890,6 +927,14 @@ fn group_of(db: &Db, f: &Flow, group: &str) -> String {
             };
             comm.clone().unwrap_or_else(|| "-".into())
         }
+        "unit" => {
+            let unit = if is_local(&f.src) {
+                &f.src_unit
+            } else {
+                &f.dst_unit
+            };
+            unit.clone().unwrap_or_else(|| "-".into())
+        }
         "port" => {
             let name = match f.proto {
                 1 => "icmp".to_string(),
@@ -916,11 +961,12 @@ fn expected_top(db: &Db, group: &str, keep: impl Fn(&Flow) -> bool) -> BTreeMap<
     m
 }
 
-const KEY_COLUMN: [(&str, &str); 6] = [
+const KEY_COLUMN: [(&str, &str); 7] = [
     ("remote-ip", "remote_ip"),
     ("country", "country"),
     ("asn", "asn"),
     ("process", "process"),
+    ("unit", "unit"),
     ("port", "port"),
     ("pair", "pair"),
 ];
@@ -1040,6 +1086,10 @@ fn top_equals_sums_computed_independently() {
     );
     check_top(&db, "remote-ip", "flows", &["--ip", "2001:db8::/32"], |f| {
         in_net(&f.src, "2001:db8::", 32) || in_net(&f.dst, "2001:db8::", 32)
+    });
+    check_top(&db, "unit", "flows", &["--unit", "nginx.service"], |f| {
+        f.src_unit.as_deref() == Some("nginx.service")
+            || f.dst_unit.as_deref() == Some("nginx.service")
     });
     check_top(&db, "process", "packets", &["--country", "US"], |f| {
         [&f.src, &f.dst].iter().any(|ip| {

@@ -7,7 +7,7 @@ use super::{Cell, RowWriter};
 /// The export's columns, in order. Scripts rely on the names and the order; new columns go
 /// at the end. The first [`FLOW_HEAD`] come from `flows`, the next 12 from `ip_info`, the
 /// last [`FLOW_TAIL`] from `flows` again ([`FLOW_SQL`] reads both parts from `flows`).
-pub const COLUMNS: [&str; 40] = [
+pub const COLUMNS: [&str; 46] = [
     "first_seen_ms",
     "last_seen_ms",
     "proto",
@@ -50,12 +50,19 @@ pub const COLUMNS: [&str; 40] = [
     "tunnel_src_ip",
     "tunnel_dst_ip",
     "tunnel_id",
+    // Each local end's uid, unit and how its owner was found (schema v6).
+    "src_uid",
+    "src_unit",
+    "dst_uid",
+    "dst_unit",
+    "src_attr",
+    "dst_attr",
 ];
 
 /// How many columns at the start of [`COLUMNS`] come from `flows`.
 pub const FLOW_HEAD: usize = 24;
 /// How many columns at the end of [`COLUMNS`] come from `flows`.
-pub const FLOW_TAIL: usize = 4;
+pub const FLOW_TAIL: usize = 10;
 /// Where the tail's columns start among [`COLUMNS`].
 pub const TAIL_AT: usize = COLUMNS.len() - FLOW_TAIL;
 

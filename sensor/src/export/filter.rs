@@ -1,5 +1,5 @@
 //! The flow filters `export` and `top` share. What SQLite can answer from the row (time,
-//! port, protocol, process) becomes bound-parameter SQL, the time range on the indexed
+//! port, protocol, process, unit) becomes bound-parameter SQL, the time range on the indexed
 //! `first_seen_ms`; what needs parsing or `ip_info` (address and network, country, ASN,
 //! threat lists) is checked in Rust on the rows read, against the preloaded `ip_info`.
 use std::{collections::HashMap, net::IpAddr};
@@ -28,6 +28,8 @@ pub enum ValueError {
     Asn,
     #[error("expected a process name")]
     Process,
+    #[error("expected a unit name (nginx.service) or a cgroup path (/mytest/client)")]
+    Unit,
 }
 
 /// Filters that parse one by one but make no sense together.
@@ -112,6 +114,16 @@ pub fn parse_process(s: &str) -> Result<String, ValueError> {
     Ok(s[..end].to_string())
 }
 
+/// A unit as stored: a systemd unit (`nginx.service`, `user@1000.service/app.scope`) or a
+/// cgroup path; matched exactly, as the comm is.
+pub fn parse_unit(s: &str) -> Result<String, ValueError> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(ValueError::Unit);
+    }
+    Ok(s.to_string())
+}
+
 /// Which flows to read. Each filter matches either end of a flow; filters combine with AND.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Filter {
@@ -142,6 +154,10 @@ pub struct Filter {
     /// Only flows with this process name (comm) at either end.
     #[arg(long, value_name = "COMM", value_parser = parse_process)]
     pub process: Option<String>,
+    /// Only flows with this unit at either end: the systemd unit (nginx.service,
+    /// user@1000.service/app.scope) or, where there is none, the cgroup path.
+    #[arg(long, value_name = "UNIT", value_parser = parse_unit)]
+    pub unit: Option<String>,
     /// Only flows with either end on a threat list (ip_info.threat set).
     #[arg(long)]
     pub threat: bool,
@@ -196,6 +212,10 @@ impl Filter {
         if let Some(c) = &self.process {
             sql.push_str(" AND (src_comm = ? OR dst_comm = ?)");
             params.extend([Value::Text(c.clone()), Value::Text(c.clone())]);
+        }
+        if let Some(u) = &self.unit {
+            sql.push_str(" AND (src_unit = ? OR dst_unit = ?)");
+            params.extend([Value::Text(u.clone()), Value::Text(u.clone())]);
         }
         (sql, params)
     }
@@ -343,6 +363,9 @@ mod tests {
             "systemd-resolve"
         );
         assert_eq!(parse_process("nginx").unwrap(), "nginx");
+        assert_eq!(parse_unit(" nginx.service ").unwrap(), "nginx.service");
+        assert_eq!(parse_unit("/mytest/client").unwrap(), "/mytest/client");
+        assert!(parse_unit(" ").is_err());
         assert_eq!(
             parse_net("10.1.2.3/8").unwrap(),
             "10.0.0.0/8".parse::<IpNet>().unwrap()

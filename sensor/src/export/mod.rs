@@ -110,14 +110,36 @@ pub fn export(
     }
 }
 
-/// The SELECT of every export column from `flows`, filtered, in index order.
-fn export_sql(filter: &Filter) -> (String, Vec<rusqlite::types::Value>) {
+/// The SELECT of every export column from `flows`, filtered, in index order. A column
+/// `flows` does not have (`present` says no) is read as NULL: a database of an older schema
+/// (one a sensor not yet restarted after an upgrade still writes, or a copy opened
+/// read-only) exports with its newer columns empty.
+fn export_sql(
+    filter: &Filter,
+    present: impl Fn(&str) -> bool,
+) -> (String, Vec<rusqlite::types::Value>) {
     let (conds, params) = filter.sql(filter::TimeAccess::Index);
+    let cols: Vec<&str> = csv::FLOW_SQL
+        .iter()
+        .map(|&c| {
+            let plain = c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+            if plain && !present(c) { "NULL" } else { c }
+        })
+        .collect();
     let sql = format!(
         "SELECT {} FROM flows WHERE 1{conds} ORDER BY first_seen_ms, id",
-        csv::FLOW_SQL.join(", ")
+        cols.join(", ")
     );
     (sql, params)
+}
+
+/// The names of the columns `flows` has.
+fn flow_columns(
+    conn: &rusqlite::Connection,
+) -> rusqlite::Result<std::collections::HashSet<String>> {
+    conn.prepare("SELECT name FROM pragma_table_info('flows')")?
+        .query_map([], |r| r.get(0))?
+        .collect()
 }
 
 /// Rows go from the thread reading SQLite to the thread writing output in batches of this
@@ -193,7 +215,8 @@ fn read_batches(
     empty: std::sync::mpsc::Receiver<Batch>,
 ) -> Result<(), ExportError> {
     let query_err = ExportError::query(db);
-    let (sql, params) = export_sql(filter);
+    let present = flow_columns(&conn).map_err(&query_err)?;
+    let (sql, params) = export_sql(filter, |c| present.contains(c));
     let mut stmt = conn.prepare(&sql).map_err(&query_err)?;
     let mut rows = stmt
         .query(rusqlite::params_from_iter(params))
@@ -340,7 +363,7 @@ mod tests {
             },
         ];
         for f in &filters {
-            let (sql, params) = export_sql(f);
+            let (sql, params) = export_sql(f, |_| true);
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let plan: Vec<String> = stmt
                 .query_map(rusqlite::params_from_iter(params), |r| r.get(3))
@@ -352,6 +375,54 @@ mod tests {
             assert!(!plan.contains("TEMP B-TREE"), "{f:?}: {plan}");
         }
         drop(conn);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A database of schema v5 (before the owner columns), opened read-only and not
+    /// upgraded, exports every column: those it lacks empty.
+    #[test]
+    fn an_older_schema_exports_with_its_newer_columns_empty() {
+        let dir = std::env::temp_dir().join(format!("sensor-export-v5-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("flows.db");
+        {
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.execute_batch("PRAGMA journal_mode = WAL").unwrap();
+            let conn = crate::store::open_for_writing(&db).unwrap();
+            conn.execute(
+                "INSERT INTO flows (first_seen_ms, last_seen_ms, proto, src_ip, src_port, \
+                 dst_ip, dst_port, src_comm, end_reason, sources, src_unit) \
+                 VALUES (1, 2, 6, '127.0.0.1', 1000, '192.0.2.1', 80, 'curl', 'fin', \
+                 'kernel', 'x.service')",
+                [],
+            )
+            .unwrap();
+            drop(conn);
+            // Back to v5: the owner columns go, as if never added.
+            for col in [
+                "src_uid", "src_unit", "dst_uid", "dst_unit", "src_attr", "dst_attr",
+            ] {
+                c.execute_batch(&format!("ALTER TABLE flows DROP COLUMN {col}"))
+                    .unwrap();
+            }
+            c.pragma_update(None, "user_version", 5).unwrap();
+        }
+        let mut out = Vec::new();
+        let n = export(&db, &Filter::default(), Format::Ndjson, &mut out).unwrap();
+        assert_eq!(n, 1);
+        let row: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(row["src_comm"], "curl");
+        assert!(
+            row["src_unit"].is_null() && row["dst_attr"].is_null(),
+            "{row}"
+        );
+        assert_eq!(row.as_object().unwrap().len(), csv::COLUMNS.len());
+        let v: i64 = rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 5, "export does not upgrade");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -53,6 +53,8 @@ pub enum Group {
     Asn,
     /// The local end's process name (comm; "-" when unknown).
     Process,
+    /// The local end's unit: its systemd unit, else its cgroup path ("-" when unknown).
+    Unit,
     /// The destination port with the protocol, e.g. tcp/443.
     Port,
     /// Source and destination as stored: "src_ip → dst_ip".
@@ -281,6 +283,7 @@ fn only_time(filter: &Filter) -> bool {
         country,
         asn,
         process,
+        unit,
         threat,
     } = filter;
     ip.is_none()
@@ -289,6 +292,7 @@ fn only_time(filter: &Filter) -> bool {
         && country.is_none()
         && asn.is_none()
         && process.is_none()
+        && unit.is_none()
         && !threat
 }
 
@@ -431,6 +435,7 @@ impl Scan<'_> {
         match self.group {
             Group::Port => cols.extend(["proto", "dst_port"]),
             Group::Process => cols.extend(["src_comm", "dst_comm"]),
+            Group::Unit => cols.extend(["src_unit", "dst_unit"]),
             _ => {}
         }
         cols.join(", ")
@@ -503,6 +508,18 @@ impl Scan<'_> {
                 self.each_row(&mut rows, |row, src, _, t| {
                     let comm = row.get_ref(if local.is_local(src) { 4 } else { 5 })?;
                     sums.add(text(comm).unwrap_or(b"-"), None, t);
+                    Ok(())
+                })
+                .map_err(&query_err)?;
+                sums.into_sums()
+            }
+            // As the process, with the local end's unit; most unit names fit inline, a
+            // container's cgroup path may not.
+            Group::Unit => {
+                let mut sums = InlineSums::<63>::new();
+                self.each_row(&mut rows, |row, src, _, t| {
+                    let unit = row.get_ref(if local.is_local(src) { 4 } else { 5 })?;
+                    sums.add(text(unit).unwrap_or(b"-"), None, t);
                     Ok(())
                 })
                 .map_err(&query_err)?;
@@ -638,7 +655,7 @@ fn text(v: ValueRef<'_>) -> Option<&[u8]> {
 fn group_key(group: Group, key: &[u8], info: &InfoMap) -> GroupKey {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     match group {
-        Group::RemoteIp | Group::Process => GroupKey::Text(text(key)),
+        Group::RemoteIp | Group::Process | Group::Unit => GroupKey::Text(text(key)),
         Group::Country => GroupKey::Text(
             info.get(key)
                 .and_then(|i| i.country.as_deref())
@@ -790,6 +807,7 @@ fn key_columns(group: Group) -> &'static [&'static str] {
         Group::Country => &["country"],
         Group::Asn => &["asn", "as_org"],
         Group::Process => &["process"],
+        Group::Unit => &["unit"],
         Group::Port => &["port"],
         Group::Pair => &["pair"],
     }
@@ -1007,6 +1025,137 @@ mod tests {
         assert_eq!(share(2, 3), 66.67);
         assert_eq!(share(5, 0), 0.0);
         assert_eq!(share(7, 7), 100.0);
+    }
+
+    /// A database of flows between 127.0.0.1 (local) and 192.0.2.x (remote), each local
+    /// end with the unit given, the remote end with none (the local end initiates when
+    /// `out`); one flow per entry, of `bytes` payload bytes.
+    fn unit_db(name: &str, flows: &[(Option<&str>, bool, i64)]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("sensor-top-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = dir.join("flows.db");
+        let conn = crate::store::open_for_writing(&db).unwrap();
+        for (i, (unit, out, bytes)) in flows.iter().enumerate() {
+            let (local, remote) = ("127.0.0.1", format!("192.0.2.{}", i + 1));
+            let (src, dst) = if *out {
+                (local, remote.as_str())
+            } else {
+                (remote.as_str(), local)
+            };
+            let (src_unit, dst_unit) = if *out { (*unit, None) } else { (None, *unit) };
+            // The remote end's unit column holds a decoy: it must never be counted.
+            let decoy = Some("remote.service");
+            conn.execute(
+                "INSERT INTO flows (first_seen_ms, last_seen_ms, proto, src_ip, src_port, \
+                 dst_ip, dst_port, src_payload_bytes, end_reason, sources, src_unit, \
+                 dst_unit) VALUES (?1, ?1, 6, ?2, 40000, ?3, 443, ?4, 'fin', 'kernel', ?5, ?6)",
+                rusqlite::params![
+                    1_000 + i as i64,
+                    src,
+                    dst,
+                    bytes,
+                    src_unit.or(if *out { None } else { decoy }),
+                    dst_unit.or(if *out { decoy } else { None }),
+                ],
+            )
+            .unwrap();
+        }
+        db
+    }
+
+    #[test]
+    fn units_group_by_the_local_end_and_filter_either_end() {
+        let db = unit_db(
+            "unit",
+            &[
+                (Some("nginx.service"), false, 100),
+                (Some("nginx.service"), false, 50),
+                (Some("user@1000.service/app.scope"), true, 120),
+                (Some("/mytest/client"), true, 10),
+                (None, true, 5),
+            ],
+        );
+        let local = LocalAddrs::from_addrs([]);
+        let key = |s: &str| GroupKey::Text(s.into());
+        let (r, _) = rank(
+            &db,
+            Group::Unit,
+            By::Bytes,
+            &Filter::default(),
+            &local,
+            true,
+        )
+        .unwrap();
+        let got: Vec<(GroupKey, u64, u64)> = r
+            .rows
+            .iter()
+            .map(|(k, t)| (k.clone(), t.flows, t.bytes))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (key("nginx.service"), 2, 150),
+                (key("user@1000.service/app.scope"), 1, 120),
+                (key("/mytest/client"), 1, 10),
+                (key("-"), 1, 5),
+            ]
+        );
+        assert_eq!(r.total.flows, 5);
+        // --unit matches either end, the remote's decoy included.
+        let only = |u: &str| Filter {
+            unit: Some(u.into()),
+            ..Filter::default()
+        };
+        let (r, _) = rank(
+            &db,
+            Group::Unit,
+            By::Flows,
+            &only("nginx.service"),
+            &local,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            r.rows,
+            [(
+                key("nginx.service"),
+                Totals {
+                    flows: 2,
+                    packets: 0,
+                    bytes: 150
+                }
+            )]
+        );
+        let (r, _) = rank(
+            &db,
+            Group::Unit,
+            By::Flows,
+            &only("remote.service"),
+            &local,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            r.total.flows, 5,
+            "every flow has the decoy at its remote end"
+        );
+        assert!(r.rows.iter().all(|(k, _)| *k != key("remote.service")));
+        let (r, _) = rank(
+            &db,
+            Group::RemoteIp,
+            By::Flows,
+            &only("/mytest/client"),
+            &local,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            r.rows.len(),
+            1,
+            "a unit filter is no time-only filter: no rollup"
+        );
+        assert_eq!(r.rows[0].0, key("192.0.2.4"));
+        let _ = std::fs::remove_dir_all(db.parent().unwrap());
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod packets;
 pub mod record;
 pub mod table;
 pub mod tcp;
+pub mod unit;
 
 pub use clock::BootClock;
 pub use listeners::Listeners;

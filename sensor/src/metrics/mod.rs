@@ -79,6 +79,9 @@ pub struct Metrics {
     pub flow_amendments: IntCounter,
     pub merge_amendments: IntCounterVec,
     pub store_amendments: IntCounterVec,
+    /// Process attribution: flow ends whose cgroup id named no cgroup, even after the
+    /// cgroup tree was read again (the cgroup was gone before its flow was written).
+    pub attr_unresolved_cgroups: IntCounter,
     /// Store.
     pub store_rows: IntCounter,
     pub store_batches: IntCounter,
@@ -417,6 +420,11 @@ impl Metrics {
                 "sensor_enrich_reloads_total",
                 "Reloads of changed MaxMind databases and threat lists.",
                 &["source", "result"],
+            ),
+            attr_unresolved_cgroups: counter(
+                "sensor_attr_unresolved_cgroups_total",
+                "Flow ends whose cgroup id matched no cgroup in the cgroup2 tree, read again \
+                 at most once a second: their unit is left empty.",
             ),
             enrich_source_errors: counter_vec(
                 "sensor_enrich_source_errors_total",

@@ -104,6 +104,19 @@ ALTER TABLE flows ADD COLUMN tunnel_dst_ip TEXT;
 ALTER TABLE flows ADD COLUMN tunnel_id     INTEGER;
 ";
 
+/// Version 6: each local end's uid, its unit (the systemd unit, else the cgroup path; see
+/// [`crate::flow::unit`]) and how its owner was found (`connect`, `accept`, `listener`,
+/// `proc-scan`, `send`, `recv`). NULL where the end has no owner or the field is unknown.
+/// The rollup keeps no owner columns, so only `flows` changes.
+const V6: &str = "
+ALTER TABLE flows ADD COLUMN src_uid  INTEGER;
+ALTER TABLE flows ADD COLUMN src_unit TEXT;
+ALTER TABLE flows ADD COLUMN dst_uid  INTEGER;
+ALTER TABLE flows ADD COLUMN dst_unit TEXT;
+ALTER TABLE flows ADD COLUMN src_attr TEXT;
+ALTER TABLE flows ADD COLUMN dst_attr TEXT;
+";
+
 /// Each step takes the schema from its index (plus one) to the next version.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("creating schema v1", V1),
@@ -111,6 +124,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("upgrading to schema v3", V3),
     ("upgrading to schema v4", V4),
     ("upgrading to schema v5", V5),
+    ("upgrading to schema v6", V6),
 ];
 
 /// The database's schema version; an error when it is newer than this build knows, or
@@ -217,7 +231,93 @@ mod tests {
             .query_row("SELECT count(*) FROM ip_info", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 0);
+        assert_eq!(owner_columns(&conn), [None, None, None, None, None, None]);
         // Opening again changes nothing.
+        drop(conn);
+        crate::store::open_for_writing(&path).unwrap();
+    }
+
+    /// The owner columns of schema v6 of the one flow in `conn`.
+    fn owner_columns(conn: &Connection) -> [Option<String>; 6] {
+        conn.query_row(
+            "SELECT CAST(src_uid AS TEXT), src_unit, CAST(dst_uid AS TEXT), dst_unit, \
+             src_attr, dst_attr FROM flows",
+            [],
+            |r| {
+                Ok([
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ])
+            },
+        )
+        .unwrap()
+    }
+
+    /// A database of the last release before owners had uids and units (schema v5, with a
+    /// flow that has processes) is upgraded in place: the row stays, its new columns NULL,
+    /// and new rows can fill them.
+    #[test]
+    fn a_version_5_database_gains_the_owner_columns_in_place() {
+        let path = temp("v5");
+        {
+            let mut c = Connection::open(&path).unwrap();
+            let tx = c.transaction().unwrap();
+            for (_, sql) in &MIGRATIONS[..5] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 5).unwrap();
+            tx.commit().unwrap();
+            c.execute(
+                "INSERT INTO flows (first_seen_ms, last_seen_ms, proto, src_ip, src_port,
+                 dst_ip, dst_port, src_pid, src_comm, dst_pid, dst_comm, end_reason, sources,
+                 tunnel)
+                 VALUES (1, 2, 6, '10.0.0.1', 1000, '10.0.0.2', 80, 7, 'curl', 8, 'nginx',
+                 'fin', 'kernel', NULL)",
+                [],
+            )
+            .unwrap();
+            let cols: i64 = c
+                .query_row(
+                    "SELECT count(*) FROM pragma_table_info('flows') WHERE name = 'src_unit'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(cols, 0, "v5 has no unit column");
+        }
+        let conn = crate::store::open_for_writing(&path).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let comms: (String, String) = conn
+            .query_row("SELECT src_comm, dst_comm FROM flows", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(comms, ("curl".into(), "nginx".into()));
+        assert_eq!(owner_columns(&conn), [None, None, None, None, None, None]);
+        conn.execute(
+            "UPDATE flows SET src_uid = 1000, src_unit = 'user@1000.service/app.scope', \
+             src_attr = 'connect', dst_attr = 'accept'",
+            [],
+        )
+        .unwrap();
+        assert_eq!(
+            owner_columns(&conn),
+            [
+                Some("1000".into()),
+                Some("user@1000.service/app.scope".into()),
+                None,
+                None,
+                Some("connect".into()),
+                Some("accept".into()),
+            ]
+        );
         drop(conn);
         crate::store::open_for_writing(&path).unwrap();
     }

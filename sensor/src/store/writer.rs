@@ -140,6 +140,11 @@ pub struct WriterConfig {
     /// How long (in the flows' own time) a closed TCP connection's row may still be amended
     /// with late packets ([`super::amend`]): the packet table's `close_linger` and a margin.
     pub amend_window: Duration,
+    /// Names each owner's unit from its cgroup id as its flow is taken off the queue: every
+    /// finished record passes here, merged or not, and on this thread a walk of the cgroup
+    /// tree delays no capture or ring-buffer reading (`sensor run`; None for replay, whose
+    /// records have no cgroup ids).
+    pub units: Option<crate::flow::unit::UnitResolver>,
 }
 
 impl WriterConfig {
@@ -158,6 +163,7 @@ impl WriterConfig {
             rollup_every: Duration::from_secs(10),
             amend_window: Duration::from_secs(7),
             live: false,
+            units: None,
         }
     }
 }
@@ -251,9 +257,10 @@ impl WriterHandle {
 pub const INSERT: &str = "INSERT INTO flows (first_seen_ms, last_seen_ms, proto, src_ip, src_port,
     dst_ip, dst_port, src_payload_bytes, dst_payload_bytes, src_pid, src_comm, dst_pid,
     dst_comm, srtt_us, retransmits, end_reason, sources, src_packets, dst_packets, src_bytes,
-    dst_bytes, src_tcp_flags, dst_tcp_flags, tunnel, tunnel_src_ip, tunnel_dst_ip, tunnel_id)
+    dst_bytes, src_tcp_flags, dst_tcp_flags, tunnel, tunnel_src_ip, tunnel_dst_ip, tunnel_id,
+    src_uid, src_unit, dst_uid, dst_unit, src_attr, dst_attr)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-    ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)";
+    ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)";
 
 impl Writer {
     /// Starts the thread on an open connection (see [`super::open_for_writing`]).
@@ -375,9 +382,10 @@ fn run(
     path: PathBuf,
     rx: mpsc::Receiver<Row>,
     gate: &Gate,
-    cfg: WriterConfig,
+    mut cfg: WriterConfig,
     stats: &StoreStats,
 ) {
+    let mut units = cfg.units.take();
     let mut st = State {
         conn,
         path,
@@ -405,12 +413,18 @@ fn run(
             timeout = timeout.min(st.next_rollup.saturating_duration_since(Instant::now()));
         }
         let mut take = |row: Row, held: &mut std::collections::VecDeque<FlowRecord>| match row {
-            Row::Flow(f) => {
-                held.push_back(f);
+            Row::Flow(mut f) => {
                 gate.taken(1);
+                if let Some(u) = units.as_mut() {
+                    u.fill_units(&mut f);
+                }
+                held.push_back(f);
             }
-            Row::Flows(fs) => {
+            Row::Flows(mut fs) => {
                 gate.taken(fs.len());
+                if let Some(u) = units.as_mut() {
+                    fs.iter_mut().for_each(|f| u.fill_units(f));
+                }
                 held.extend(fs);
             }
             Row::Ip(more) => infos.extend(more),
@@ -736,6 +750,7 @@ fn insert_batch<'a>(
             }
             done.rows += 1;
             let t = f.tunnel.as_ref();
+            let (so, d_o) = (f.src_owner.as_ref(), f.dst_owner.as_ref());
             stmt.execute(params![
                 f.first_seen_ms,
                 f.last_seen_ms,
@@ -746,10 +761,10 @@ fn insert_batch<'a>(
                 f.dst.port(),
                 f.src_payload_bytes.map(|b| b as i64),
                 f.dst_payload_bytes.map(|b| b as i64),
-                f.src_owner.as_ref().map(|o| o.pid),
-                f.src_owner.as_ref().map(|o| o.comm.as_str()),
-                f.dst_owner.as_ref().map(|o| o.pid),
-                f.dst_owner.as_ref().map(|o| o.comm.as_str()),
+                so.map(|o| o.pid),
+                so.map(|o| o.comm.as_str()),
+                d_o.map(|o| o.pid),
+                d_o.map(|o| o.comm.as_str()),
                 f.srtt_us,
                 f.retransmits,
                 f.end_reason.as_str(),
@@ -764,6 +779,12 @@ fn insert_batch<'a>(
                 t.map(|t| tsrc.format(t.src)),
                 t.map(|t| tdst.format(t.dst)),
                 t.and_then(|t| t.id),
+                so.and_then(|o| o.uid),
+                so.and_then(|o| o.unit.as_deref()),
+                d_o.and_then(|o| o.uid),
+                d_o.and_then(|o| o.unit.as_deref()),
+                so.map(|o| o.attr.as_str()),
+                d_o.map(|o| o.attr.as_str()),
             ])?;
             if let Some(r) = amend::remembered(f, tx.last_insert_rowid()) {
                 amendable.remember([r]);
@@ -997,6 +1018,135 @@ mod tests {
         assert_eq!(load(&stats.ip_rows_written), 1);
         w.finish();
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Each end's uid, unit and attribution land in their columns; an end without an owner
+    /// is NULL in all three, an owner without a uid or unit NULL in that column only.
+    #[test]
+    fn owners_uid_unit_and_attribution_are_written_per_end() {
+        let dir = std::env::temp_dir().join(format!("sensor-writer-owner-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("f.db");
+        let conn = super::super::open_for_writing(&path).unwrap();
+        let w = Writer::spawn(
+            conn,
+            path.clone(),
+            WriterConfig::new(100, Duration::from_secs(60), 10_000),
+        );
+        let mut full = flow(1);
+        full.src_owner = Some(Owner {
+            pid: 10,
+            comm: "curl".into(),
+            uid: Some(1000),
+            cgroup_id: Some(77),
+            unit: Some("user@1000.service/app.scope".into()),
+            attr: crate::flow::record::Attr::Connect,
+        });
+        full.dst_owner = Some(Owner {
+            pid: 11,
+            comm: "nginx".into(),
+            attr: crate::flow::record::Attr::Listener,
+            ..Default::default()
+        });
+        let mut none = flow(2);
+        none.src_owner = None;
+        w.try_send(full);
+        w.try_send(none);
+        w.finish();
+        let conn = super::super::open_for_reading(&path).unwrap();
+        type Cols = (
+            Option<i64>,
+            Option<String>,
+            Option<i64>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<Cols> = conn
+            .prepare(
+                "SELECT src_uid, src_unit, dst_uid, dst_unit, src_attr, dst_attr \
+                 FROM flows ORDER BY src_port",
+            )
+            .unwrap()
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (
+                    Some(1000),
+                    Some("user@1000.service/app.scope".into()),
+                    None,
+                    None,
+                    Some("connect".into()),
+                    Some("listener".into()),
+                ),
+                (None, None, None, None, None, None),
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// With a resolver, each owner's cgroup id becomes its unit on the way in, for single
+    /// flows and chunks alike; an unknown id leaves the unit NULL.
+    #[test]
+    fn the_writer_names_units_from_cgroup_ids() {
+        let dir = std::env::temp_dir().join(format!("sensor-writer-units-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // A directory tree stands in for the cgroup2 mount.
+        let cgroups = dir.join("cgroup");
+        let nginx = cgroups.join("system.slice/nginx.service");
+        std::fs::create_dir_all(&nginx).unwrap();
+        let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&nginx).unwrap());
+        let path = dir.join("f.db");
+        let conn = super::super::open_for_writing(&path).unwrap();
+        let w = Writer::spawn(
+            conn,
+            path.clone(),
+            WriterConfig {
+                units: Some(crate::flow::unit::UnitResolver::new(cgroups)),
+                ..WriterConfig::new(100, Duration::from_secs(60), 10_000)
+            },
+        );
+        let with_id = |i: u16, cgroup_id: u64| {
+            let mut f = flow(i);
+            f.dst_owner = Some(Owner {
+                pid: 2,
+                comm: "nginx".into(),
+                cgroup_id: Some(cgroup_id),
+                ..Default::default()
+            });
+            f
+        };
+        w.try_send(with_id(1, id));
+        w.send_many_blocking(vec![with_id(2, id), with_id(3, u64::MAX)]);
+        w.finish();
+        let conn = super::super::open_for_reading(&path).unwrap();
+        let units: Vec<(Option<String>, Option<String>)> = conn
+            .prepare("SELECT src_unit, dst_unit FROM flows ORDER BY src_port")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let nginx = Some("nginx.service".to_string());
+        assert_eq!(
+            units,
+            [(None, nginx.clone()), (None, nginx), (None, None)],
+            "the source owner has no cgroup id, the last id is unknown"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
