@@ -815,7 +815,9 @@ fn dgram(ctx: &SkBuffContext, out: bool) -> Option<()> {
     };
     // SAFETY: valid context for bpf_get_socket_cookie (0 without a socket).
     let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
-    let owner = DGRAM_OWNERS.get_ptr(cookie)?;
+    // A socket older than the hooks has no maker here: reported with pid 0, for the agent
+    // to name from its /proc scan.
+    let owner = DGRAM_OWNERS.get_ptr(cookie);
     key.cookie = cookie;
     if out {
         (key.local, key.remote, key.local_port, key.remote_port) = (src, dst, sport, dport);
@@ -831,8 +833,16 @@ fn dgram(ctx: &SkBuffContext, out: bool) -> Option<()> {
         }
     }
     let _ = DGRAM_SEEN.insert(&key, now, 0);
-    // SAFETY: a value of DGRAM_OWNERS, copied at once.
-    let owner = unsafe { *owner };
+    let owner = match owner {
+        // SAFETY: a value of DGRAM_OWNERS, copied at once.
+        Some(o) => unsafe { *o },
+        None => TaskOwner {
+            cgroup_id: 0,
+            pid: 0,
+            uid: 0,
+            comm: [0; 16],
+        },
+    };
     emit(|ev| {
         ev.ts_ns = now;
         ev.sock_id = cookie;

@@ -153,7 +153,9 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     tracing::debug!(found, "listeners from /proc");
     let mut tracker = TcpTracker::new(BootClock::now(), listeners).with_limit(cfg.max_flows);
     // Owners of datagram sockets from the kernel, for the packet view's UDP/ICMP flows.
-    let dgram = Arc::new(Mutex::new(DgramOwners::default()));
+    let dgram = Arc::new(Mutex::new(DgramOwners::with_bound(
+        tracker.listeners_mut().take_datagram_owners(),
+    )));
     tracker.set_host_addrs(flow::local::host_addrs());
 
     let writer = Writer::spawn(

@@ -11,7 +11,7 @@
 //! not a process, answers it.
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -55,6 +55,9 @@ pub struct DgramStats {
 #[derive(Debug, Default)]
 pub struct DgramOwners {
     ends: HashMap<(u8, SocketAddr, SocketAddr), End>,
+    /// UDP sockets bound before the hooks (from /proc), by local address and port: the
+    /// owners of the reports the kernel sends with pid 0.
+    bound: HashMap<(IpAddr, u16), Owner>,
     stats: DgramStats,
 }
 
@@ -67,6 +70,31 @@ fn portless(proto: u8, a: SocketAddr) -> SocketAddr {
 }
 
 impl DgramOwners {
+    /// With the UDP sockets bound before the hooks, from a /proc scan
+    /// ([`super::Listeners::take_datagram_owners`]).
+    pub fn with_bound(bound: HashMap<(IpAddr, u16), Owner>) -> Self {
+        Self {
+            bound,
+            ..Self::default()
+        }
+    }
+
+    /// The scanned owner of the UDP socket bound at `local`: an exact bind, else a
+    /// wildcard one (IPv4 also on a dual-stack `[::]`).
+    fn bound_owner(&self, local: SocketAddr) -> Option<Owner> {
+        let port = local.port();
+        let any4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let any6 = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        let candidates: &[IpAddr] = match local.ip() {
+            ip @ IpAddr::V4(_) => &[ip, any4, any6],
+            ip @ IpAddr::V6(_) => &[ip, any6],
+        };
+        candidates
+            .iter()
+            .find_map(|a| self.bound.get(&(*a, port)))
+            .cloned()
+    }
+
     pub fn stats(&self) -> DgramStats {
         self.stats
     }
@@ -81,6 +109,19 @@ impl DgramOwners {
         let local = portless(proto, addr(ev.family, &ev.local_addr, ev.local_port));
         let remote = portless(proto, addr(ev.family, &ev.remote_addr, ev.remote_port));
         let key = (proto, local, remote);
+        let found = if ev.pid != 0 {
+            let attr = if ev.flags & flags::SEND != 0 {
+                Attr::Send
+            } else {
+                Attr::Recv
+            };
+            Owner::from_event(ev, attr)
+        } else if let Some(o) = self.bound_owner(local) {
+            o
+        } else {
+            // Made before the hooks and not bound at the scan: unknown.
+            return;
+        };
         if !self.ends.contains_key(&key) && self.ends.len() >= MAX_ENDS {
             self.expire(now);
             if self.ends.len() >= MAX_ENDS {
@@ -91,9 +132,9 @@ impl DgramOwners {
         let end = self.ends.entry(key).or_default();
         end.seen = Some(now);
         if ev.flags & flags::SEND != 0 {
-            end.send = Some(Owner::from_event(ev, Attr::Send));
+            end.send = Some(found);
         } else {
-            end.recv = Some(Owner::from_event(ev, Attr::Recv));
+            end.recv = Some(found);
         }
     }
 
@@ -190,6 +231,28 @@ mod tests {
         o.fill(&mut g);
         assert!(g.src_owner.is_none() && g.dst_owner.is_none());
         assert_eq!(o.stats().unnamed, 1);
+    }
+
+    #[test]
+    fn sockets_older_than_the_hooks_are_named_from_the_scan() {
+        let server = Owner {
+            pid: 5,
+            comm: "dnsmasq".into(),
+            attr: Attr::ProcScan,
+            ..Default::default()
+        };
+        let bound = HashMap::from([((IpAddr::V4(Ipv4Addr::UNSPECIFIED), 53), server.clone())]);
+        let mut o = DgramOwners::with_bound(bound);
+        let now = Instant::now();
+        let (c, s) = (sa(1, 40000), sa(1, 53));
+        o.on_event(&report(17, c, s, true, 10), now);
+        o.on_event(&report(17, s, c, false, 0), now);
+        // An unknown socket of pid 0 names nothing.
+        o.on_event(&report(17, sa(1, 9), c, false, 0), now);
+        assert_eq!(o.len(), 2);
+        let mut f = flow(17, c, s);
+        o.fill(&mut f);
+        assert_eq!(f.dst_owner, Some(server));
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct Listeners {
     by_addr: HashMap<(IpAddr, u16), Owner>,
     /// (local, remote) of connections open at the scan, to their owner.
     connections: HashMap<(SocketAddr, SocketAddr), Owner>,
+    /// Bound UDP sockets at the scan (local address and port) to their owner.
+    datagram: HashMap<(IpAddr, u16), Owner>,
 }
 
 impl Listeners {
@@ -52,6 +54,11 @@ impl Listeners {
 
     /// The owner of a connection that was open when /proc was scanned; forgotten once asked,
     /// since the connection is closing.
+    /// The owners of the UDP sockets bound at the scan, for the datagram table.
+    pub fn take_datagram_owners(&mut self) -> HashMap<(IpAddr, u16), Owner> {
+        std::mem::take(&mut self.datagram)
+    }
+
     pub fn take_connection_owner(
         &mut self,
         local: SocketAddr,
@@ -67,6 +74,21 @@ impl Listeners {
         for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
             if let Ok(text) = fs::read_to_string(file) {
                 for row in parse_proc_net(&text, v6) {
+                    inodes.insert(row.inode, row);
+                }
+            }
+        }
+        // Bound datagram sockets (UDP, UDP-Lite): made before the hooks, so the kernel
+        // does not know who made them.
+        for (file, v6) in [
+            ("/proc/net/udp", false),
+            ("/proc/net/udp6", true),
+            ("/proc/net/udplite", false),
+            ("/proc/net/udplite6", true),
+        ] {
+            if let Ok(text) = fs::read_to_string(file) {
+                for mut row in parse_proc_net_any(&text, v6) {
+                    row.datagram = true;
                     inodes.insert(row.inode, row);
                 }
             }
@@ -110,7 +132,11 @@ impl Listeners {
                         attr: Attr::ProcScan,
                         ..Default::default()
                     };
-                    if row.listening {
+                    if row.datagram {
+                        self.datagram
+                            .entry((row.local.ip(), row.local.port()))
+                            .or_insert(owner);
+                    } else if row.listening {
                         self.insert_if_absent(row.local.ip(), row.local.port(), owner);
                         found += 1;
                     } else {
@@ -137,11 +163,21 @@ struct ProcSock {
     local: SocketAddr,
     remote: SocketAddr,
     listening: bool,
+    /// A UDP socket (from `/proc/net/udp*`), bound to `local`.
+    datagram: bool,
 }
 
 /// Parses `/proc/net/tcp` or `tcp6`: listeners, and connections with a peer. IPv4-mapped
 /// addresses become IPv4, as in the flows.
 fn parse_proc_net(text: &str, v6: bool) -> Vec<ProcSock> {
+    parse_proc_net_any(text, v6)
+        .into_iter()
+        .filter(|r| r.listening || r.remote.port() != 0)
+        .collect()
+}
+
+/// Every socket row of a `/proc/net/{tcp,udp}{,6}` file that a process owns.
+fn parse_proc_net_any(text: &str, v6: bool) -> Vec<ProcSock> {
     const TCP_LISTEN: &str = "0A";
     let endpoint = |col: &str| -> Option<SocketAddr> {
         let (addr_hex, port_hex) = col.split_once(':')?;
@@ -165,7 +201,7 @@ fn parse_proc_net(text: &str, v6: bool) -> Vec<ProcSock> {
         };
         let listening = cols[3] == TCP_LISTEN;
         // inode 0: TIME_WAIT and other sockets no process owns.
-        if inode == 0 || (!listening && remote.port() == 0) {
+        if inode == 0 {
             continue;
         }
         out.push(ProcSock {
@@ -173,6 +209,7 @@ fn parse_proc_net(text: &str, v6: bool) -> Vec<ProcSock> {
             local,
             remote,
             listening,
+            datagram: false,
         });
     }
     out
@@ -213,6 +250,7 @@ mod tests {
                 local: "127.0.0.1:8080".parse().unwrap(),
                 remote: "0.0.0.0:0".parse().unwrap(),
                 listening: true,
+                datagram: false,
             }
         );
         assert!(!rows[1].listening);

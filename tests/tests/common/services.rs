@@ -77,6 +77,10 @@ impl Dnsmasq {
         Self { child, addr }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Freezes it (SIGSTOP): queries go unanswered, as with a hung server.
     pub fn freeze(&self) {
         // SAFETY: kill(2) on our own child.
