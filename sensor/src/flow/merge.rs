@@ -51,6 +51,9 @@ pub const EDGE_SLACK_NS: u64 = 1_000_000;
 
 const SYN: u8 = 0x02;
 
+/// How often the merge thread sweeps its waiting records for those past `wait`.
+const SWEEP: Duration = Duration::from_millis(100);
+
 /// A record and which view made it.
 pub enum Input {
     Kernel(FlowRecord),
@@ -446,17 +449,24 @@ pub fn spawn(
                     add_delta(&mx.merge_overrun, &mut last.overrun, s.overrun);
                 }
             };
+            let mut last_sweep = Instant::now();
             loop {
-                match rx.recv_timeout(Duration::from_millis(250)) {
+                match rx.recv_timeout(SWEEP) {
                     Ok(input) => m.input(input, Instant::now(), &mut out),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => break,
                 }
-                m.expire(Instant::now(), false, &mut out);
-                if let Some(h) = &heartbeat {
-                    h.beat();
+                // The sweep looks at every waiting record and the counters take locks:
+                // once per SWEEP, not per record (a record waits `wait` + SWEEP at most).
+                let now = Instant::now();
+                if now.duration_since(last_sweep) >= SWEEP {
+                    last_sweep = now;
+                    m.expire(now, false, &mut out);
+                    if let Some(h) = &heartbeat {
+                        h.beat();
+                    }
+                    publish(m.stats(), &mut published);
                 }
-                publish(m.stats(), &mut published);
             }
             m.expire(Instant::now(), true, &mut out);
             publish(m.stats(), &mut published);

@@ -26,14 +26,25 @@ pub fn spawn(
             let heartbeat = metrics.as_ref().map(|m| m.heartbeat("flow"));
             let mut created = 0u64;
             let mut packets = 0u64;
+            // The counters resolved once: a label lookup takes a lock, and this runs per flow.
+            let ended: Vec<(&str, prometheus::IntCounter)> = metrics
+                .iter()
+                .flat_map(|m| {
+                    crate::metrics::END_REASONS
+                        .iter()
+                        .map(|r| (*r, m.flow_ended.with_label_values(&["packets", r])))
+                })
+                .collect();
             let mut emit = |f: FlowRecord| {
                 if let Some(m) = &metrics {
                     if f.amends {
                         m.flow_amendments.inc();
                     } else {
-                        m.flow_ended
-                            .with_label_values(&["packets", f.end_reason.as_str()])
-                            .inc();
+                        let reason = f.end_reason.as_str();
+                        match ended.iter().find(|(r, _)| *r == reason) {
+                            Some((_, c)) => c.inc(),
+                            None => m.flow_ended.with_label_values(&["packets", reason]).inc(),
+                        }
                     }
                 }
                 emit(f);
