@@ -826,13 +826,13 @@ fn dgram(ctx: &SkBuffContext, out: bool) -> Option<()> {
     }
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    if let Some(last) = DGRAM_SEEN.get_ptr(&key) {
+    if let Some(last) = DGRAM_SEEN.get_ptr(key) {
         // SAFETY: a value of DGRAM_SEEN; a racing update only moves the time.
         if now.wrapping_sub(unsafe { *last }) < DGRAM_REFRESH_NS {
             return None;
         }
     }
-    let _ = DGRAM_SEEN.insert(&key, now, 0);
+    let _ = DGRAM_SEEN.insert(key, now, 0);
     let owner = match owner {
         // SAFETY: a value of DGRAM_OWNERS, copied at once.
         Some(o) => unsafe { *o },

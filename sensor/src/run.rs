@@ -341,6 +341,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
                     capture: capture.as_ref().map(|(l, _)| &*l.stats),
                     store: &store_stats,
                     merge: merge.as_ref().map(|(s, _)| s),
+                    dgram: dgram.lock().unwrap_or_else(|e| e.into_inner()).stats(),
                 });
             }
         }
@@ -391,6 +392,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
             capture: capture_stats.as_deref(),
             store: &store_stats,
             merge: merge.as_ref().map(|(s, _)| s),
+            dgram: dgram.lock().unwrap_or_else(|e| e.into_inner()).stats(),
         },
     );
     let mut merge_dropped = 0;
@@ -509,6 +511,7 @@ struct Sources<'a> {
     capture: Option<&'a CaptureStats>,
     store: &'a StoreStats,
     merge: Option<&'a MergeSender>,
+    dgram: crate::flow::dgram::DgramStats,
 }
 
 /// The totals last published: stages keep plain running totals, the metrics get the growth.
@@ -523,6 +526,8 @@ struct Published {
     store: [u64; 4],
     amendments: [u64; 3],
     merge_dropped: u64,
+    /// Datagram owners: reports kept, unknown, dropped; flows named, unnamed.
+    dgram: [u64; 5],
     /// Per program: (runs, run time ns).
     programs: std::collections::HashMap<String, (u64, u64)>,
 }
@@ -538,6 +543,18 @@ impl Published {
             s.ringbuf_dropped,
         );
         add_delta(&m.ringbuf_malformed, &mut self.malformed, s.malformed);
+        let d = s.dgram;
+        let now = [d.reports, d.unknown, d.dropped, d.named, d.unnamed];
+        let series = [
+            m.attr_dgram_reports.with_label_values(&["kept"]),
+            m.attr_dgram_reports.with_label_values(&["unknown"]),
+            m.attr_dgram_reports.with_label_values(&["dropped"]),
+            m.attr_dgram_flows.with_label_values(&["named"]),
+            m.attr_dgram_flows.with_label_values(&["unnamed"]),
+        ];
+        for ((c, last), now) in series.iter().zip(self.dgram.iter_mut()).zip(now) {
+            add_delta(c, last, now);
+        }
         let kernel_created = m.flow_created.with_label_values(&["kernel"]);
         add_delta(&kernel_created, &mut self.created, t.flows_started);
         m.flow_active

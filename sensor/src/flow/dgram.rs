@@ -41,8 +41,11 @@ struct End {
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct DgramStats {
-    /// Reports read from the kernel.
+    /// Reports read from the kernel and kept.
     pub reports: u64,
+    /// Reports with no owner: the socket is older than the hooks and the /proc scan did
+    /// not find it.
+    pub unknown: u64,
     /// Reports dropped because [`MAX_ENDS`] owners were followed.
     pub dropped: u64,
     /// Finished datagram flows given at least one owner.
@@ -104,7 +107,6 @@ impl DgramOwners {
         if ev.kind != kind::DGRAM {
             return;
         }
-        self.stats.reports += 1;
         let proto = ev.protocol as u8;
         let local = portless(proto, addr(ev.family, &ev.local_addr, ev.local_port));
         let remote = portless(proto, addr(ev.family, &ev.remote_addr, ev.remote_port));
@@ -120,6 +122,7 @@ impl DgramOwners {
             o
         } else {
             // Made before the hooks and not bound at the scan: unknown.
+            self.stats.unknown += 1;
             return;
         };
         if !self.ends.contains_key(&key) && self.ends.len() >= MAX_ENDS {
@@ -129,6 +132,7 @@ impl DgramOwners {
                 return;
             }
         }
+        self.stats.reports += 1;
         let end = self.ends.entry(key).or_default();
         end.seen = Some(now);
         if ev.flags & flags::SEND != 0 {

@@ -82,6 +82,11 @@ pub struct Metrics {
     /// Process attribution: flow ends whose cgroup id named no cgroup, even after the
     /// cgroup tree was read again (the cgroup was gone before its flow was written).
     pub attr_unresolved_cgroups: IntCounter,
+    /// Datagram owner reports from the kernel: `kept`, `unknown` (a socket older than the
+    /// hooks that the /proc scan did not find), `dropped` (the agent's table was full).
+    pub attr_dgram_reports: IntCounterVec,
+    /// Finished UDP/ICMP flows given an owner (`named`) or not (`unnamed`).
+    pub attr_dgram_flows: IntCounterVec,
     /// Store.
     pub store_rows: IntCounter,
     pub store_batches: IntCounter,
@@ -426,6 +431,19 @@ impl Metrics {
                 "Flow ends whose cgroup id matched no cgroup in the cgroup2 tree, read again \
                  at most once a second: their unit is left empty.",
             ),
+            attr_dgram_reports: counter_vec(
+                "sensor_attr_dgram_reports_total",
+                "Datagram socket owner reports from the kernel: kept, unknown (a socket older \
+                 than the hooks that the /proc scan did not find), dropped (the agent's owner \
+                 table was full).",
+                &["result"],
+            ),
+            attr_dgram_flows: counter_vec(
+                "sensor_attr_dgram_flows_total",
+                "Finished UDP/ICMP flows that got at least one process (named) or none \
+                 (unnamed).",
+                &["result"],
+            ),
             enrich_source_errors: counter_vec(
                 "sensor_enrich_source_errors_total",
                 "Enrichment sources that failed to reload (SIGHUP or a changed file); the \
@@ -458,6 +476,12 @@ impl Metrics {
         }
         for result in ["folded", "passed"] {
             m.merge_amendments.with_label_values(&[result]);
+        }
+        for result in ["kept", "unknown", "dropped"] {
+            m.attr_dgram_reports.with_label_values(&[result]);
+        }
+        for result in ["named", "unnamed"] {
+            m.attr_dgram_flows.with_label_values(&[result]);
         }
         for result in ["applied", "missed", "dropped"] {
             m.store_amendments.with_label_values(&[result]);
