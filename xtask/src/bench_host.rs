@@ -4,7 +4,9 @@
 //!
 //! 1. **Connection rate on loopback.** `connrate` (tests/src/bin) makes `HOST_COST_CONNS`
 //!    connections one after another (connect, a byte each way, close) with no monitor, with
-//!    `sensor run --no-capture` (kernel hooks only), with `sensor run --interface lo`, with
+//!    `sensor run --no-capture` (kernel hooks only, attribution hooks included), with
+//!    `sensor run --no-capture --no-attribution` (the flow hooks alone), with
+//!    `sensor run --interface lo`, with
 //!    `tcpdump -i lo -w /dev/null` and with `nfpcapd -i lo` (Debian `nfdump`, installed
 //!    here when missing). For each: connections a second, the ratio to no monitor, and the
 //!    monitor's own CPU (utime + stime from /proc/PID/stat, its children's included) per
@@ -493,14 +495,18 @@ enum ConnMode {
     NoMonitor,
     SensorCapture,
     SensorNoCapture,
+    /// `--no-capture --no-attribution`: the flow hooks alone, to show the attribution
+    /// hooks' own cost.
+    SensorFlowHooks,
     Tcpdump,
     Nfpcapd,
 }
 
-const CONN_MODES: [ConnMode; 5] = [
+const CONN_MODES: [ConnMode; 6] = [
     ConnMode::NoMonitor,
     ConnMode::SensorCapture,
     ConnMode::SensorNoCapture,
+    ConnMode::SensorFlowHooks,
     ConnMode::Tcpdump,
     ConnMode::Nfpcapd,
 ];
@@ -511,6 +517,7 @@ impl ConnMode {
             Self::NoMonitor => "no sensor",
             Self::SensorCapture => "`sensor run` (capture on lo)",
             Self::SensorNoCapture => "`sensor run --no-capture`",
+            Self::SensorFlowHooks => "`sensor run --no-capture --no-attribution`",
             Self::Tcpdump => "`tcpdump -i lo -w /dev/null`",
             Self::Nfpcapd => "`nfpcapd -i lo`",
         }
@@ -588,14 +595,14 @@ fn conn_round(mode: ConnMode, s: &Settings) -> Result<ConnSample> {
     let metrics_addr = free_addr()?;
     let mut monitor = match mode {
         ConnMode::NoMonitor => None,
-        ConnMode::SensorCapture | ConnMode::SensorNoCapture => {
+        ConnMode::SensorCapture | ConnMode::SensorNoCapture | ConnMode::SensorFlowHooks => {
             remove_db(&db);
             let mut c = sensor_cmd(&db, &metrics_addr);
-            if mode == ConnMode::SensorCapture {
-                c.args(["--interface", "lo"]);
-            } else {
-                c.arg("--no-capture");
-            }
+            match mode {
+                ConnMode::SensorCapture => c.args(["--interface", "lo"]),
+                ConnMode::SensorNoCapture => c.arg("--no-capture"),
+                _ => c.args(["--no-capture", "--no-attribution"]),
+            };
             let mut p = Proc::spawn("sensor", &mut c)?;
             p.wait_for("sensor ready", Duration::from_secs(60))?;
             Some(p)
@@ -639,7 +646,7 @@ fn conn_round(mode: ConnMode, s: &Settings) -> Result<ConnSample> {
     let foreign = others.foreign.clone();
     let others = others.cores()?;
     let dropped = match mode {
-        ConnMode::SensorCapture | ConnMode::SensorNoCapture => {
+        ConnMode::SensorCapture | ConnMode::SensorNoCapture | ConnMode::SensorFlowHooks => {
             let text = http_get(&metrics_addr, "/metrics")?;
             sensor_drops(&text, mode == ConnMode::SensorCapture)?
         }
@@ -652,7 +659,9 @@ fn conn_round(mode: ConnMode, s: &Settings) -> Result<ConnSample> {
             ConnMode::Tcpdump => {
                 dropped_by_kernel = tcpdump_count(&log, " packets dropped by kernel")?;
             }
-            ConnMode::SensorCapture | ConnMode::SensorNoCapture if !st.success() => {
+            ConnMode::SensorCapture | ConnMode::SensorNoCapture | ConnMode::SensorFlowHooks
+                if !st.success() =>
+            {
                 bail!("the sensor exited with {st}:\n{}", log.join("\n"))
             }
             ConnMode::Nfpcapd if !st.success() => {
