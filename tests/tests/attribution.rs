@@ -23,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Sensor, is_root, services::Dnsmasq, skip, temp_dir};
+use common::{Sensor, is_root, metric_required, services::Dnsmasq, skip, temp_dir};
 
 /// One sensor test at a time: they share the machine's two cores.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -93,9 +93,17 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Starts `sensor run` on a database in `dir`, its metrics written to `dir/final.prom` at
+/// the end.
 fn start_sensor(dir: &Path, capture: bool) -> (Sensor, PathBuf) {
     let db = dir.join("flows.db");
-    let mut args = vec!["--db", db.to_str().expect("utf-8 path")];
+    let prom = dir.join("final.prom");
+    let mut args = vec![
+        "--db",
+        db.to_str().expect("utf-8 path"),
+        "--metrics-on-exit",
+        prom.to_str().expect("utf-8 path"),
+    ];
     if capture {
         args.extend(["--interface", "lo"]);
     } else {
@@ -104,15 +112,19 @@ fn start_sensor(dir: &Path, capture: bool) -> (Sensor, PathBuf) {
     (Sensor::start(&args), db)
 }
 
-/// Stops the sensor and checks it exited cleanly and lost nothing.
-fn stop_sensor(s: Sensor) {
+/// Stops the sensor, checks it exited cleanly and lost nothing; its final metrics.
+fn stop_sensor(s: Sensor, dir: &Path) -> String {
     let (st, log) = s.stop();
     assert!(st.success(), "sensor exit {st}:\n{}", log.join("\n"));
-    for l in &log {
-        if l.contains("events lost") {
-            panic!("the sensor lost events: {l}");
-        }
+    let prom = std::fs::read_to_string(dir.join("final.prom")).expect("final metrics");
+    for series in [
+        "sensor_ringbuf_dropped_events_total",
+        "sensor_store_dropped_rows_total",
+        "sensor_attr_dgram_reports_total{result=\"dropped\"}",
+    ] {
+        assert_eq!(metric_required(&prom, series), 0.0, "{series}");
     }
+    prom
 }
 
 /// Server side of the TCP tests: `mode` prefork (listen, then fork 4 workers that accept)
@@ -224,7 +236,7 @@ fn accepting_workers(mode: &str) {
     assert!(client.wait().expect("client").success());
     let _ = server.wait();
     std::thread::sleep(Duration::from_millis(500));
-    stop_sensor(sensor);
+    stop_sensor(sensor, &dir);
 
     assert_eq!(served.len(), CONNS, "the workers served every connection");
     let rows = rows(&db, &format!("proto = 6 AND dst_port = {port}"));
@@ -369,7 +381,10 @@ fn datagram_flows_name_both_processes() {
     assert!(ping.wait_with_output().expect("ping").status.success());
     // Datagram flows end by idle timeout; stopping writes them.
     std::thread::sleep(Duration::from_millis(500));
-    stop_sensor(sensor);
+    let prom = stop_sensor(sensor, &dir);
+    // 4 client sockets, the resolver, ping (and the stop datagrams' flows).
+    let named = metric_required(&prom, "sensor_attr_dgram_flows_total{result=\"named\"}");
+    assert!(named >= 6.0, "named datagram flows: {named}");
     let dns_pid = i64::from(dns.pid());
 
     let udp = rows(
@@ -456,7 +471,7 @@ fn short_lived_processes_are_all_named() {
     }
     acceptor.join().expect("acceptor");
     std::thread::sleep(Duration::from_millis(500));
-    stop_sensor(sensor);
+    stop_sensor(sensor, &dir);
     let rows = rows(&db, &format!("proto = 6 AND dst_port = {port}"));
     assert_eq!(rows.len(), N, "one row per connection");
     let named: BTreeSet<i64> = rows.iter().filter_map(|r| r.src.pid).collect();
@@ -540,7 +555,7 @@ fn clients_in_cgroups_are_named_by_them_and_their_uid() {
     client_in(&plain.0, port);
     acceptor.join().expect("acceptor");
     std::thread::sleep(Duration::from_millis(500));
-    stop_sensor(sensor);
+    stop_sensor(sensor, &dir);
     let mut rows = rows(&db, &format!("proto = 6 AND dst_port = {port}"));
     rows.sort_by_key(|r| r.src.pid);
     assert_eq!(rows.len(), 2, "{rows:#?}");
