@@ -1,0 +1,2 @@
+//! IPFIX export of finished flows to collectors (nfcapd, nfacctd, GoFlow2...).
+pub mod encode;
