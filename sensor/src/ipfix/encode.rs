@@ -358,7 +358,7 @@ impl Encoder {
                 if let Some((s, _)) = set.take() {
                     close_set(&mut m, s);
                 }
-                let full = std::mem::replace(&mut m, Vec::new());
+                let full = std::mem::take(&mut m);
                 let msg = self.finish(full, records);
                 out.push(msg);
                 m = self.start(export_s);
