@@ -87,6 +87,14 @@ pub struct Metrics {
     pub attr_dgram_reports: IntCounterVec,
     /// Finished UDP/ICMP flows given an owner (`named`) or not (`unnamed`).
     pub attr_dgram_flows: IntCounterVec,
+    /// IPFIX export, per collector: data records sent, dropped (`queue` full, `send`
+    /// failed or not connected, `too_big` for a message), messages sent (`data`,
+    /// `template`), TCP connection attempts, flows waiting.
+    pub ipfix_sent_records: IntCounterVec,
+    pub ipfix_dropped_records: IntCounterVec,
+    pub ipfix_messages: IntCounterVec,
+    pub ipfix_connects: IntCounterVec,
+    pub ipfix_queued_records: prometheus::IntGaugeVec,
     /// Store.
     pub store_rows: IntCounter,
     pub store_batches: IntCounter,
@@ -443,6 +451,38 @@ impl Metrics {
                 "Finished UDP/ICMP flows that got at least one process (named) or none \
                  (unnamed).",
                 &["result"],
+            ),
+            ipfix_sent_records: counter_vec(
+                "sensor_ipfix_sent_records_total",
+                "Flow records sent to each IPFIX collector.",
+                &["collector"],
+            ),
+            ipfix_dropped_records: counter_vec(
+                "sensor_ipfix_dropped_records_total",
+                "Flow records not delivered to an IPFIX collector: queue (full), send (failed, \
+                 timed out or not connected), too_big (larger than a message).",
+                &["collector", "reason"],
+            ),
+            ipfix_messages: counter_vec(
+                "sensor_ipfix_messages_total",
+                "IPFIX messages sent to each collector, by kind (data, template).",
+                &["collector", "kind"],
+            ),
+            ipfix_connects: counter_vec(
+                "sensor_ipfix_connects_total",
+                "TCP connection attempts to IPFIX collectors, by result (ok, failed).",
+                &["collector", "result"],
+            ),
+            ipfix_queued_records: reg(
+                &r,
+                prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "sensor_ipfix_queued_records",
+                        "Flow records waiting for each IPFIX collector.",
+                    ),
+                    &["collector"],
+                )
+                .expect("valid"),
             ),
             enrich_source_errors: counter_vec(
                 "sensor_enrich_source_errors_total",

@@ -1,0 +1,511 @@
+//! One exporter stage per collector: a bounded queue of finished flows, a thread that packs
+//! them into IPFIX messages and sends them over UDP or TCP.
+//!
+//! Full-queue policy: [`Sender::offer`] never waits; when a collector's queue is full the
+//! flow is dropped for that collector alone and counted
+//! (`sensor_ipfix_dropped_records_total{collector,reason="queue"}`), so a slow or dead
+//! collector never holds back the pipeline or another collector. Flows that cannot be sent
+//! (TCP not connected, a send that fails or times out) are counted with `reason="send"`.
+//!
+//! UDP: templates (and the options record with the exporter's counts) go first, then again
+//! every `template_refresh_s` and every `template_every_messages` messages, so a collector
+//! restarted mid-stream learns them soon. TCP: templates at every connection; a lost
+//! connection is retried with backoff (250 ms doubling to 30 s); a write that does not
+//! finish within 1 s (the collector stopped reading) closes the connection, since a
+//! half-written message cannot be resumed.
+use std::{
+    io::Write as _,
+    net::{SocketAddr, TcpStream, ToSocketAddrs as _, UdpSocket},
+    sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel},
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use prometheus::{IntCounter, IntGauge};
+
+use super::encode::{Encoder, ExporterCounts, Message};
+use crate::{flow::FlowRecord, metrics::Metrics};
+
+/// Where to send: `udp://HOST:PORT` or `tcp://HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collector {
+    pub tcp: bool,
+    pub addr: SocketAddr,
+    /// As written, for logs and the `collector` label.
+    pub url: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpfixError {
+    #[error("ipfix collector {url:?}: {why} (expected udp://HOST:PORT or tcp://HOST:PORT)")]
+    BadUrl { url: String, why: String },
+    #[error("ipfix collector {url}: {detail}")]
+    Socket { url: String, detail: String },
+}
+
+impl Collector {
+    /// Parses and resolves `udp://HOST:PORT` / `tcp://HOST:PORT` (HOST a name, an IPv4
+    /// address or a bracketed IPv6 one).
+    pub fn parse(url: &str) -> Result<Self, IpfixError> {
+        let bad = |why: &str| IpfixError::BadUrl {
+            url: url.to_string(),
+            why: why.to_string(),
+        };
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
+        let tcp = match scheme {
+            "udp" => false,
+            "tcp" => true,
+            _ => return Err(bad("the scheme must be udp or tcp")),
+        };
+        let addr = rest
+            .to_socket_addrs()
+            .map_err(|e| bad(&format!("address: {e}")))?
+            .next()
+            .ok_or_else(|| bad("the host has no address"))?;
+        Ok(Self {
+            tcp,
+            addr,
+            url: url.to_string(),
+        })
+    }
+}
+
+/// Exporter settings (`[ipfix]` in the config).
+#[derive(Debug, Clone)]
+pub struct ExporterConfig {
+    pub observation_domain: u32,
+    pub enterprise_number: u32,
+    /// Path MTU; messages are at most this less the IP and UDP/TCP headers.
+    pub mtu_bytes: usize,
+    pub template_refresh_s: u64,
+    pub template_every_messages: u64,
+    /// Flows waiting for each collector.
+    pub queue_records: usize,
+    /// A partly filled message goes out after this long.
+    pub flush_ms: u64,
+}
+
+/// Counters of one collector, resolved once.
+#[derive(Clone)]
+struct Counters {
+    sent: IntCounter,
+    dropped_queue: IntCounter,
+    dropped_send: IntCounter,
+    dropped_too_big: IntCounter,
+    messages: IntCounter,
+    templates: IntCounter,
+    connects_ok: IntCounter,
+    connects_failed: IntCounter,
+    queued: IntGauge,
+}
+
+impl Counters {
+    fn new(m: &Metrics, c: &str) -> Self {
+        Self {
+            sent: m.ipfix_sent_records.with_label_values(&[c]),
+            dropped_queue: m.ipfix_dropped_records.with_label_values(&[c, "queue"]),
+            dropped_send: m.ipfix_dropped_records.with_label_values(&[c, "send"]),
+            dropped_too_big: m.ipfix_dropped_records.with_label_values(&[c, "too_big"]),
+            messages: m.ipfix_messages.with_label_values(&[c, "data"]),
+            templates: m.ipfix_messages.with_label_values(&[c, "template"]),
+            connects_ok: m.ipfix_connects.with_label_values(&[c, "ok"]),
+            connects_failed: m.ipfix_connects.with_label_values(&[c, "failed"]),
+            queued: m.ipfix_queued_records.with_label_values(&[c]),
+        }
+    }
+}
+
+/// The pipeline's side of one collector's queue.
+#[derive(Clone)]
+pub struct Sender {
+    tx: SyncSender<FlowRecord>,
+    dropped: IntCounter,
+    queued: IntGauge,
+}
+
+impl Sender {
+    /// Queues a copy of `f` without waiting; counts it as dropped when the queue is full.
+    pub fn offer(&self, f: &FlowRecord) {
+        match self.tx.try_send(f.clone()) {
+            Ok(()) => self.queued.inc(),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+}
+
+/// A running exporter: its sender, and the thread to join after the senders are dropped.
+pub struct Exporter {
+    pub sender: Sender,
+    pub thread: JoinHandle<()>,
+}
+
+/// Starts the exporter thread for `collector`. Fails only when the socket cannot be made.
+pub fn spawn(
+    collector: Collector,
+    cfg: &ExporterConfig,
+    metrics: &Metrics,
+) -> Result<Exporter, IpfixError> {
+    let counters = Counters::new(metrics, &collector.url);
+    let transport = Transport::new(&collector)?;
+    let (tx, rx) = sync_channel(cfg.queue_records.max(1));
+    let sender = Sender {
+        tx,
+        dropped: counters.dropped_queue.clone(),
+        queued: counters.queued.clone(),
+    };
+    let header =
+        if collector.addr.is_ipv6() { 40 } else { 20 } + if collector.tcp { 20 } else { 8 };
+    let encoder = Encoder::new(
+        cfg.observation_domain,
+        cfg.enterprise_number,
+        cfg.mtu_bytes.saturating_sub(header),
+    );
+    let cfg = cfg.clone();
+    let thread = std::thread::Builder::new()
+        .name("sensor-ipfix".into())
+        .spawn(move || {
+            Stage {
+                collector,
+                cfg,
+                encoder,
+                transport,
+                counters,
+                init_ms: unix_ms(),
+                exported: 0,
+                dropped: 0,
+                messages_since_templates: 0,
+                templates_at: None,
+            }
+            .run(rx)
+        })
+        .map_err(|e| IpfixError::Socket {
+            url: String::new(),
+            detail: format!("spawning the exporter thread: {e}"),
+        })?;
+    Ok(Exporter { sender, thread })
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+enum Transport {
+    Udp(UdpSocket),
+    Tcp {
+        addr: SocketAddr,
+        stream: Option<TcpStream>,
+        backoff: Duration,
+        next_try: Instant,
+    },
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Transport {
+    fn new(c: &Collector) -> Result<Self, IpfixError> {
+        if c.tcp {
+            return Ok(Self::Tcp {
+                addr: c.addr,
+                stream: None,
+                backoff: BACKOFF_MIN,
+                next_try: Instant::now(),
+            });
+        }
+        let local: SocketAddr = if c.addr.is_ipv6() {
+            "[::]:0".parse().expect("valid")
+        } else {
+            "0.0.0.0:0".parse().expect("valid")
+        };
+        let err = |e: std::io::Error| IpfixError::Socket {
+            url: c.url.clone(),
+            detail: e.to_string(),
+        };
+        let s = UdpSocket::bind(local).map_err(err)?;
+        s.connect(c.addr).map_err(err)?;
+        Ok(Self::Udp(s))
+    }
+}
+
+struct Stage {
+    collector: Collector,
+    cfg: ExporterConfig,
+    encoder: Encoder,
+    transport: Transport,
+    counters: Counters,
+    init_ms: u64,
+    exported: u64,
+    dropped: u64,
+    messages_since_templates: u64,
+    templates_at: Option<Instant>,
+}
+
+impl Stage {
+    fn run(mut self, rx: Receiver<FlowRecord>) {
+        let flush = Duration::from_millis(self.cfg.flush_ms.max(1));
+        let mut batch: Vec<FlowRecord> = Vec::with_capacity(64);
+        let mut oldest: Option<Instant> = None;
+        loop {
+            let wait = oldest.map_or(flush, |t| flush.saturating_sub(t.elapsed()));
+            match rx.recv_timeout(wait) {
+                Ok(f) => {
+                    self.counters.queued.dec();
+                    oldest.get_or_insert_with(Instant::now);
+                    batch.push(f);
+                    // Enough for a few full messages: send without waiting for the timer.
+                    if batch.len() >= 64 {
+                        self.send_flows(&mut batch);
+                        oldest = None;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.send_flows(&mut batch);
+                    oldest = None;
+                    self.refresh_templates();
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.send_flows(&mut batch);
+        let counts = self.counts();
+        let m = self.encoder.stats(now_s(), counts);
+        self.send(&m, 0);
+        tracing::info!(
+            collector = %self.collector.url,
+            exported = self.exported,
+            dropped = self.dropped,
+            "ipfix exporter stopped"
+        );
+    }
+
+    fn counts(&self) -> ExporterCounts {
+        ExporterCounts {
+            init_ms: self.init_ms,
+            exported: self.exported,
+            dropped: self.dropped + self.counters.dropped_queue.get(),
+        }
+    }
+
+    /// UDP: templates when due (period or message count).
+    fn refresh_templates(&mut self) {
+        if matches!(self.transport, Transport::Tcp { .. }) {
+            return;
+        }
+        let due = self
+            .templates_at
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(self.cfg.template_refresh_s.max(1)))
+            || self.messages_since_templates >= self.cfg.template_every_messages.max(1);
+        if due {
+            self.send_templates();
+        }
+    }
+
+    fn send_templates(&mut self) {
+        let t = self.encoder.templates(now_s());
+        let counts = self.counts();
+        let s = self.encoder.stats(now_s(), counts);
+        self.templates_at = Some(Instant::now());
+        self.messages_since_templates = 0;
+        if self.write(&t.bytes) {
+            self.counters.templates.inc();
+            self.write(&s.bytes);
+        }
+    }
+
+    fn send_flows(&mut self, batch: &mut Vec<FlowRecord>) {
+        if batch.is_empty() {
+            return;
+        }
+        self.refresh_templates();
+        let (msgs, too_big) = self.encoder.flows(now_s(), batch.iter());
+        self.counters.dropped_too_big.inc_by(too_big);
+        self.dropped += too_big;
+        batch.clear();
+        for m in msgs {
+            let records = m.records;
+            self.send(&m, records);
+        }
+    }
+
+    /// Sends one message; counts its records sent or dropped.
+    fn send(&mut self, m: &Message, records: u32) {
+        if self.write(&m.bytes) {
+            self.messages_since_templates += 1;
+            self.counters.messages.inc();
+            self.counters.sent.inc_by(u64::from(records));
+            self.exported += u64::from(records);
+        } else {
+            self.counters.dropped_send.inc_by(u64::from(records));
+            self.dropped += u64::from(records);
+        }
+        if matches!(self.transport, Transport::Udp(_))
+            && self.messages_since_templates >= self.cfg.template_every_messages.max(1)
+        {
+            self.send_templates();
+        }
+    }
+
+    /// Writes one whole message; false when it could not be sent.
+    fn write(&mut self, bytes: &[u8]) -> bool {
+        match &mut self.transport {
+            Transport::Udp(s) => s.send(bytes).is_ok(),
+            Transport::Tcp { .. } => {
+                if !self.tcp_connected() {
+                    return false;
+                }
+                let Transport::Tcp {
+                    stream,
+                    next_try,
+                    backoff,
+                    ..
+                } = &mut self.transport
+                else {
+                    unreachable!("tcp")
+                };
+                let s = stream.as_mut().expect("connected");
+                if let Err(e) = s.write_all(bytes) {
+                    tracing::warn!(collector = %self.collector.url, "ipfix: write failed, reconnecting: {e}");
+                    *stream = None;
+                    *next_try = Instant::now() + *backoff;
+                    return false;
+                }
+                true
+            }
+        }
+    }
+
+    /// Connects when not connected and the backoff allows; sends the templates first.
+    fn tcp_connected(&mut self) -> bool {
+        let Transport::Tcp {
+            addr,
+            stream,
+            backoff,
+            next_try,
+        } = &mut self.transport
+        else {
+            return true;
+        };
+        if stream.is_some() {
+            return true;
+        }
+        if Instant::now() < *next_try {
+            return false;
+        }
+        match TcpStream::connect_timeout(addr, Duration::from_secs(1)) {
+            Ok(s) => {
+                let _ = s.set_write_timeout(Some(WRITE_TIMEOUT));
+                let _ = s.set_nodelay(true);
+                *stream = Some(s);
+                *backoff = BACKOFF_MIN;
+                self.counters.connects_ok.inc();
+                tracing::info!(collector = %self.collector.url, "ipfix: connected");
+                let t = self.encoder.templates(now_s());
+                let counts = self.counts();
+                let o = self.encoder.stats(now_s(), counts);
+                let Transport::Tcp { stream, .. } = &mut self.transport else {
+                    unreachable!("tcp")
+                };
+                let s = stream.as_mut().expect("just connected");
+                if s.write_all(&t.bytes)
+                    .and_then(|()| s.write_all(&o.bytes))
+                    .is_err()
+                {
+                    *stream = None;
+                    return false;
+                }
+                self.counters.templates.inc();
+                true
+            }
+            Err(e) => {
+                self.counters.connects_failed.inc();
+                tracing::debug!(collector = %self.collector.url, "ipfix: connect failed: {e}");
+                *next_try = Instant::now() + *backoff;
+                *backoff = (*backoff * 2).min(BACKOFF_MAX);
+                false
+            }
+        }
+    }
+}
+
+fn now_s() -> u32 {
+    (unix_ms() / 1000) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_collector_urls() {
+        let c = Collector::parse("udp://127.0.0.1:4739").unwrap();
+        assert!(!c.tcp);
+        assert_eq!(c.addr, "127.0.0.1:4739".parse().unwrap());
+        let c = Collector::parse("tcp://[::1]:4739").unwrap();
+        assert!(c.tcp && c.addr.is_ipv6());
+        for bad in ["127.0.0.1:4739", "sctp://127.0.0.1:4739", "udp://127.0.0.1"] {
+            let e = Collector::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    fn cfg() -> ExporterConfig {
+        ExporterConfig {
+            observation_domain: 1,
+            enterprise_number: super::super::encode::DEFAULT_PEN,
+            mtu_bytes: 1400,
+            template_refresh_s: 60,
+            template_every_messages: 100,
+            queue_records: 4,
+            flush_ms: 20,
+        }
+    }
+
+    /// Over UDP to a socket of this test: templates first, then every flow, each message
+    /// within the MTU; a full queue drops and counts, never waits.
+    #[test]
+    fn udp_sends_templates_then_flows_and_counts_a_full_queue() {
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let url = format!("udp://{}", sink.local_addr().unwrap());
+        let m = Metrics::new();
+        let ex = spawn(Collector::parse(&url).unwrap(), &cfg(), &m).unwrap();
+        let f = FlowRecord::new(
+            17,
+            "10.0.0.1:5000".parse().unwrap(),
+            "10.0.0.2:53".parse().unwrap(),
+            "file",
+        );
+        // More than the queue holds, offered at once: some are dropped, none waited on.
+        for _ in 0..100 {
+            ex.sender.offer(&f);
+        }
+        drop(ex.sender);
+        ex.thread.join().unwrap();
+        sink.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        let mut sets = Vec::new();
+        while let Ok(n) = sink.recv(&mut buf) {
+            assert!(n <= 1400 - 28, "{n} bytes");
+            assert_eq!(u16::from_be_bytes([buf[0], buf[1]]), 10);
+            assert_eq!(usize::from(u16::from_be_bytes([buf[2], buf[3]])), n);
+            sets.push(u16::from_be_bytes([buf[16], buf[17]]));
+        }
+        assert_eq!(sets.first(), Some(&2), "templates first: {sets:?}");
+        let sent = m.ipfix_sent_records.with_label_values(&[&url]).get();
+        let dropped = m
+            .ipfix_dropped_records
+            .with_label_values(&[&url, "queue"])
+            .get();
+        assert_eq!(sent + dropped, 100, "every flow sent or counted");
+        assert!(dropped > 0, "a queue of 4 cannot hold 100 at once");
+        assert!(sets.contains(&256), "flows: {sets:?}");
+        assert_eq!(
+            sets.last(),
+            Some(&258),
+            "the exporter's counts last: {sets:?}"
+        );
+    }
+}
