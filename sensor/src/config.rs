@@ -136,9 +136,64 @@ pub struct Config {
     pub metrics_on_exit: Option<PathBuf>,
     /// Enrichment of flow addresses (`[enrich]`).
     pub enrich: EnrichConfig,
+    /// IPFIX export of finished flows to collectors (`[ipfix]`).
+    pub ipfix: IpfixConfig,
     /// The file this was read from, if any (SIGHUP reads it again).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+}
+
+/// IPFIX export: where to, and the exporter's bounds.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpfixConfig {
+    /// `udp://HOST:PORT` or `tcp://HOST:PORT`, each a collector of its own (`--ipfix` adds).
+    pub collectors: Vec<String>,
+    /// The observation domain id in every message header.
+    pub observation_domain: u32,
+    /// Enterprise number of the sensor's own elements (pid, comm, uid, unit); 32473 is
+    /// RFC 5612's number for documentation: use your organisation's.
+    pub enterprise_number: u32,
+    /// Path MTU: messages are at most this less the IP and transport headers.
+    pub mtu_bytes: usize,
+    /// UDP: templates are sent again this often...
+    pub template_refresh_s: u64,
+    /// ...and after this many messages.
+    pub template_every_messages: u64,
+    /// Flows waiting for each collector; when full, new flows are dropped for that
+    /// collector and counted.
+    pub queue_records: usize,
+    /// A partly filled message goes out after this long.
+    pub flush_ms: u64,
+}
+
+impl Default for IpfixConfig {
+    fn default() -> Self {
+        Self {
+            collectors: Vec::new(),
+            observation_domain: 1,
+            enterprise_number: crate::ipfix::encode::DEFAULT_PEN,
+            mtu_bytes: 1400,
+            template_refresh_s: 60,
+            template_every_messages: 100,
+            queue_records: 65_536,
+            flush_ms: 500,
+        }
+    }
+}
+
+impl IpfixConfig {
+    pub fn exporter(&self) -> crate::ipfix::exporter::ExporterConfig {
+        crate::ipfix::exporter::ExporterConfig {
+            observation_domain: self.observation_domain,
+            enterprise_number: self.enterprise_number,
+            mtu_bytes: self.mtu_bytes,
+            template_refresh_s: self.template_refresh_s,
+            template_every_messages: self.template_every_messages,
+            queue_records: self.queue_records,
+            flush_ms: self.flush_ms,
+        }
+    }
 }
 
 /// Enrichment: which sources answer, how long answers stay good, and the pool's bounds.
@@ -246,6 +301,7 @@ impl Default for Config {
             metrics_addr: "127.0.0.1:9464".to_string(),
             metrics_on_exit: None,
             enrich: EnrichConfig::default(),
+            ipfix: IpfixConfig::default(),
             source: None,
         }
     }
@@ -423,6 +479,23 @@ impl Config {
         }
         if self.store_queue_rows == 0 {
             return Err(bad("store_queue_rows", "0".into(), "must be at least 1"));
+        }
+        for url in &self.ipfix.collectors {
+            if crate::ipfix::exporter::Collector::parse(url).is_err() {
+                return Err(bad(
+                    "ipfix.collectors",
+                    url.clone(),
+                    "must be udp://HOST:PORT or tcp://HOST:PORT, HOST an address or a name \
+                     that resolves",
+                ));
+            }
+        }
+        if self.ipfix.mtu_bytes < 576 || self.ipfix.queue_records == 0 {
+            return Err(bad(
+                "ipfix.mtu_bytes",
+                self.ipfix.mtu_bytes.to_string(),
+                "mtu_bytes must be at least 576 and queue_records at least 1",
+            ));
         }
         Ok(())
     }

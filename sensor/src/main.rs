@@ -50,6 +50,10 @@ enum Command {
         /// Write every metric's final value to FILE when stopping.
         #[arg(long, value_name = "FILE")]
         metrics_on_exit: Option<PathBuf>,
+        /// Also export finished flows as IPFIX to udp://HOST:PORT or tcp://HOST:PORT
+        /// (repeatable; added to the config's `[ipfix] collectors`).
+        #[arg(long = "ipfix", value_name = "URL")]
+        ipfix: Vec<String>,
     },
     /// Probe this host for what `sensor run` needs: kernel, BTF, cgroup v2, capabilities,
     /// each hook (attached for real, then detached), packet capture, process owners in
@@ -91,6 +95,10 @@ enum Command {
         /// Write every metric's final value to FILE when done.
         #[arg(long, value_name = "FILE")]
         metrics_on_exit: Option<PathBuf>,
+        /// Also export the flows as IPFIX to udp://HOST:PORT or tcp://HOST:PORT
+        /// (repeatable; added to the config's `[ipfix] collectors`).
+        #[arg(long = "ipfix", value_name = "URL")]
+        ipfix: Vec<String>,
         /// Capture files, replayed in order.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -247,6 +255,18 @@ fn runtime(builder: &mut tokio::runtime::Builder) -> Result<tokio::runtime::Runt
     })
 }
 
+/// `--ipfix URL`s, checked (exit 2 naming the URL) and added to the config's collectors.
+fn add_collectors(cfg: &mut sensor::config::Config, urls: Vec<String>) -> Result<(), ExitCode> {
+    for url in urls {
+        if let Err(e) = sensor::ipfix::exporter::Collector::parse(&url) {
+            tracing::error!("--ipfix: {e}");
+            return Err(ExitCode::from(2));
+        }
+        cfg.ipfix.collectors.push(url);
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -260,6 +280,7 @@ fn main() -> ExitCode {
             no_attribution,
             metrics_addr,
             metrics_on_exit,
+            ipfix,
         } => {
             let mut cfg = match load_config(config.as_deref(), db) {
                 Ok(c) => c,
@@ -276,6 +297,9 @@ fn main() -> ExitCode {
             }
             if no_attribution {
                 cfg.attribution = false;
+            }
+            if let Err(code) = add_collectors(&mut cfg, ipfix) {
+                return code;
             }
             if let Some(a) = metrics_addr {
                 if !a.is_empty() && a.parse::<std::net::SocketAddr>().is_err() {
@@ -319,6 +343,7 @@ fn main() -> ExitCode {
             no_enrich,
             no_decap,
             metrics_on_exit,
+            ipfix,
             files,
         } => {
             let mut cfg = match load_config(config.as_deref(), db) {
@@ -330,6 +355,9 @@ fn main() -> ExitCode {
             }
             if no_decap {
                 cfg.decap = false;
+            }
+            if let Err(code) = add_collectors(&mut cfg, ipfix) {
+                return code;
             }
             if metrics_on_exit.is_some() {
                 cfg.metrics_on_exit = metrics_on_exit;

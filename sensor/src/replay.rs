@@ -28,6 +28,8 @@ pub enum ReplayError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Enrich(#[from] crate::enrich::EnrichError),
+    #[error(transparent)]
+    Ipfix(#[from] crate::ipfix::IpfixError),
 }
 
 /// The exit statuses of `sensor replay` (and their meaning for scripts): 0 every packet of
@@ -100,6 +102,8 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplayReport, ReplayErr
         },
     );
     let store_stats = writer.stats();
+    // A file can wait: the collectors get every flow (their queues are waited on).
+    let ipfix = crate::ipfix::Exporters::start(&cfg.ipfix, &metrics)?;
     let pool = match enrich {
         Some(e) => {
             let handle = writer.handle().expect("writer open");
@@ -110,7 +114,7 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplayReport, ReplayErr
     let mut summary = ReplaySummary::default();
     let mut failures: Vec<FileError> = Vec::new();
     for path in files {
-        match replay_one(cfg, path, &writer, &mut summary, &metrics) {
+        match replay_one(cfg, path, (&writer, &ipfix.tee), &mut summary, &metrics) {
             Ok(()) => summary.files += 1,
             Err(e) => {
                 tracing::error!("{e} (flows read before it were kept)");
@@ -137,6 +141,7 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplayReport, ReplayErr
             + metrics.enrich_shed.with_label_values(&["shutdown"]).get()
             + lookups_shed;
     }
+    ipfix.finish();
     writer.finish();
     publish_store(&metrics, &store_stats);
     metrics.write_on_exit(cfg.metrics_on_exit.as_deref());
@@ -171,7 +176,7 @@ fn publish_store(m: &crate::metrics::Metrics, st: &store::StoreStats) {
 fn replay_one(
     cfg: &Config,
     path: &Path,
-    writer: &Writer,
+    (writer, tee): (&Writer, &crate::ipfix::Tee),
     summary: &mut ReplaySummary,
     metrics: &crate::metrics::Metrics,
 ) -> Result<(), FileError> {
@@ -192,6 +197,7 @@ fn replay_one(
         } else if let Some((_, c)) = ended.iter().find(|(r, _)| *r == f.end_reason.as_str()) {
             c.inc();
         }
+        tee.send_blocking(&f);
         chunk.push(f);
         if chunk.len() >= CHUNK {
             writer.send_many_blocking(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));

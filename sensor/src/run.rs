@@ -40,6 +40,8 @@ pub enum RunError {
     Http(#[from] metrics::http::HttpError),
     #[error(transparent)]
     Enrich(#[from] crate::enrich::EnrichError),
+    #[error(transparent)]
+    Ipfix(#[from] crate::ipfix::IpfixError),
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }
@@ -65,7 +67,7 @@ impl RunError {
             Self::Capture(CaptureError::NoSuchInterface { .. }) => EXIT_CONFIG,
             Self::Store(StoreError::NotWritable { .. }) => EXIT_CANT_CREATE,
             Self::Store(StoreError::TooNew { .. } | StoreError::Foreign { .. }) => EXIT_CONFIG,
-            Self::Enrich(_) => EXIT_CONFIG,
+            Self::Enrich(_) | Self::Ipfix(_) => EXIT_CONFIG,
             _ => 1,
         }
     }
@@ -172,6 +174,8 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         },
     );
     let store_stats = writer.stats();
+    // Finished flows go to the writer and to every IPFIX collector.
+    let ipfix = crate::ipfix::Exporters::start(&cfg.ipfix, &metrics)?;
     let enrich_pool = match enrich {
         Some(e) => {
             let handle = writer.handle().expect("writer open");
@@ -186,10 +190,12 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     } else {
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.store_queue_rows);
         let handle = writer.handle().expect("writer open");
+        let tee = ipfix.tee.clone();
         // A record waits for its twin as long as the packet view may take to write a
         // closed connection (the last ACK's wait) and a sweep or two more.
         let wait = Duration::from_nanos(cfg.table().last_ack_wait_ns()) + Duration::from_secs(2);
         let thread = merge::spawn(wait, rx, Some(Arc::clone(&metrics)), move |f| {
+            tee.offer(&f);
             handle.try_send(f);
         });
         Some((MergeSender::new(tx), thread))
@@ -274,7 +280,10 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         kernel_ended(&f);
         match &kernel_sink {
             Some(s) => s.send(merge::Input::Kernel(f)),
-            None => writer.try_send(f),
+            None => {
+                ipfix.tee.offer(&f);
+                writer.try_send(f);
+            }
         }
     };
     let ringbuf_beat = probe.as_ref().map(|_| metrics.heartbeat("ringbuf"));
@@ -413,6 +422,8 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         pool.finish(Duration::from_millis(cfg.enrich.drain_ms))
             .await;
     }
+    // Every flow has been offered: the exporters send what they hold.
+    ipfix.finish();
     writer.finish();
     published.publish_store(&metrics, &store_stats);
     metrics.write_on_exit(cfg.metrics_on_exit.as_deref());

@@ -32,6 +32,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("dnsmasq", "dnsmasq-base"),
     ("mkfs.ext4", "e2fsprogs"),
     ("bpftool", "bpftool"),
+    // IPFIX collectors the interoperability tests export to.
+    ("nfcapd", "nfdump"),
+    ("nfacctd", "pmacct"),
 ];
 
 pub struct Tools {

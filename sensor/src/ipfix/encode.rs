@@ -99,8 +99,10 @@ pub fn flow_fields(v6: bool, pen: u32) -> Vec<Field> {
         iana(ie::DESTINATION_TRANSPORT_PORT, 2),
         iana(ie::PROTOCOL_IDENTIFIER, 1),
         iana(ie::FLOW_END_REASON, 1),
-        iana(ie::TCP_CONTROL_BITS, 2),
+        // The reverse flags first: collectors that do not tell RFC 5103's reverse elements
+        // from their forward ones (nfdump 1.7 for the flags) then keep the initiator's.
         reverse(ie::TCP_CONTROL_BITS, 2),
+        iana(ie::TCP_CONTROL_BITS, 2),
         iana(ie::OCTET_DELTA_COUNT, 8),
         iana(ie::PACKET_DELTA_COUNT, 8),
         reverse(ie::OCTET_DELTA_COUNT, 8),
@@ -208,8 +210,8 @@ pub fn put_flow(out: &mut Vec<u8>, f: &FlowRecord) {
     out.extend_from_slice(&f.dst.port().to_be_bytes());
     out.push(f.proto);
     out.push(end_reason(f.end_reason));
-    out.extend_from_slice(&u16::from(f.src_tcp_flags.unwrap_or(0)).to_be_bytes());
     out.extend_from_slice(&u16::from(f.dst_tcp_flags.unwrap_or(0)).to_be_bytes());
+    out.extend_from_slice(&u16::from(f.src_tcp_flags.unwrap_or(0)).to_be_bytes());
     for c in counts(f) {
         out.extend_from_slice(&c.to_be_bytes());
     }
@@ -506,7 +508,11 @@ mod tests {
         assert_eq!(u16_at(&rec, 24), 40000);
         assert_eq!(u16_at(&rec, 26), 443);
         assert_eq!((rec[28], rec[29]), (6, 3), "tcp, end of flow detected");
-        assert_eq!((u16_at(&rec, 30), u16_at(&rec, 32)), (0x1b, 0x12));
+        assert_eq!(
+            (u16_at(&rec, 30), u16_at(&rec, 32)),
+            (0x12, 0x1b),
+            "reverse, forward"
+        );
         let c = |i: usize| u64::from_be_bytes(rec[34 + i * 8..42 + i * 8].try_into().unwrap());
         assert_eq!((c(0), c(1), c(2), c(3)), (500, 5, 4000, 4));
         assert_eq!(u32_at(&rec, 66), 42, "src pid");

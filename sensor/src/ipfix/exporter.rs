@@ -124,6 +124,14 @@ pub struct Sender {
 }
 
 impl Sender {
+    /// Queues a copy of `f`, waiting while the queue is full.
+    pub fn send_blocking(&self, f: &FlowRecord) {
+        match self.tx.send(f.clone()) {
+            Ok(()) => self.queued.inc(),
+            Err(_) => self.dropped.inc(),
+        }
+    }
+
     /// Queues a copy of `f` without waiting; counts it as dropped when the queue is full.
     pub fn offer(&self, f: &FlowRecord) {
         match self.tx.try_send(f.clone()) {
