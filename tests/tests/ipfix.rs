@@ -65,10 +65,13 @@ impl Drop for Nfcapd {
     }
 }
 
+/// proto, src, sport, dst, dport.
+type Key = (u8, String, u16, String, u16);
+
 /// One flow as both sides see it: 5-tuple, first and last ms, packets and bytes each way.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Flow {
-    key: (u8, String, u16, String, u16),
+    key: Key,
     first_ms: i64,
     last_ms: i64,
     counts: [u64; 4],
@@ -176,12 +179,12 @@ fn dev_captures() -> Vec<PathBuf> {
 }
 
 /// Per 5-tuple: packets and bytes each way, added over its records.
-fn sums(flows: &[Flow]) -> BTreeMap<(u8, String, u16, String, u16), [u64; 4]> {
+fn sums(flows: &[Flow]) -> BTreeMap<Key, [u64; 4]> {
     let mut m: BTreeMap<_, [u64; 4]> = BTreeMap::new();
     for f in flows {
         let e = m.entry(f.key.clone()).or_default();
-        for i in 0..4 {
-            e[i] += f.counts[i];
+        for (a, b) in e.iter_mut().zip(f.counts) {
+            *a += b;
         }
     }
     m
@@ -245,7 +248,7 @@ fn replay_to_nfcapd_over_ipv4_and_ipv6_equals_the_database() {
             "{url}: nfcapd kept every record\n{log}"
         );
         // Each row is a record with its 5-tuple and start to the millisecond.
-        let mut starts: BTreeMap<(&(u8, String, u16, String, u16), i64), usize> = BTreeMap::new();
+        let mut starts: BTreeMap<(&Key, i64), usize> = BTreeMap::new();
         for r in &records {
             *starts.entry((&r.key, r.first_ms)).or_default() += 1;
         }
