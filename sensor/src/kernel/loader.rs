@@ -343,61 +343,71 @@ fn attach_accept(ebpf: &mut Ebpf, by_cookie: bool) -> HookStatus {
     status(HOOK_ACCEPT, r)
 }
 
-fn attach_sock_create(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> HookStatus {
+/// Loads program `name` of type `P` and attaches it to the cgroup v2 directory (the
+/// hierarchy's root unless configured) with `attach`: the one way every cgroup hook goes in.
+fn attach_to_cgroup<P>(
+    ebpf: &mut Ebpf,
+    hook: &'static str,
+    name: &str,
+    cgroup: Option<PathBuf>,
+    load: impl FnOnce(&mut P) -> Result<(), aya::programs::ProgramError>,
+    attach: impl FnOnce(&mut P, File) -> Result<(), aya::programs::ProgramError>,
+) -> HookStatus
+where
+    for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     let r = (|| {
         let (cgroup, dir) = cgroup_dir(cgroup)?;
-        let prog: &mut CgroupSock = ebpf
-            .program_mut("sensor_sock_create")
-            .ok_or("program sensor_sock_create missing from the object")?
+        let prog: &mut P = ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("program {name} missing from the object"))?
             .try_into()
             .map_err(|e| error_chain(&e))?;
-        prog.load()
-            .map_err(|e| format!("load: {}", error_chain(&e)))?;
-        prog.attach(dir, CgroupAttachMode::Single)
+        load(prog).map_err(|e| format!("load: {}", error_chain(&e)))?;
+        attach(prog, dir)
             .map_err(|e| format!("attach to {}: {}", cgroup.display(), error_chain(&e)))?;
         Ok(format!("cgroup {}", cgroup.display()))
     })();
-    status(HOOK_SOCK_CREATE, r)
+    status(hook, r)
+}
+
+fn attach_sock_create(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> HookStatus {
+    attach_to_cgroup(
+        ebpf,
+        HOOK_SOCK_CREATE,
+        "sensor_sock_create",
+        cgroup,
+        CgroupSock::load,
+        |p: &mut CgroupSock, dir| p.attach(dir, CgroupAttachMode::Single).map(drop),
+    )
 }
 
 fn attach_dgram(ebpf: &mut Ebpf, cgroup: Option<PathBuf>, dir: CgroupSkbAttachType) -> HookStatus {
-    let (name, program) = match dir {
+    let (hook, name) = match dir {
         CgroupSkbAttachType::Egress => (HOOK_DGRAM_EGRESS, "sensor_dgram_out"),
         CgroupSkbAttachType::Ingress => (HOOK_DGRAM_INGRESS, "sensor_dgram_in"),
     };
-    let r = (|| {
-        let (cgroup, fd) = cgroup_dir(cgroup)?;
-        let prog: &mut CgroupSkb = ebpf
-            .program_mut(program)
-            .ok_or_else(|| format!("program {program} missing from the object"))?
-            .try_into()
-            .map_err(|e| error_chain(&e))?;
-        prog.load()
-            .map_err(|e| format!("load: {}", error_chain(&e)))?;
-        prog.attach(fd, dir, CgroupAttachMode::Single)
-            .map_err(|e| format!("attach to {}: {}", cgroup.display(), error_chain(&e)))?;
-        Ok(format!("cgroup {}", cgroup.display()))
-    })();
-    status(name, r)
+    attach_to_cgroup(
+        ebpf,
+        hook,
+        name,
+        cgroup,
+        CgroupSkb::load,
+        |p: &mut CgroupSkb, fd| p.attach(fd, dir, CgroupAttachMode::Single).map(drop),
+    )
 }
 
 fn attach_sock_ops(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> HookStatus {
-    let r = (|| {
-        let (cgroup, dir) = cgroup_dir(cgroup)?;
-        let prog: &mut SockOps = ebpf
-            .program_mut("sensor_sock_ops")
-            .ok_or("program sensor_sock_ops missing from the object")?
-            .try_into()
-            .map_err(|e| error_chain(&e))?;
-        prog.load()
-            .map_err(|e| format!("load: {}", error_chain(&e)))?;
-        // On kernels with BPF links (5.7+) aya attaches through a link, which always shares
-        // the cgroup with other programs and takes no flags: "Single" here means flags 0.
-        prog.attach(dir, CgroupAttachMode::Single)
-            .map_err(|e| format!("attach to {}: {}", cgroup.display(), error_chain(&e)))?;
-        Ok(format!("cgroup {}", cgroup.display()))
-    })();
-    status(HOOK_SOCK_OPS, r)
+    // On kernels with BPF links (5.7+) aya attaches through a link, which always shares
+    // the cgroup with other programs and takes no flags: "Single" here means flags 0.
+    attach_to_cgroup(
+        ebpf,
+        HOOK_SOCK_OPS,
+        "sensor_sock_ops",
+        cgroup,
+        SockOps::load,
+        |p: &mut SockOps, dir| p.attach(dir, CgroupAttachMode::Single).map(drop),
+    )
 }
 
 /// Gives the tracepoint programs the kernel struct offsets from the running kernel's BTF.
