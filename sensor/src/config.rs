@@ -182,20 +182,6 @@ impl Default for IpfixConfig {
     }
 }
 
-impl IpfixConfig {
-    pub fn exporter(&self) -> crate::ipfix::exporter::ExporterConfig {
-        crate::ipfix::exporter::ExporterConfig {
-            observation_domain: self.observation_domain,
-            enterprise_number: self.enterprise_number,
-            mtu_bytes: self.mtu_bytes,
-            template_refresh_s: self.template_refresh_s,
-            template_every_messages: self.template_every_messages,
-            queue_records: self.queue_records,
-            flush_ms: self.flush_ms,
-        }
-    }
-}
-
 /// Enrichment: which sources answer, how long answers stay good, and the pool's bounds.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]

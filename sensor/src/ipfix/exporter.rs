@@ -24,7 +24,7 @@ use std::{
 use prometheus::{IntCounter, IntGauge};
 
 use super::encode::{Encoder, ExporterCounts, Message};
-use crate::{flow::FlowRecord, metrics::Metrics};
+use crate::{config::IpfixConfig, flow::FlowRecord, metrics::Metrics};
 
 /// Where to send: `udp://HOST:PORT` or `tcp://HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,21 +68,6 @@ impl Collector {
             url: url.to_string(),
         })
     }
-}
-
-/// Exporter settings (`[ipfix]` in the config).
-#[derive(Debug, Clone)]
-pub struct ExporterConfig {
-    pub observation_domain: u32,
-    pub enterprise_number: u32,
-    /// Path MTU; messages are at most this less the IP and UDP/TCP headers.
-    pub mtu_bytes: usize,
-    pub template_refresh_s: u64,
-    pub template_every_messages: u64,
-    /// Flows waiting for each collector.
-    pub queue_records: usize,
-    /// A partly filled message goes out after this long.
-    pub flush_ms: u64,
 }
 
 /// Counters of one collector, resolved once.
@@ -150,7 +135,7 @@ pub struct Exporter {
 /// Starts the exporter thread for `collector`. Fails only when the socket cannot be made.
 pub fn spawn(
     collector: Collector,
-    cfg: &ExporterConfig,
+    cfg: &IpfixConfig,
     metrics: &Metrics,
 ) -> Result<Exporter, IpfixError> {
     let counters = Counters::new(metrics, &collector.url);
@@ -240,7 +225,7 @@ impl Transport {
 
 struct Stage {
     collector: Collector,
-    cfg: ExporterConfig,
+    cfg: IpfixConfig,
     encoder: Encoder,
     transport: Transport,
     counters: Counters,
@@ -459,15 +444,11 @@ mod tests {
         }
     }
 
-    fn cfg() -> ExporterConfig {
-        ExporterConfig {
-            observation_domain: 1,
-            enterprise_number: super::super::encode::DEFAULT_PEN,
-            mtu_bytes: 1400,
-            template_refresh_s: 60,
-            template_every_messages: 100,
+    fn cfg() -> IpfixConfig {
+        IpfixConfig {
             queue_records: 4,
             flush_ms: 20,
+            ..IpfixConfig::default()
         }
     }
 

@@ -46,7 +46,7 @@ impl Exporters {
         for url in &cfg.collectors {
             let c = exporter::Collector::parse(url)?;
             tracing::info!(collector = %c.url, addr = %c.addr, "exporting IPFIX");
-            let e = exporter::spawn(c, &cfg.exporter(), metrics)?;
+            let e = exporter::spawn(c, cfg, metrics)?;
             out.tee.0.push(e.sender);
             out.threads.push(e.thread);
         }
