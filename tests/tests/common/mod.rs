@@ -143,7 +143,18 @@ impl Sensor {
             eprintln!("sensor: {line}");
             self.log.push(line);
         }
-        (status, self.log)
+        (status, std::mem::take(&mut self.log))
+    }
+}
+
+/// A test that panics before `stop` must not leave a sensor running: it would capture and
+/// attach beside every test after it.
+impl Drop for Sensor {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
