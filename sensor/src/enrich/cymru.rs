@@ -323,8 +323,15 @@ impl CymruClient {
             .enumerate();
         let mut tasks = JoinSet::new();
         let mut done = Vec::new();
+        // After a failed chunk, the others in flight report before another starts: they
+        // began together and are likely failing too, so the breaker must see them all
+        // first, or a dead server costs one more timeout than the breaker allows.
+        let mut failed_in_flight = false;
         loop {
-            while tasks.len() < MAX_CONNECTIONS {
+            if tasks.is_empty() {
+                failed_in_flight = false;
+            }
+            while tasks.len() < MAX_CONNECTIONS && !failed_in_flight {
                 let Some((i, chunk)) = chunks.next() else {
                     break;
                 };
@@ -360,7 +367,10 @@ impl CymruClient {
             }
             match tasks.join_next().await {
                 None => break,
-                Some(Ok(result)) => done.push(result),
+                Some(Ok(result)) => {
+                    failed_in_flight |= result.1.1.is_some();
+                    done.push(result);
+                }
                 // Never aborted, so only a panic lands here: pass it on.
                 Some(Err(e)) => std::panic::resume_unwind(e.into_panic()),
             }
