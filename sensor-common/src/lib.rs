@@ -245,9 +245,9 @@ pub struct TpFormat {
 
 const _: () = assert!(size_of::<TpFormat>() == 48);
 
-/// Where the accept hook (at the return of `accept`/`accept4`) finds the socket it
-/// returned: offsets from the running kernel's BTF, syscall numbers from the agent's build.
-/// A zero `valid` means "not filled in": the program does nothing.
+/// Where the first-I/O hooks (`sock_recv_length`/`sock_send_length`, which name the
+/// process of an accepted connection) find a socket's protocol and id: offsets from the
+/// running kernel's BTF. A zero `valid` means "not filled in": the programs do nothing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AcceptOffsets {
@@ -255,31 +255,13 @@ pub struct AcceptOffsets {
     /// 1: sockets are named by their cookie (`sock_ops` runs and made one at
     /// PASSIVE_ESTABLISHED); 0: by the `struct sock` address (the tracepoint's naming).
     pub by_cookie: u32,
-    /// `accept` and `accept4` on this architecture (`u32::MAX` where there is none).
-    pub nr_accept: u32,
-    pub nr_accept4: u32,
-    /// `pt_regs.orig_ax` (x86-64) or `pt_regs.syscallno` (arm64): the syscall number.
-    pub regs_nr: u32,
-    /// `task_struct.files`.
-    pub task_files: u32,
-    /// `files_struct.fdt`.
-    pub files_fdt: u32,
-    /// `fdtable.max_fds` (u32).
-    pub fdt_max_fds: u32,
-    /// `fdtable.fd` (`struct file **`).
-    pub fdt_fd: u32,
-    /// `file.private_data` (the `struct socket *` of a socket file).
-    pub file_private: u32,
-    /// `socket.sk`.
-    pub socket_sk: u32,
     /// `sock_common.skc_cookie` (u64), within `struct sock`.
     pub sk_cookie: u32,
     /// `sock.sk_protocol` (u16).
     pub sk_protocol: u32,
-    pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<AcceptOffsets>() == 56);
+const _: () = assert!(size_of::<AcceptOffsets>() == 16);
 
 #[cfg(feature = "user")]
 mod user {

@@ -36,10 +36,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel,
-        generated::{
-            bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_socket_cookie,
-            bpf_ktime_get_boot_ns,
-        },
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
     },
     macros::{btf_tracepoint, cgroup_skb, cgroup_sock, map, sock_ops, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -273,6 +270,9 @@ pub fn sensor_sock_ops(ctx: SockOpsContext) -> u32 {
         keep_start(&ev);
         return 1;
     }
+    if event_kind == kind::PASSIVE_ESTABLISHED {
+        await_owner(cookie);
+    }
     emit(|ev| {
         // SAFETY: no preconditions.
         ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
@@ -446,6 +446,11 @@ fn btf_set_state(ctx: &BtfTracePointContext, sk: *const u8, old: u32, new: u32) 
             remote,
         }
     };
+    if event_kind == kind::PASSIVE_ESTABLISHED && off.untracked_closes_only == 0 {
+        // Not in the classic program: where it must stand in, the first-I/O hooks (BTF
+        // typed too) do not load either.
+        await_owner(sk as u64);
+    }
     emit_transition(sk, old, event_kind, &ends, off);
     Some(())
 }
@@ -602,28 +607,47 @@ fn emit_transition(sk: *const u8, old: u32, event_kind: u32, ends: &Ends, off: &
     emit(fill);
 }
 
-/// Index 0: where the accept hook finds the returned socket, filled in by the agent.
+/// Index 0: where the first-I/O hooks find a socket's protocol and cookie, filled in by the
+/// agent; `valid == 0` (not attached) also stops connections from waiting for an owner.
 #[map]
 static ACCEPT_OFFSETS: Array<AcceptOffsets> = Array::with_max_entries(1, 0);
 
-/// `raw_syscalls:sys_exit(struct pt_regs *regs, long ret)`, BTF-typed: at the return of
-/// `accept`/`accept4` (in the accepting process, so a pre-fork worker or one of several
-/// `SO_REUSEPORT` processes is named, not the listener's maker), the returned descriptor's
-/// socket is found through the task's file table and its owner kept for the close, as
-/// `connect()`'s is. Every other syscall leaves after one read and a compare.
-#[btf_tracepoint(function = "sys_exit")]
-pub fn sensor_accept_exit(ctx: BtfTracePointContext) -> i32 {
-    let regs: *const u8 = ctx.arg(0);
-    let ret: i64 = ctx.arg(1);
-    let _ = accept_exit(regs, ret);
+/// Accepted connections whose owner is not known yet, by socket id: the accept side is
+/// established in softirq, where the current task is whoever ran. The first read or write
+/// on the socket (a process-context hook) names the process and takes the entry out.
+#[map]
+static AWAIT_OWNER: LruHashMap<u64, u8> = LruHashMap::with_max_entries(OPEN_MAX, 0);
+
+/// An accepted connection `id` is established: its owner is named at its first I/O.
+#[inline(always)]
+fn await_owner(id: u64) {
+    if ACCEPT_OFFSETS.get(0).is_some_and(|o| o.valid != 0) {
+        let _ = AWAIT_OWNER.insert(id, 1, 0);
+    }
+}
+
+/// `sock:sock_recv_length(struct sock *sk, int ret, int flags)`, BTF-typed: runs in the
+/// process that called recv/read on any socket.
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sensor_sock_recv(ctx: BtfTracePointContext) -> i32 {
+    let _ = first_io(ctx.arg(0));
     0
 }
 
+/// `sock:sock_send_length`, the same for send/write (servers that speak first).
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sensor_sock_send(ctx: BtfTracePointContext) -> i32 {
+    let _ = first_io(ctx.arg(0));
+    0
+}
+
+/// The first read or write on an accepted TCP socket: the process doing it is the one that
+/// accepted it (a pre-fork worker, one of several `SO_REUSEPORT` processes), kept for the
+/// close as `connect()`'s owner is. Every other socket I/O leaves after two reads and a
+/// failed lookup. (The accept() return itself is not hooked: a hook on syscall exit puts
+/// every system call of the host on the slow path, about 10% of a loopback connection.)
 #[inline(always)]
-fn accept_exit(regs: *const u8, ret: i64) -> Option<()> {
-    if ret < 0 {
-        return None;
-    }
+fn first_io(sk: *const u8) -> Option<()> {
     let off = ACCEPT_OFFSETS.get(0)?;
     if off.valid == 0 {
         return None;
@@ -631,21 +655,6 @@ fn accept_exit(regs: *const u8, ret: i64) -> Option<()> {
     // SAFETY: every read goes through bpf_probe_read_kernel, at offsets from the running
     // kernel's BTF; a bad pointer makes a read fail, never a wrong write.
     unsafe {
-        let nr: u64 = read_at(regs, off.regs_nr)?;
-        if nr != u64::from(off.nr_accept) && nr != u64::from(off.nr_accept4) {
-            return None;
-        }
-        let task = bpf_get_current_task() as *const u8;
-        let files: *const u8 = read_at(task, off.task_files)?;
-        let fdt: *const u8 = read_at(files, off.files_fdt)?;
-        let max_fds: u32 = read_at(fdt, off.fdt_max_fds)?;
-        if ret as u64 >= u64::from(max_fds) {
-            return None;
-        }
-        let fds: *const u8 = read_at(fdt, off.fdt_fd)?;
-        let file: *const u8 = read_at(fds, (ret as u32).wrapping_mul(8))?;
-        let socket: *const u8 = read_at(file, off.file_private)?;
-        let sk: *const u8 = read_at(socket, off.socket_sk)?;
         let protocol: u16 = read_at(sk, off.sk_protocol)?;
         if protocol != IPPROTO_TCP {
             return None;
@@ -655,10 +664,8 @@ fn accept_exit(regs: *const u8, ret: i64) -> Option<()> {
         } else {
             (sk as u64, source::TRACEPOINT)
         };
-        if id == 0 {
-            // No cookie: sock_ops never saw this socket, so no close will carry it.
-            return None;
-        }
+        AWAIT_OWNER.get_ptr(id)?;
+        let _ = AWAIT_OWNER.remove(id);
         let mut ev = SockEvent::ZERO;
         ev.ts_ns = bpf_ktime_get_boot_ns();
         ev.sock_id = id;
@@ -753,8 +760,34 @@ const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
 const IPPROTO_UDPLITE: u8 = 136;
 
+/// Whether the packet is TCP, read straight from the linear header where it is there
+/// (no helper call): these programs run on every packet, and TCP is most of them.
+#[inline(always)]
+fn is_tcp(ctx: &SkBuffContext) -> bool {
+    // SAFETY: `data`/`data_end` bound the packet's linear part; every read is checked
+    // against them (the verifier enforces it).
+    unsafe {
+        let skb = ctx.skb.skb;
+        let data = (*skb).data as usize;
+        let end = (*skb).data_end as usize;
+        if data + 10 > end {
+            return false;
+        }
+        let v = *(data as *const u8) >> 4;
+        let proto = match v {
+            4 => *((data + 9) as *const u8),
+            6 => *((data + 6) as *const u8),
+            _ => return false,
+        };
+        proto == IPPROTO_TCP as u8
+    }
+}
+
 #[inline(always)]
 fn dgram(ctx: &SkBuffContext, out: bool) -> Option<()> {
+    if is_tcp(ctx) {
+        return None;
+    }
     // The packet starts at its IP header here.
     let v: u8 = ctx.load(0).ok()?;
     let mut key = DgramKey {

@@ -344,34 +344,14 @@ impl KernelBtf {
     }
 }
 
-/// Where the accept hook finds the socket `accept()` returned: the syscall number in the
-/// registers, then task → files → fdtable → file → socket → sock.
+/// Where the first-I/O hooks find a socket's protocol and cookie in `struct sock`.
 pub fn accept_offsets(btf: &KernelBtf) -> Result<AcceptOffsets, BtfError> {
     let off = |s: &str, m: &str| btf.member(s, m).map(|m| m.offset);
-    #[cfg(target_arch = "aarch64")]
-    let regs_nr = off("pt_regs", "syscallno")?;
-    #[cfg(not(target_arch = "aarch64"))]
-    let regs_nr = off("pt_regs", "orig_ax")?;
-    let nr = |n: libc::c_long| u32::try_from(n).unwrap_or(u32::MAX);
-    #[cfg(target_arch = "aarch64")]
-    let nr_accept = u32::MAX;
-    #[cfg(not(target_arch = "aarch64"))]
-    let nr_accept = nr(libc::SYS_accept);
     Ok(AcceptOffsets {
         valid: 1,
         by_cookie: 0,
-        nr_accept,
-        nr_accept4: nr(libc::SYS_accept4),
-        regs_nr,
-        task_files: off("task_struct", "files")?,
-        files_fdt: off("files_struct", "fdt")?,
-        fdt_max_fds: off("fdtable", "max_fds")?,
-        fdt_fd: off("fdtable", "fd")?,
-        file_private: off("file", "private_data")?,
-        socket_sk: off("socket", "sk")?,
         sk_cookie: off("sock", "__sk_common.skc_cookie")?,
         sk_protocol: off("sock", "sk_protocol")?,
-        _pad: 0,
     })
 }
 

@@ -40,7 +40,7 @@ pub const HOOK_SOCK_OPS: &str = "sock_ops";
 pub const HOOK_TRACEPOINT: &str = "tp_btf/inet_sock_set_state";
 pub const HOOK_TRACEPOINT_CLASSIC: &str = "tracepoint/sock/inet_sock_set_state";
 /// Attribution hooks: they name processes; the flows come from the hooks above.
-pub const HOOK_ACCEPT: &str = "tp_btf/sys_exit (accept)";
+pub const HOOK_ACCEPT: &str = "tp_btf/sock_recv_length+sock_send_length (accept side)";
 pub const HOOK_SOCK_CREATE: &str = "cgroup/sock_create";
 pub const HOOK_DGRAM_EGRESS: &str = "cgroup_skb/egress";
 pub const HOOK_DGRAM_INGRESS: &str = "cgroup_skb/ingress";
@@ -321,26 +321,37 @@ fn attach_accept(ebpf: &mut Ebpf, by_cookie: bool) -> HookStatus {
         let kbtf = KernelBtf::from_sys_fs().map_err(|e| e.to_string())?;
         let mut offsets = accept_offsets(&kbtf).map_err(|e| e.to_string())?;
         offsets.by_cookie = u32::from(by_cookie);
-        let mut map: Array<_, sensor_common::AcceptOffsets> = ebpf
-            .map_mut("ACCEPT_OFFSETS")
-            .ok_or("map ACCEPT_OFFSETS missing from the object")?
-            .try_into()
-            .map_err(|e| error_chain(&e))?;
-        map.set(0, offsets, 0)
-            .map_err(|e| format!("writing offsets: {}", error_chain(&e)))?;
         let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {}", error_chain(&e)))?;
-        let prog: &mut BtfTracePoint = ebpf
-            .program_mut("sensor_accept_exit")
-            .ok_or("program sensor_accept_exit missing from the object")?
-            .try_into()
-            .map_err(|e| error_chain(&e))?;
-        prog.load("sys_exit", &btf)
-            .map_err(|e| format!("load: {}", error_chain(&e)))?;
-        prog.attach()
-            .map_err(|e| format!("attach: {}", error_chain(&e)))?;
-        Ok("file-table offsets from kernel BTF".to_string())
+        for (name, tracepoint) in [
+            ("sensor_sock_recv", "sock_recv_length"),
+            ("sensor_sock_send", "sock_send_length"),
+        ] {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| format!("program {name} missing from the object"))?
+                .try_into()
+                .map_err(|e| error_chain(&e))?;
+            prog.load(tracepoint, &btf)
+                .map_err(|e| format!("load {tracepoint}: {}", error_chain(&e)))?;
+            prog.attach()
+                .map_err(|e| format!("attach {tracepoint}: {}", error_chain(&e)))?;
+        }
+        // Written last: a valid entry makes accepted connections wait for an owner, which
+        // only the programs just attached take out.
+        map_set_accept(ebpf, offsets)?;
+        Ok("first read/write of each accepted socket; offsets from kernel BTF".to_string())
     })();
     status(HOOK_ACCEPT, r)
+}
+
+fn map_set_accept(ebpf: &mut Ebpf, offsets: sensor_common::AcceptOffsets) -> Result<(), String> {
+    let mut map: Array<_, sensor_common::AcceptOffsets> = ebpf
+        .map_mut("ACCEPT_OFFSETS")
+        .ok_or("map ACCEPT_OFFSETS missing from the object")?
+        .try_into()
+        .map_err(|e| error_chain(&e))?;
+    map.set(0, offsets, 0)
+        .map_err(|e| format!("writing offsets: {}", error_chain(&e)))
 }
 
 /// Loads program `name` of type `P` and attaches it to the cgroup v2 directory (the
