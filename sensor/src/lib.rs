@@ -1,5 +1,6 @@
-//! `sensor`: a network flow sensor. The modules follow the data:
-//! [`kernel`] (eBPF ingest) → [`flow`] (aggregate) → [`store`] (SQLite) → [`export`].
+//! `sensor`: a network flow sensor. The modules follow the data: [`kernel`] (eBPF ingest)
+//! and [`capture`] (packets) → [`flow`] (aggregate, merge) → [`pipeline`] (the tee) →
+//! [`store`] (SQLite), [`enrich`] and [`ipfix`] → [`export`] (queries of the store).
 pub mod capture;
 pub mod check;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod ipfix;
 pub mod kernel;
 pub mod log_throttle;
 pub mod metrics;
+pub mod pipeline;
 pub mod replay;
 pub mod run;
 pub mod store;

@@ -17,7 +17,8 @@ use crate::{
     },
     config::Config,
     flow::FlowTable,
-    store::{self, StoreError, Writer, WriterConfig},
+    pipeline::{Pipeline, PipelineError, Sinks},
+    store::{self, StoreError, WriterConfig},
 };
 
 /// What stops a replay before it reads anything. A file that cannot be read in full is
@@ -29,7 +30,7 @@ pub enum ReplayError {
     #[error(transparent)]
     Enrich(#[from] crate::enrich::EnrichError),
     #[error(transparent)]
-    Ipfix(#[from] crate::ipfix::IpfixError),
+    Pipeline(#[from] PipelineError),
 }
 
 /// The exit statuses of `sensor replay` (and their meaning for scripts): 0 every packet of
@@ -86,11 +87,12 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplayReport, ReplayErr
     let metrics = crate::metrics::Metrics::new();
     let enrich =
         crate::enrich::Prepared::new(&cfg.enrich, &cfg.db_path, std::sync::Arc::clone(&metrics))?;
-    let writer = Writer::spawn(
+    let enriching = enrich.is_some();
+    // A file can wait: every sink gets every flow (their queues are waited on).
+    let pipeline = Pipeline::start(
         conn,
         cfg.db_path.clone(),
         WriterConfig {
-            enrich: enrich.as_ref().map(|e| e.queue.clone()),
             // The same counters a live run keeps: `--metrics-on-exit` tells the truth.
             metrics: Some(std::sync::Arc::clone(&metrics)),
             // A replay keeps every flow: old captures are not old news.
@@ -100,21 +102,16 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplayReport, ReplayErr
             live: false,
             ..cfg.writer()
         },
-    );
-    let store_stats = writer.stats();
-    // A file can wait: the collectors get every flow (their queues are waited on).
-    let ipfix = crate::ipfix::Exporters::start(&cfg.ipfix, &metrics)?;
-    let pool = match enrich {
-        Some(e) => {
-            let handle = writer.handle().expect("writer open");
-            Some(e.spawn(move |infos| handle.send_ip_info(infos))?)
-        }
-        None => None,
-    };
+        enrich,
+        &cfg.ipfix,
+        &metrics,
+    )?;
+    let store_stats = pipeline.store_stats();
+    let sinks = pipeline.sinks();
     let mut summary = ReplaySummary::default();
     let mut failures: Vec<FileError> = Vec::new();
     for path in files {
-        match replay_one(cfg, path, (&writer, &ipfix.tee), &mut summary, &metrics) {
+        match replay_one(cfg, path, &sinks, &mut summary, &metrics) {
             Ok(()) => summary.files += 1,
             Err(e) => {
                 tracing::error!("{e} (flows read before it were kept)");
@@ -122,8 +119,9 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplayReport, ReplayErr
             }
         }
     }
-    if let Some(pool) = pool {
-        pool.finish_blocking(Duration::from_millis(cfg.enrich.drain_ms));
+    drop(sinks);
+    pipeline.finish_blocking(Duration::from_millis(cfg.enrich.drain_ms));
+    if enriching {
         summary.enriched = metrics.enrich_done.get();
         // Addresses shed at the queue, and network lookups shed (a source down or
         // saturated): either way answers that were asked for are missing.
@@ -141,8 +139,6 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplayReport, ReplayErr
             + metrics.enrich_shed.with_label_values(&["shutdown"]).get()
             + lookups_shed;
     }
-    ipfix.finish();
-    writer.finish();
     publish_store(&metrics, &store_stats);
     metrics.write_on_exit(cfg.metrics_on_exit.as_deref());
     summary.flows = store_stats.rows_written.load(Ordering::Relaxed);
@@ -176,7 +172,7 @@ fn publish_store(m: &crate::metrics::Metrics, st: &store::StoreStats) {
 fn replay_one(
     cfg: &Config,
     path: &Path,
-    (writer, tee): (&Writer, &crate::ipfix::Tee),
+    sinks: &Sinks,
     summary: &mut ReplaySummary,
     metrics: &crate::metrics::Metrics,
 ) -> Result<(), FileError> {
@@ -197,10 +193,9 @@ fn replay_one(
         } else if let Some((_, c)) = ended.iter().find(|(r, _)| *r == f.end_reason.as_str()) {
             c.inc();
         }
-        tee.send_blocking(&f);
         chunk.push(f);
         if chunk.len() >= CHUNK {
-            writer.send_many_blocking(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+            sinks.send_many_blocking(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
         }
     };
     let started = Instant::now();
@@ -261,7 +256,7 @@ fn replay_one(
     }
     // Whatever happened, the flows read so far are kept.
     table.flush_all(&mut emit);
-    writer.send_many_blocking(chunk);
+    sinks.send_many_blocking(chunk);
     let t = table.stats();
     summary.not_ip += not_ip;
     summary.malformed += malformed;

@@ -25,7 +25,8 @@ use crate::{
     },
     kernel::{self, KernelError, Probe},
     metrics::{self, Metrics, add_delta},
-    store::{self, StoreError, StoreStats, Writer, WriterConfig},
+    pipeline::Pipeline,
+    store::{self, StoreError, StoreStats, WriterConfig},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +42,7 @@ pub enum RunError {
     #[error(transparent)]
     Enrich(#[from] crate::enrich::EnrichError),
     #[error(transparent)]
-    Ipfix(#[from] crate::ipfix::IpfixError),
+    Pipeline(#[from] crate::pipeline::PipelineError),
     #[error("installing signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }
@@ -67,7 +68,7 @@ impl RunError {
             Self::Capture(CaptureError::NoSuchInterface { .. }) => EXIT_CONFIG,
             Self::Store(StoreError::NotWritable { .. }) => EXIT_CANT_CREATE,
             Self::Store(StoreError::TooNew { .. } | StoreError::Foreign { .. }) => EXIT_CONFIG,
-            Self::Enrich(_) | Self::Ipfix(_) => EXIT_CONFIG,
+            Self::Enrich(_) | Self::Pipeline(_) => EXIT_CONFIG,
             _ => 1,
         }
     }
@@ -160,43 +161,36 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     )));
     tracker.set_host_addrs(flow::local::host_addrs());
 
-    let writer = Writer::spawn(
+    // Finished flows go through the tee to the writer, enrichment and every collector.
+    let pipeline = Pipeline::start(
         conn,
         db.clone(),
         WriterConfig {
             metrics: Some(Arc::clone(&metrics)),
-            enrich: enrich.as_ref().map(|e| e.queue.clone()),
             units: kernel::cgroup::find_cgroup2_root().map(|root| {
                 flow::unit::UnitResolver::new(root)
                     .with_counter(metrics.attr_unresolved_cgroups.clone())
             }),
             ..cfg.writer()
         },
-    );
-    let store_stats = writer.stats();
-    // Finished flows go to the writer and to every IPFIX collector.
-    let ipfix = crate::ipfix::Exporters::start(&cfg.ipfix, &metrics)?;
-    let enrich_pool = match enrich {
-        Some(e) => {
-            let handle = writer.handle().expect("writer open");
-            Some(e.spawn(move |infos| handle.send_ip_info(infos))?)
-        }
-        None => None,
-    };
+        enrich,
+        &cfg.ipfix,
+        &metrics,
+    )?;
+    let store_stats = pipeline.store_stats();
+    let sinks = pipeline.sinks();
 
     // With packets captured, both views' records meet in the merge stage before the writer.
     let merge = if capture_ifaces.is_empty() {
         None
     } else {
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.store_queue_rows);
-        let handle = writer.handle().expect("writer open");
-        let tee = ipfix.tee.clone();
+        let sinks = sinks.clone();
         // A record waits for its twin as long as the packet view may take to write a
         // closed connection (the last ACK's wait) and a sweep or two more.
         let wait = Duration::from_nanos(cfg.table().last_ack_wait_ns()) + Duration::from_secs(2);
         let thread = merge::spawn(wait, rx, Some(Arc::clone(&metrics)), move |f| {
-            tee.offer(&f);
-            handle.try_send(f);
+            sinks.offer(f);
         });
         Some((MergeSender::new(tx), thread))
     };
@@ -280,10 +274,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         kernel_ended(&f);
         match &kernel_sink {
             Some(s) => s.send(merge::Input::Kernel(f)),
-            None => {
-                ipfix.tee.offer(&f);
-                writer.try_send(f);
-            }
+            None => sinks.offer(f),
         }
     };
     let ringbuf_beat = probe.as_ref().map(|_| metrics.heartbeat("ringbuf"));
@@ -297,7 +288,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
             biased;
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = sighup.recv() => reload(&cfg, enrich_pool.as_ref(), &metrics),
+            _ = sighup.recv() => reload(&cfg, pipeline.enrich_pool(), &metrics),
             guard = async { ring.as_mut().expect("guarded").readable_mut().await },
                 if ring.is_some() => {
                 let mut guard = guard.map_err(KernelError::RingBuf)?;
@@ -416,15 +407,12 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
             "merge stopped"
         );
     }
-    // Every flow has offered its addresses: the pool looks up what is queued (bounded by
-    // enrich.drain_ms) and hands its last answers to the writer before the writer stops.
-    if let Some(pool) = enrich_pool {
-        pool.finish(Duration::from_millis(cfg.enrich.drain_ms))
-            .await;
-    }
-    // Every flow has been offered: the exporters send what they hold.
-    ipfix.finish();
-    writer.finish();
+    // Every flow has been offered: the sinks stop in reverse order of start (see
+    // `pipeline`), each sending or writing what it holds.
+    drop(sinks);
+    pipeline
+        .finish(Duration::from_millis(cfg.enrich.drain_ms))
+        .await;
     published.publish_store(&metrics, &store_stats);
     metrics.write_on_exit(cfg.metrics_on_exit.as_deref());
     let _ = http_stop.send(());

@@ -121,12 +121,16 @@ pub fn host_cost() -> Result<()> {
         eprintln!("\nxtask: *** nfpcapd WILL NOT RUN: {why} ***\n");
     }
     let conn = connection_rate(&settings, nfpcapd)?;
+    let programs = match kernel_programs(&settings) {
+        Ok(t) => t,
+        Err(e) => format!("\n*** Kernel programs: NOT MEASURED: {e:#} ***\n"),
+    };
     let capture = if settings.rates.is_empty() {
         "Live capture: not run (HOST_COST_RATES=none).\n".to_string()
     } else {
         capture_throughput(&settings)?
     };
-    println!("\n{conn}\n{capture}");
+    println!("\n{conn}\n{programs}\n{capture}");
     Ok(())
 }
 
@@ -885,6 +889,133 @@ fn connection_rate(s: &Settings, nfpcapd: Result<(), String>) -> Result<String> 
     out.push_str(&format!("\n{}", others_note(&others, &foreign)));
     out.push('\n');
     Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// 1b. What each kernel program costs a connection
+
+/// `(name, run_cnt, run_time_ns)` of every loaded program named `sensor_*`, from
+/// `bpftool prog show` (the kernel counts while `kernel.bpf_stats_enabled` is 1).
+fn program_stats() -> Result<Vec<(String, u64, u64)>> {
+    let out = Command::new("bpftool").args(["prog", "show"]).output()?;
+    if !out.status.success() {
+        bail!(
+            "bpftool prog show: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let after = |key: &str| {
+            words
+                .iter()
+                .position(|w| *w == key)
+                .and_then(|i| words.get(i + 1))
+                .copied()
+        };
+        let Some(name) = after("name").filter(|n| n.starts_with("sensor_")) else {
+            continue;
+        };
+        let num = |key: &str| after(key).and_then(|v| v.parse().ok()).unwrap_or(0);
+        found.push((name.to_string(), num("run_cnt"), num("run_time_ns")));
+    }
+    Ok(found)
+}
+
+/// Sets `kernel.bpf_stats_enabled` and puts it back to 0 on drop.
+struct BpfStats;
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
+            .context("enabling kernel.bpf_stats_enabled")?;
+        Ok(Self)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    }
+}
+
+/// One more `--no-capture` run, apart from the timed rounds (the kernel's counting adds
+/// two clock reads a program run): how often each program ran a connection and for how
+/// long. This is the kernel-side CPU a connection pays, charged to the connecting
+/// processes, which the monitor's own CPU above leaves out.
+fn kernel_programs(s: &Settings) -> Result<String> {
+    crate::setup::ensure_commands(&[("bpftool", "bpftool")])?;
+    let db = Path::new(DIR).join("programs.db");
+    remove_db(&db);
+    let metrics_addr = free_addr()?;
+    let mut c = sensor_cmd(&db, &metrics_addr);
+    c.arg("--no-capture");
+    let mut p = Proc::spawn("sensor", &mut c)?;
+    p.wait_for("sensor ready", Duration::from_secs(60))?;
+    let stats = BpfStats::enable()?;
+    let mut tries = 0;
+    let (before, after, out, stolen) = loop {
+        tries += 1;
+        let before = program_stats()?;
+        let others = Others::start()?;
+        let out = output(
+            Command::new(CONNRATE).args(["--conns", &s.conns.to_string(), "--max-secs", "120"]),
+            "connrate",
+        )?;
+        let after = program_stats()?;
+        let stolen = others.stolen()?;
+        if stolen <= s.max_steal || tries >= MAX_TRIES {
+            break (before, after, out, stolen);
+        }
+    };
+    drop(stats);
+    drop(p);
+    let conns = field(&out, "CONNS")?;
+    let mut rows = Vec::new();
+    let (mut total_runs, mut total_ns) = (0.0, 0.0);
+    for (name, cnt, ns) in &after {
+        let (c0, n0) = before
+            .iter()
+            .find(|(b, ..)| b == name)
+            .map_or((0, 0), |(_, c, n)| (*c, *n));
+        let (runs, time) = ((cnt - c0) as f64, (ns - n0) as f64);
+        total_runs += runs;
+        total_ns += time;
+        rows.push(vec![
+            format!("`{name}`"),
+            format!("{:.1}", runs / conns),
+            if runs > 0.0 {
+                format!("{:.0}", time / runs)
+            } else {
+                "-".into()
+            },
+            format!("{:.2}", time / conns / 1000.0),
+        ]);
+    }
+    rows.push(vec![
+        "all".into(),
+        format!("{:.1}", total_runs / conns),
+        "-".into(),
+        format!("{:.2}", total_ns / conns / 1000.0),
+    ]);
+    Ok(format!(
+        "Kernel programs, `sensor run --no-capture`, one run of {} connections apart from the \
+         rounds (kernel.bpf_stats_enabled, {:.0}% of a core stolen meanwhile): the CPU the \
+         hooks take from the connecting processes.\n\n{}",
+        thousands(conns),
+        stolen * 100.0,
+        table(
+            &[
+                "program",
+                "runs a connection",
+                "ns a run",
+                "µs a connection"
+            ],
+            &rows
+        )
+    ))
 }
 
 // ---------------------------------------------------------------------------------------

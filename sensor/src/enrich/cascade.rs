@@ -18,7 +18,7 @@ use std::{
 };
 
 use super::{
-    Asn, Geo, Source, ThreatHit,
+    Asn, Source,
     cymru::{CymruAnswer, CymruClient, PrefixCache},
     geo::GeoDbs,
     rdns::{Rdns, RdnsOutcome},
@@ -28,83 +28,7 @@ use super::{
 };
 use crate::metrics::Metrics;
 
-/// What is known about one address, and when each source should be asked again.
-#[derive(Debug, Clone, PartialEq)]
-pub struct IpInfo {
-    pub ip: IpAddr,
-    pub geo: Option<Geo>,
-    pub asn: Option<Asn>,
-    /// Which source gave `asn` (the databases, else Cymru).
-    pub asn_source: Option<Source>,
-    /// Cymru's BGP prefix for the address, when Cymru answered.
-    pub bgp_prefix: Option<String>,
-    pub hostname: Option<String>,
-    /// `found`, `not_found` or why the lookup failed; None when reverse DNS was not asked.
-    pub rdns_status: Option<String>,
-    pub threat: Vec<ThreatHit>,
-    /// Unix ms when the in-memory sources (databases, threat lists) were last applied.
-    pub checked_ms: i64,
-    /// Unix ms after which each remote source should be asked again; None: never asked.
-    pub cymru_due_ms: Option<i64>,
-    pub rdns_due_ms: Option<i64>,
-}
-
-impl IpInfo {
-    pub fn new(ip: IpAddr) -> Self {
-        Self {
-            ip,
-            geo: None,
-            asn: None,
-            asn_source: None,
-            bgp_prefix: None,
-            hostname: None,
-            rdns_status: None,
-            threat: Vec::new(),
-            checked_ms: 0,
-            cymru_due_ms: None,
-            rdns_due_ms: None,
-        }
-    }
-
-    /// The threat lists that hold the address, comma-separated (the export column).
-    pub fn threat_lists(&self) -> Option<String> {
-        (!self.threat.is_empty()).then(|| {
-            self.threat
-                .iter()
-                .map(|h| h.list.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-    }
-}
-
-/// Which fields of the stored row an update sets: each pass writes only its own, so the
-/// passes may land in any order and none wipes another's answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fields {
-    /// Geo, the databases' ASN, threat verdicts, `checked_ms`.
-    Local,
-    /// Cymru's ASN (unless the databases gave one), BGP prefix, `cymru_due_ms`.
-    Cymru,
-    /// Hostname, `rdns_status`, `rdns_due_ms`.
-    Rdns,
-}
-
-/// One address's answers from one pass, for the store.
-#[derive(Debug, Clone, PartialEq)]
-pub struct IpUpdate {
-    pub info: IpInfo,
-    pub fields: Fields,
-}
-
-impl IpUpdate {
-    pub fn wrap(infos: Vec<IpInfo>, fields: Fields) -> Vec<IpUpdate> {
-        infos
-            .into_iter()
-            .map(|info| IpUpdate { info, fields })
-            .collect()
-    }
-}
+pub use crate::store::info::{Fields, IpInfo, IpUpdate};
 
 /// How long answers stay good.
 #[derive(Debug, Clone, Copy)]

@@ -24,62 +24,7 @@ fn unix_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Which source answered a field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Source {
-    /// A MaxMind-format database (City, Country or ASN).
-    Mmdb,
-    /// Team Cymru's bulk whois.
-    Cymru,
-    /// Reverse DNS (PTR).
-    Rdns,
-    /// The threat-intel lists.
-    Threat,
-}
-
-impl Source {
-    pub const ALL: [Source; 4] = [Source::Mmdb, Source::Cymru, Source::Rdns, Source::Threat];
-
-    /// The name used in `ip_info`, the JSON output and metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Mmdb => "mmdb",
-            Source::Cymru => "cymru",
-            Source::Rdns => "rdns",
-            Source::Threat => "threat",
-        }
-    }
-}
-
-/// Geolocation of one address (from a City or Country database).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Geo {
-    /// ISO 3166-1 alpha-2 code of the country (`country.iso_code`).
-    pub country: Option<String>,
-    /// English city name (`city.names.en`); only City databases have it.
-    pub city: Option<String>,
-    pub lat: Option<f64>,
-    pub lon: Option<f64>,
-}
-
-/// The autonomous system that announces an address.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Asn {
-    pub asn: u32,
-    pub org: Option<String>,
-}
-
-/// One threat list that contains an address.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ThreatHit {
-    /// The list's name: its file name without the extension (`firehol_level1`).
-    pub list: String,
-    /// How old the list's file is, in seconds (now − mtime), when looked up.
-    pub age_s: u64,
-    /// The list entry that matched, normalised (`1.19.0.0/16`; a single address without
-    /// `/32` or `/128`).
-    pub entry: String,
-}
+pub use crate::store::info::{Asn, Geo, Source, ThreatHit};
 
 /// Why enrichment could not start.
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,9 @@ use std::{collections::HashMap, net::IpAddr};
 use ipnet::{IpNet, Ipv4Net};
 use rusqlite::types::Value;
 
+use crate::store::inline::Inline;
+
 use super::{
-    inline::Inline,
     ipinfo::{Info, InfoMap},
     time::TimeError,
 };

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use rusqlite::Connection;
 
-use super::inline::Inline;
+use crate::store::inline::Inline;
 
 /// What enrichment knows about one address (NULLs as `None`).
 #[derive(Debug, Default, Clone)]
@@ -17,9 +17,8 @@ pub struct Info {
     pub threat: Option<Box<str>>,
 }
 
-/// Addresses as text (as `flows` stores them: rows are looked up without parsing) fit in
-/// this many bytes; a longer key cannot be an address.
-pub const KEY: usize = 47;
+/// Addresses as text fit in this many bytes ([`crate::store::sums::ADDR_KEY`]).
+pub const KEY: usize = crate::store::sums::ADDR_KEY;
 
 /// `ip_info` by address. The hash table holds only the address (inline) and an index, so
 /// that looking up a flow's ends touches little memory; the answers sit apart.

@@ -3,7 +3,6 @@
 //! writer.
 pub mod csv;
 pub mod filter;
-pub mod inline;
 pub mod ipinfo;
 pub mod json;
 pub mod time;

@@ -16,18 +16,18 @@
 use std::{
     collections::HashMap,
     io::{self, BufWriter, Write},
-    net::IpAddr,
     path::Path,
 };
 
 use rusqlite::types::{Value, ValueRef};
 
 use crate::store::rollup::{self, DAY_MS, day_of};
+pub use crate::store::sums::{BYTES_SQL, LocalAddrs, PACKETS_SQL, Totals};
+use crate::store::sums::{InlineSums, Sums};
 
 use super::{
     Cell, ExportError, RowWriter,
     filter::{Filter, RowCheck, TimeAccess},
-    inline::Inline,
     ipinfo::{self, InfoMap},
 };
 
@@ -84,67 +84,12 @@ pub struct TopOptions {
     pub rollup: bool,
 }
 
-/// Flows, packets and bytes added up.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Totals {
-    pub flows: u64,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-impl Totals {
-    pub(crate) fn add(&mut self, o: &Totals) {
-        self.flows += o.flows;
-        self.packets += o.packets;
-        self.bytes += o.bytes;
-    }
-
-    fn get(&self, by: By) -> u64 {
-        match by {
-            By::Bytes => self.bytes,
-            By::Packets => self.packets,
-            By::Flows => self.flows,
-        }
-    }
-}
-
-/// This host's addresses as `flows` stores them (text, IPv4-mapped as IPv4), plus
-/// loopback. Few enough on most hosts that a linear search beats hashing.
-#[derive(Debug, Clone, Default)]
-pub struct LocalAddrs(Vec<Box<[u8]>>);
-
-impl LocalAddrs {
-    /// The addresses of every interface now.
-    pub fn of_this_host() -> Self {
-        Self::from_addrs(
-            pnet_datalink::interfaces()
-                .iter()
-                .flat_map(|i| i.ips.iter().map(|n| n.ip())),
-        )
-    }
-
-    pub fn from_addrs(addrs: impl IntoIterator<Item = IpAddr>) -> Self {
-        let mut v: Vec<Box<[u8]>> = addrs
-            .into_iter()
-            .map(|a| a.to_canonical().to_string().into_bytes().into_boxed_slice())
-            .collect();
-        v.sort();
-        v.dedup();
-        Self(v)
-    }
-
-    pub fn is_local(&self, ip: &[u8]) -> bool {
-        ip.starts_with(b"127.") || ip == b"::1" || self.0.iter().any(|a| **a == *ip)
-    }
-
-    /// The remote end of a flow: the source when only the destination is local, else the
-    /// destination.
-    pub fn remote<'a>(&self, src: &'a [u8], dst: &'a [u8]) -> &'a [u8] {
-        if self.is_local(dst) && !self.is_local(src) {
-            src
-        } else {
-            dst
-        }
+/// The total a ranking is by.
+fn by_total(t: &Totals, by: By) -> u64 {
+    match by {
+        By::Bytes => t.bytes,
+        By::Packets => t.packets,
+        By::Flows => t.flows,
     }
 }
 
@@ -185,10 +130,6 @@ pub struct Ranking {
     pub rows: Vec<(GroupKey, Totals)>,
     pub total: Totals,
 }
-
-/// Per-thread sums, keyed by the group's bytes as read (remote address, comm, pair, or
-/// protocol and port packed in three bytes).
-pub(crate) type Sums = HashMap<Box<[u8]>, Totals, foldhash::fast::RandomState>;
 
 /// Below this share of the time span the table holds, a time range is read through the
 /// first_seen_ms index; above it a plain scan of the table is cheaper than looking up each
@@ -365,52 +306,6 @@ fn plan_rollup(
     }
     Ok(Some(parts))
 }
-
-/// Sums under inline keys, with the rare key too long to inline (a long process name, say)
-/// kept apart.
-pub(crate) struct InlineSums<const N: usize> {
-    inline: HashMap<Inline<N>, Totals, foldhash::fast::RandomState>,
-    long: Sums,
-}
-
-impl<const N: usize> InlineSums<N> {
-    pub(crate) fn new() -> Self {
-        Self {
-            inline: HashMap::default(),
-            long: Sums::default(),
-        }
-    }
-
-    pub(crate) fn add(&mut self, a: &[u8], b: Option<&[u8]>, t: &Totals) {
-        match Inline::new(a, b) {
-            Some(k) => self.inline.entry(k).or_default().add(t),
-            None => {
-                let mut k = a.to_vec();
-                if let Some(b) = b {
-                    k.push(0);
-                    k.extend_from_slice(b);
-                }
-                self.long.entry(k.into()).or_default().add(t);
-            }
-        }
-    }
-
-    pub(crate) fn into_sums(self) -> Sums {
-        let mut sums = self.long;
-        for (k, v) in self.inline {
-            sums.entry(k.as_slice().into()).or_default().add(&v);
-        }
-        sums
-    }
-}
-
-/// A flow's packets both ways, 0 when not counted.
-pub const PACKETS_SQL: &str = "ifnull(src_packets, 0) + ifnull(dst_packets, 0)";
-/// A flow's IP-layer bytes both ways when a packet view counted it, else (kernel-only
-/// flows) its payload bytes both ways.
-pub const BYTES_SQL: &str = "CASE WHEN src_bytes IS NULL AND dst_bytes IS NULL \
-    THEN ifnull(src_payload_bytes, 0) + ifnull(dst_payload_bytes, 0) \
-    ELSE ifnull(src_bytes, 0) + ifnull(dst_bytes, 0) END";
 
 /// What one scan reads and how it keys rows.
 struct Scan<'a> {
@@ -738,7 +633,11 @@ pub fn rank(
         groups.entry(group_key(group, k, &info)).or_default().add(v);
     }
     let mut rows: Vec<(GroupKey, Totals)> = groups.into_iter().collect();
-    rows.sort_by(|a, b| b.1.get(by).cmp(&a.1.get(by)).then_with(|| a.0.cmp(&b.0)));
+    rows.sort_by(|a, b| {
+        by_total(&b.1, by)
+            .cmp(&by_total(&a.1, by))
+            .then_with(|| a.0.cmp(&b.0))
+    });
     Ok((Ranking { rows, total }, info))
 }
 
@@ -860,7 +759,7 @@ pub fn top(
 ) -> Result<(), ExportError> {
     let (ranking, info) = rank(db, opts.group, opts.by, &opts.filter, local, opts.rollup)?;
     let mut out = BufWriter::new(out);
-    let total = ranking.total.get(opts.by);
+    let total = by_total(&ranking.total, opts.by);
     let shown = if opts.limit == 0 {
         ranking.rows.len()
     } else {
@@ -894,7 +793,7 @@ pub fn top(
                     Cell::Int(t.flows as i64),
                     Cell::Int(t.packets as i64),
                     Cell::Int(t.bytes as i64),
-                    Cell::Real(share(t.get(opts.by), total)),
+                    Cell::Real(share(by_total(t, opts.by), total)),
                 ]);
                 w.row(&cells)?;
             }
@@ -926,7 +825,7 @@ pub fn top(
                     t.packets.to_string(),
                     t.bytes.to_string(),
                     human_bytes(t.bytes),
-                    format!("{:.2}%", share(t.get(opts.by), total)),
+                    format!("{:.2}%", share(by_total(t, opts.by), total)),
                 ]);
                 table.push(line);
             }

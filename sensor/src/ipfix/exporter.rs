@@ -23,8 +23,9 @@ use std::{
 
 use prometheus::{IntCounter, IntGauge};
 
+use super::config::IpfixConfig;
 use super::encode::{Encoder, ExporterCounts, Message};
-use crate::{config::IpfixConfig, flow::FlowRecord, metrics::Metrics};
+use crate::{flow::FlowRecord, metrics::Metrics};
 
 /// Where to send: `udp://HOST:PORT` or `tcp://HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]

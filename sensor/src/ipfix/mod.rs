@@ -1,10 +1,12 @@
 //! IPFIX export of finished flows to collectors (nfcapd, nfacctd, GoFlow2...).
+pub mod config;
 pub mod encode;
 pub mod exporter;
 
 use std::thread::JoinHandle;
 
-use crate::{config::IpfixConfig, flow::FlowRecord, metrics::Metrics};
+use crate::{flow::FlowRecord, metrics::Metrics};
+use config::IpfixConfig;
 
 pub use exporter::IpfixError;
 

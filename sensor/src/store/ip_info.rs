@@ -5,10 +5,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use crate::enrich::{
-    Asn, Geo, Source, ThreatHit,
-    cascade::{Fields, IpInfo, IpUpdate},
-};
+use super::info::{Asn, Fields, Geo, IpInfo, IpUpdate, Source, ThreatHit};
 
 /// Pass 1 (databases, threat lists). The ASN columns are only taken when the databases
 /// gave the ASN: otherwise the row keeps Cymru's (written by its own pass, maybe earlier).

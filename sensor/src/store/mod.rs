@@ -1,9 +1,12 @@
 //! Store: finished flows into SQLite, from a writer on its own thread.
 pub mod amend;
+pub mod info;
+pub mod inline;
 pub mod ip_info;
 pub mod retention;
 pub mod rollup;
 pub mod schema;
+pub mod sums;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use crate::export::top::{BYTES_SQL, InlineSums, LocalAddrs, PACKETS_SQL, Totals};
+use super::sums::{ADDR_KEY, BYTES_SQL, InlineSums, LocalAddrs, PACKETS_SQL, Totals};
 
 /// Milliseconds in a UTC day: `day = first_seen_ms.div_euclid(DAY_MS)`.
 pub const DAY_MS: i64 = 86_400_000;
@@ -78,7 +78,7 @@ pub fn step_below(
     }
     let to = last.min(st.max_id.saturating_add(STEP_IDS));
     // By day, then by remote address, inline (no allocation a row).
-    let mut sums: HashMap<i64, InlineSums<{ crate::export::ipinfo::KEY }>> = HashMap::new();
+    let mut sums: HashMap<i64, InlineSums<ADDR_KEY>> = HashMap::new();
     {
         let mut stmt = tx.prepare(&format!(
             "SELECT first_seen_ms, src_ip, dst_ip, {PACKETS_SQL}, {BYTES_SQL} \
@@ -98,7 +98,7 @@ pub fn step_below(
                 bytes: row.get::<_, Option<i64>>(4)?.unwrap_or(0).max(0) as u64,
             };
             sums.entry(day)
-                .or_insert_with(InlineSums::new)
+                .or_default()
                 .add(local.remote(src, dst), None, &t);
         }
     }

@@ -27,12 +27,9 @@ use rusqlite::{Connection, params};
 use super::{
     StoreError,
     amend::{self, Amendable, Outcome},
+    info::IpUpdate,
 };
-use crate::{
-    enrich::{cascade::IpUpdate, queue::EnrichQueue},
-    flow::FlowRecord,
-    metrics::Metrics,
-};
+use crate::{flow::FlowRecord, metrics::Metrics};
 
 /// What the writer takes in: flows, and enrichment answers for `ip_info`.
 #[expect(
@@ -120,9 +117,6 @@ pub struct WriterConfig {
     pub queue_rows: usize,
     /// Heartbeat and write-duration histogram (`sensor run`; replay has none).
     pub metrics: Option<Arc<Metrics>>,
-    /// Where each flow's addresses are offered for enrichment, on the sender's thread and
-    /// without waiting.
-    pub enrich: Option<EnrichQueue>,
     /// Flows kept in memory while writes fail (disk full, read-only); beyond it the oldest
     /// are dropped and counted as failed.
     pub held_rows: usize,
@@ -148,14 +142,13 @@ pub struct WriterConfig {
 }
 
 impl WriterConfig {
-    /// Batching as configured; no metrics, no enrichment, no retention.
+    /// Batching as configured; no metrics, no retention.
     pub fn new(batch_rows: usize, flush: Duration, queue_rows: usize) -> Self {
         Self {
             batch_rows,
             flush,
             queue_rows,
             metrics: None,
-            enrich: None,
             held_rows: 100_000,
             retention: None,
             prune_every: Duration::from_secs(60),
@@ -195,7 +188,6 @@ pub struct StoreStats {
 
 pub struct Writer {
     tx: Option<Queue>,
-    enrich: Option<EnrichQueue>,
     handle: Option<JoinHandle<()>>,
     stats: Arc<StoreStats>,
 }
@@ -205,7 +197,6 @@ pub struct Writer {
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: Queue,
-    enrich: Option<EnrichQueue>,
     stats: Arc<StoreStats>,
 }
 
@@ -225,22 +216,30 @@ fn try_send(q: &Queue, stats: &StoreStats, flow: FlowRecord) {
     }
 }
 
-fn offer(enrich: &Option<EnrichQueue>, flow: &FlowRecord) {
-    // An amendment's addresses were offered with its row.
-    if flow.amends {
+/// Queues flows, waiting while the queue is full.
+fn send_many_blocking(q: &Queue, stats: &StoreStats, flows: Vec<FlowRecord>) {
+    let n = flows.len();
+    if n == 0 {
         return;
     }
-    if let Some(q) = enrich {
-        q.offer(flow.src.ip());
-        q.offer(flow.dst.ip());
+    q.gate.reserve_blocking(n);
+    if q.tx.send(Row::Flows(flows)).is_err() {
+        q.gate.taken(n);
+        stats.queue_dropped.fetch_add(n as u64, Ordering::Relaxed);
+    } else {
+        stats.accepted.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
 impl WriterHandle {
     /// Queues without waiting; counts the flow as dropped when the queue is full.
     pub fn try_send(&self, flow: FlowRecord) {
-        offer(&self.enrich, &flow);
         try_send(&self.tx, &self.stats, flow);
+    }
+
+    /// Queues flows, waiting while the queue is full (see [`Writer::send_blocking`]).
+    pub fn send_many_blocking(&self, flows: Vec<FlowRecord>) {
+        send_many_blocking(&self.tx, &self.stats, flows);
     }
 
     /// Queues enrichment answers without waiting; counted as dropped when the queue is
@@ -278,7 +277,6 @@ impl Writer {
             gate: Arc::clone(&gate),
         };
         let stats = Arc::new(StoreStats::default());
-        let enrich = cfg.enrich.clone();
         let thread_stats = Arc::clone(&stats);
         let handle = std::thread::Builder::new()
             .name("sensor-store".into())
@@ -286,7 +284,6 @@ impl Writer {
             .expect("spawning the store thread");
         Self {
             tx: Some(tx),
-            enrich,
             handle: Some(handle),
             stats,
         }
@@ -299,7 +296,6 @@ impl Writer {
     pub fn handle(&self) -> Option<WriterHandle> {
         self.tx.as_ref().map(|tx| WriterHandle {
             tx: tx.clone(),
-            enrich: self.enrich.clone(),
             stats: Arc::clone(&self.stats),
         })
     }
@@ -307,7 +303,6 @@ impl Writer {
     /// Queues a flow without waiting; counts it as dropped when the queue is full.
     pub fn try_send(&self, flow: FlowRecord) {
         let Some(tx) = &self.tx else { return };
-        offer(&self.enrich, &flow);
         try_send(tx, &self.stats, flow);
     }
 
@@ -319,22 +314,8 @@ impl Writer {
 
     /// Queues flows, waiting while the queue is full (see [`Writer::send_blocking`]).
     pub fn send_many_blocking(&self, flows: Vec<FlowRecord>) {
-        let Some(tx) = &self.tx else { return };
-        let n = flows.len();
-        if n == 0 {
-            return;
-        }
-        for f in &flows {
-            offer(&self.enrich, f);
-        }
-        tx.gate.reserve_blocking(n);
-        if tx.tx.send(Row::Flows(flows)).is_err() {
-            tx.gate.taken(n);
-            self.stats
-                .queue_dropped
-                .fetch_add(n as u64, Ordering::Relaxed);
-        } else {
-            self.stats.accepted.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(tx) = &self.tx {
+            send_many_blocking(tx, &self.stats, flows);
         }
     }
 
@@ -514,7 +495,7 @@ fn rollup_may_run(
 
 /// One rollup step; the next one right away (when idle) while behind.
 fn rollup(st: &mut State, cfg: &WriterConfig) {
-    let local = crate::export::top::LocalAddrs::of_this_host();
+    let local = super::sums::LocalAddrs::of_this_host();
     // Rows that may still be amended are rolled up once they no longer can.
     let below = st.amendable.oldest();
     match super::rollup::step_below(&mut st.conn, &local, below) {
@@ -993,11 +974,11 @@ mod tests {
         }
         w.handle()
             .unwrap()
-            .send_ip_info(crate::enrich::cascade::IpUpdate::wrap(
-                vec![crate::enrich::cascade::IpInfo::new(
+            .send_ip_info(crate::store::info::IpUpdate::wrap(
+                vec![crate::store::info::IpInfo::new(
                     "192.0.2.1".parse().unwrap(),
                 )],
-                crate::enrich::cascade::Fields::Local,
+                crate::store::info::Fields::Local,
             ));
         let reader = super::super::open_for_reading(&path).unwrap();
         let rolled = || {

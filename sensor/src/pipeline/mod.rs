@@ -1,0 +1,127 @@
+//! The finished-flow half of the pipeline, built the same way by `sensor run` and
+//! `sensor replay`:
+//!
+//! ```text
+//!   flow sources ──▶ Sinks (tee) ──┬──▶ store (SQLite writer thread)
+//!   (kernel, merge,                ├──▶ enrich (worker pool) ──answers──▶ store
+//!    packet tables)                └──▶ ipfix (one exporter thread per collector)
+//! ```
+//!
+//! Each sink is a stage that owns its settings, metrics and heartbeat, ends when its input
+//! closes and flushes on the way out. [`Pipeline::finish`] stops them in reverse order of
+//! start: enrichment first (its last answers still go to the writer), then the exporters,
+//! then the writer. The writer knows nothing of the other sinks.
+pub mod sinks;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use rusqlite::Connection;
+
+pub use sinks::Sinks;
+
+use crate::{
+    config::IpfixConfig,
+    enrich::{EnrichError, Prepared, pool::Pool},
+    ipfix::{Exporters, IpfixError},
+    metrics::Metrics,
+    store::{StoreStats, Writer, WriterConfig},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Enrich(#[from] EnrichError),
+    #[error(transparent)]
+    Ipfix(#[from] IpfixError),
+}
+
+/// The running sinks.
+pub struct Pipeline {
+    writer: Writer,
+    ipfix: Exporters,
+    enrich: Option<Pool>,
+    sinks: Sinks,
+}
+
+impl Pipeline {
+    /// Starts the writer on `conn`, then the IPFIX exporters, then the enrichment pool
+    /// (whose answers go to the writer). `enrich` was opened beforehand, so that a bad
+    /// database or list stops the start before anything else runs.
+    pub fn start(
+        conn: Connection,
+        db: PathBuf,
+        writer: WriterConfig,
+        enrich: Option<Prepared>,
+        ipfix: &IpfixConfig,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, PipelineError> {
+        let writer = Writer::spawn(conn, db, writer);
+        let store = writer.handle().expect("writer open");
+        let ipfix = Exporters::start(ipfix, metrics)?;
+        let (queue, enrich) = match enrich {
+            Some(e) => {
+                let queue = e.queue.clone();
+                let answers = store.clone();
+                (
+                    Some(queue),
+                    Some(e.spawn(move |infos| answers.send_ip_info(infos))?),
+                )
+            }
+            None => (None, None),
+        };
+        let sinks = Sinks::new(store, queue, ipfix.tee.clone());
+        Ok(Self {
+            writer,
+            ipfix,
+            enrich,
+            sinks,
+        })
+    }
+
+    /// Where finished flows go. Every clone must be dropped before [`Self::finish`].
+    pub fn sinks(&self) -> Sinks {
+        self.sinks.clone()
+    }
+
+    pub fn store_stats(&self) -> Arc<StoreStats> {
+        self.writer.stats()
+    }
+
+    pub fn enrich_pool(&self) -> Option<&Pool> {
+        self.enrich.as_ref()
+    }
+
+    /// Stops the sinks in reverse order of start: the pool looks up what is queued
+    /// (bounded by `drain`) and hands its last answers to the writer, the exporters send
+    /// what they hold, and the writer writes everything queued.
+    pub async fn finish(self, drain: Duration) {
+        let Self {
+            writer,
+            ipfix,
+            enrich,
+            sinks,
+        } = self;
+        drop(sinks);
+        if let Some(pool) = enrich {
+            pool.finish(drain).await;
+        }
+        ipfix.finish();
+        writer.finish();
+    }
+
+    /// [`Self::finish`] for callers outside the async runtime (`replay`).
+    pub fn finish_blocking(self, drain: Duration) {
+        let Self {
+            writer,
+            ipfix,
+            enrich,
+            sinks,
+        } = self;
+        drop(sinks);
+        if let Some(pool) = enrich {
+            pool.finish_blocking(drain);
+        }
+        ipfix.finish();
+        writer.finish();
+    }
+}
