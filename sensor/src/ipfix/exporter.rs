@@ -322,6 +322,13 @@ impl Stage {
             let records = m.records;
             self.send(&m, records);
         }
+        // Not between the messages just encoded: their sequence numbers are already set,
+        // and templates sent among them would carry a later one (RFC 7011 §3.1).
+        if matches!(self.transport, Transport::Udp(_))
+            && self.messages_since_templates >= self.cfg.template_every_messages.max(1)
+        {
+            self.send_templates();
+        }
     }
 
     /// Sends one message; counts its records sent or dropped.
@@ -334,11 +341,6 @@ impl Stage {
         } else {
             self.counters.dropped_send.inc_by(u64::from(records));
             self.dropped += u64::from(records);
-        }
-        if matches!(self.transport, Transport::Udp(_))
-            && self.messages_since_templates >= self.cfg.template_every_messages.max(1)
-        {
-            self.send_templates();
         }
     }
 
