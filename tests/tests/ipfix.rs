@@ -816,6 +816,54 @@ fn tcp_collector_restarted_mid_stream_gets_templates_again_and_every_flow_is_cou
     );
 }
 
+/// A TCP collector that accepts and never reads (back-pressure): the replay is not held
+/// back (the exporter's write times out, it reconnects with backoff and drops meanwhile),
+/// SQLite gets every row, and every flow is either sent or counted as dropped.
+#[test]
+fn tcp_collector_that_stops_reading_holds_nothing_back_and_drops_are_counted() {
+    let dir = temp_dir("ipfix-tcp-stuck");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    // Accepts every connection and keeps it open, reading nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let t0 = Instant::now();
+    // Twice over: more than the exporter's bounded send buffer and the collector's
+    // receive buffer hold.
+    let files: Vec<PathBuf> = dev_captures()
+        .into_iter()
+        .cycle()
+        .take(2 * dev_captures().len())
+        .collect();
+    let (db, m, err) = replay_to(&dir, std::slice::from_ref(&url), &files);
+    let took = t0.elapsed();
+    let (sent, dropped) = sent_and_dropped(&m, &url);
+    let rows = sqlite_flows(&db).len();
+    let amendments = metric_required(&m, "sensor_flow_amendments_total") as usize;
+    assert_eq!(
+        sent + dropped,
+        rows + amendments,
+        "every flow sent or counted\n{err}"
+    );
+    assert!(
+        dropped > 0,
+        "a collector that reads nothing cannot have got {sent} records"
+    );
+    // The same replay without IPFIX writes the same rows.
+    let plain = temp_dir("ipfix-tcp-stuck-plain");
+    let (db2, _, _) = replay_to(&plain, &[], &files);
+    assert_eq!(rows, sqlite_flows(&db2).len(), "SQLite got every row");
+    assert!(took < Duration::from_secs(60), "the replay took {took:?}");
+    println!(
+        "stuck collector: replay took {took:?}; sent {sent} (into socket buffers), dropped {dropped}"
+    );
+}
+
 /// Data records in a message's flow data sets, walked with the layout of this exporter's
 /// templates (records hold variable-length strings, so a set's length alone does not say).
 fn data_records(msg: &[u8]) -> usize {

@@ -23,6 +23,11 @@ pub struct IpfixConfig {
     pub queue_records: usize,
     /// A partly filled message goes out after this long.
     pub flush_ms: u64,
+    /// TCP: the socket's send buffer. What sits in it when a collector goes away is lost
+    /// without the exporter knowing (TCP carries no application acknowledgement), so it is
+    /// bounded; a collector that stops reading fills it, the write times out and the
+    /// exporter reconnects, dropping (and counting) meanwhile.
+    pub tcp_send_buffer_bytes: usize,
 }
 
 impl Default for IpfixConfig {
@@ -36,6 +41,7 @@ impl Default for IpfixConfig {
             template_every_messages: 100,
             queue_records: 65_536,
             flush_ms: 500,
+            tcp_send_buffer_bytes: 262_144,
         }
     }
 }

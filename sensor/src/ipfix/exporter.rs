@@ -393,6 +393,7 @@ impl Stage {
         match TcpStream::connect_timeout(addr, Duration::from_secs(1)) {
             Ok(s) => {
                 let _ = s.set_write_timeout(Some(WRITE_TIMEOUT));
+                set_send_buffer(&s, self.cfg.tcp_send_buffer_bytes);
                 let _ = s.set_nodelay(true);
                 *stream = Some(s);
                 *backoff = BACKOFF_MIN;
@@ -423,6 +424,25 @@ impl Stage {
                 false
             }
         }
+    }
+}
+
+/// `SO_SNDBUF` (the kernel keeps twice this, for its own bookkeeping).
+fn set_send_buffer(s: &TcpStream, bytes: usize) {
+    use std::os::fd::AsRawFd as _;
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on a socket we own, with a c_int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw const v).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!("ipfix: SO_SNDBUF: {}", std::io::Error::last_os_error());
     }
 }
 
