@@ -102,6 +102,7 @@ const ONLY: &[&str] = &[
     "flow-table",
     "latency",
     "replay",
+    "ipfix",
     "enrich",
     "persist",
     "export",
@@ -130,6 +131,10 @@ pub fn bench(copies: usize, only: Option<&str>) -> Result<()> {
     }
     if want("replay") {
         replay(copies)?;
+    }
+    if want("ipfix") {
+        run(cargo().args(["bench", "-p", "sensor", "--bench", "ipfix_encode"]))?;
+        replay_ipfix(copies)?;
     }
     if want("enrich") {
         crate::bench_enrich::enrich()?;
@@ -189,6 +194,60 @@ fn replay(copies: usize) -> Result<()> {
         size as f64 / 1e6,
         size as f64 / 1e6 / sensor,
         tshark / sensor
+    );
+    Ok(())
+}
+
+/// `sensor replay` of the big capture with and without `--ipfix` to a UDP sink on loopback
+/// (a thread here drains it), interleaved rounds, medians: the exporter's cost to a replay.
+fn replay_ipfix(copies: usize) -> Result<()> {
+    run(cargo().args(["build", "--release", "-p", "sensor"]))?;
+    let big = big_capture(copies)?;
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let url = format!("udp://{}", sink.local_addr()?);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 65_536];
+        while sink.recv(&mut buf).is_ok() {}
+    });
+    let db = PathBuf::from("target/bench/replay-ipfix.db");
+    let once = |ipfix: bool| -> Result<f64> {
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+        }
+        let mut c = Command::new("target/release/sensor");
+        c.args(["replay", "--no-enrich", "--db"]).arg(&db);
+        if ipfix {
+            c.args(["--ipfix", &url]);
+        }
+        let t = Instant::now();
+        let st = c.arg(&big).env("SENSOR_LOG", "warn").status()?;
+        if !matches!(st.code(), Some(0 | 65)) {
+            bail!("sensor replay failed ({st})");
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for round in 0..5 {
+        // Alternating which goes first.
+        if round % 2 == 0 {
+            without.push(once(false)?);
+            with.push(once(true)?);
+        } else {
+            with.push(once(true)?);
+            without.push(once(false)?);
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (a, b) = (med(&mut without), med(&mut with));
+    println!(
+        "replay --ipfix: {}: without {a:.2} s, with --ipfix to a loopback UDP sink {b:.2} s; \
+         replay with IPFIX runs at {:.0}% of replay without it (bar: 90%; medians of 5, \
+         interleaved)",
+        big.display(),
+        100.0 * a / b
     );
     Ok(())
 }
