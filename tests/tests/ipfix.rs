@@ -17,6 +17,27 @@ use std::{
 
 use common::{metric_required, services::shared_data, temp_dir};
 
+/// A UDP port free on `bind` now.
+fn free_udp_port(bind: &str) -> u16 {
+    UdpSocket::bind((bind, 0))
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Waits until the collector `what` has taken `bind:port` (binding it fails).
+fn wait_bound(what: &str, bind: &str, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UdpSocket::bind((bind, port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not bind {bind}:{port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// nfcapd on `bind`, writing into `dir`; stopped (SIGTERM, so it closes its file) on drop.
 struct Nfcapd {
     child: Child,
@@ -25,11 +46,7 @@ struct Nfcapd {
 
 impl Nfcapd {
     fn start(bind: &str, dir: &Path) -> Self {
-        let port = UdpSocket::bind((bind, 0))
-            .expect("free port")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = free_udp_port(bind);
         let child = Command::new("nfcapd")
             // A replay sends in bursts: a socket buffer that holds them.
             .args(["-b", bind, "-p", &port.to_string(), "-B", "16777216", "-w"])
@@ -38,15 +55,7 @@ impl Nfcapd {
             .stderr(Stdio::piped())
             .spawn()
             .expect("nfcapd not installed: run `cargo xtask setup` (Debian package nfdump)");
-        // Ready when the port is taken.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while UdpSocket::bind((bind, port)).is_ok() {
-            assert!(
-                Instant::now() < deadline,
-                "nfcapd did not bind {bind}:{port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_bound("nfcapd", bind, port);
         Self { child, port }
     }
 
@@ -502,11 +511,7 @@ struct Nfacctd {
 
 impl Nfacctd {
     fn start(bind: &str, dir: &Path) -> Self {
-        let port = UdpSocket::bind((bind, 0))
-            .expect("free port")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = free_udp_port(bind);
         let csv = dir.join("flows.csv");
         let conf = dir.join("nfacctd.conf");
         std::fs::write(
@@ -515,6 +520,7 @@ impl Nfacctd {
                 "daemonize: false\nnfacctd_ip: {bind}\nnfacctd_port: {port}\n\
                  nfacctd_pipe_size: 16777216\ntimestamps_utc: true\nplugins: print[p]\n\
                  print_output[p]: csv\nprint_output_file[p]: {}\nprint_refresh_time[p]: 1\n\
+                 print_output_file_append[p]: true\n\
                  print_cache_entries[p]: 99991\n\
                  aggregate[p]: src_host, dst_host, src_port, dst_port, proto, \
                  timestamp_start, timestamp_end\n",
@@ -529,14 +535,7 @@ impl Nfacctd {
             .stderr(Stdio::null())
             .spawn()
             .expect("nfacctd not installed: run `cargo xtask setup` (Debian package pmacct)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while UdpSocket::bind((bind, port)).is_ok() {
-            assert!(
-                Instant::now() < deadline,
-                "nfacctd did not bind {bind}:{port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_bound("nfacctd", bind, port);
         Self { child, port, csv }
     }
 
@@ -546,7 +545,9 @@ impl Nfacctd {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = std::fs::read_to_string(&self.csv).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().skip(1).collect();
+            // Whole lines only (a purge may be writing), without each purge's header.
+            let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+            let lines: Vec<&str> = whole.lines().filter(|l| !l.starts_with("SRC_IP")).collect();
             if lines.len() >= expect || Instant::now() > deadline {
                 return lines.iter().map(|l| nfacctd_flow(l)).collect();
             }
@@ -632,7 +633,8 @@ fn replay_to_nfacctd_equals_the_database_forward() {
     let ours = group(&rows);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut theirs = group(&theirs);
-    while theirs.len() < ours.len() && Instant::now() < deadline {
+    // Each refresh appends what it aggregated since the last: wait until every key is in.
+    while ours.keys().any(|k| !theirs.contains_key(k)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(300));
         theirs = group(&c.flows(0));
     }
@@ -766,7 +768,7 @@ fn tcp_collector_restarted_mid_stream_gets_templates_again_and_every_flow_is_cou
         &m,
         &format!("sensor_ipfix_connects_total{{collector=\"{url}\",result=\"ok\"}}"),
     );
-    assert_eq!(ok, 2.0, "connects\n{err}");
+    assert!(ok >= 2.0, "connects {ok}\n{err}");
     assert_eq!(
         first_set(&first),
         2,

@@ -94,34 +94,25 @@ impl Pipeline {
     /// Stops the sinks in reverse order of start: the pool looks up what is queued
     /// (bounded by `drain`) and hands its last answers to the writer, the exporters send
     /// what they hold, and the writer writes everything queued.
-    pub async fn finish(self, drain: Duration) {
-        let Self {
-            writer,
-            ipfix,
-            enrich,
-            sinks,
-        } = self;
-        drop(sinks);
-        if let Some(pool) = enrich {
+    pub async fn finish(mut self, drain: Duration) {
+        if let Some(pool) = self.enrich.take() {
             pool.finish(drain).await;
         }
-        ipfix.finish();
-        writer.finish();
+        self.finish_sinks();
     }
 
     /// [`Self::finish`] for callers outside the async runtime (`replay`).
-    pub fn finish_blocking(self, drain: Duration) {
-        let Self {
-            writer,
-            ipfix,
-            enrich,
-            sinks,
-        } = self;
-        drop(sinks);
-        if let Some(pool) = enrich {
+    pub fn finish_blocking(mut self, drain: Duration) {
+        if let Some(pool) = self.enrich.take() {
             pool.finish_blocking(drain);
         }
-        ipfix.finish();
-        writer.finish();
+        self.finish_sinks();
+    }
+
+    /// After the pool: the exporters, then the writer.
+    fn finish_sinks(self) {
+        drop(self.sinks);
+        self.ipfix.finish();
+        self.writer.finish();
     }
 }
