@@ -656,7 +656,15 @@ mod deploy_files {
     #[test]
     fn dashboard_names_only_real_metrics() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
-        let known = Metrics::new().encode();
+        let m = Metrics::new();
+        // Per-collector series exist once a collector is configured: make one.
+        let c = "udp://192.0.2.1:4739";
+        m.ipfix_sent_records.with_label_values(&[c]);
+        m.ipfix_dropped_records.with_label_values(&[c, "queue"]);
+        m.ipfix_messages.with_label_values(&[c, "data"]);
+        m.ipfix_connects.with_label_values(&[c, "ok"]);
+        m.ipfix_queued_records.with_label_values(&[c]);
+        let known = m.encode();
         for file in ["grafana-dashboard.json", "prometheus.yml"] {
             let text = std::fs::read_to_string(dir.join(file)).unwrap();
             let mut names = 0;
