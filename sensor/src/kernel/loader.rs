@@ -101,6 +101,7 @@ impl Probe {
         };
 
         let mut hooks = Vec::new();
+        let mut types = KernelTypes::default();
         if matches!(cfg.hooks, HookMode::Auto | HookMode::SockOps) {
             hooks.push(attach_sock_ops(&mut ebpf, cfg.cgroup_path.clone()));
         }
@@ -108,7 +109,7 @@ impl Probe {
         if cfg.hooks == HookMode::Tracepoint || cfg.hooks == HookMode::Auto {
             // Beside sock_ops, the tracepoint is the second view: it reports the closes of
             // connections older than the sensor, which sock_ops never hears about.
-            hooks.push(attach_tracepoint(&mut ebpf, sock_ops_ok));
+            hooks.push(attach_tracepoint(&mut ebpf, &mut types, sock_ops_ok));
         }
         let tracepoint_ok = hooks
             .iter()
@@ -118,7 +119,7 @@ impl Probe {
                 && !sock_ops_ok
                 && !tracepoint_ok)
         {
-            hooks.push(attach_classic_tracepoint(&mut ebpf));
+            hooks.push(attach_classic_tracepoint(&mut ebpf, &mut types));
         }
         if !hooks.iter().any(|h| h.attached) {
             return Err(KernelError::NothingAttached {
@@ -132,7 +133,7 @@ impl Probe {
 
         if cfg.attribution {
             let by_cookie = hooks.iter().any(|h| h.attached && h.name == HOOK_SOCK_OPS);
-            hooks.push(attach_accept(&mut ebpf, by_cookie));
+            hooks.push(attach_accept(&mut ebpf, &mut types, by_cookie));
             let cgroup = cfg.cgroup_path.clone();
             hooks.push(attach_sock_create(&mut ebpf, cgroup.clone()));
             hooks.push(attach_dgram(
@@ -245,11 +246,12 @@ pub fn try_hook(cfg: &Config, hook: &'static str) -> HookStatus {
             );
         }
     };
+    let mut types = KernelTypes::default();
     match hook {
         HOOK_SOCK_OPS => attach_sock_ops(&mut ebpf, cfg.cgroup_path.clone()),
-        HOOK_TRACEPOINT => attach_tracepoint(&mut ebpf, false),
-        HOOK_TRACEPOINT_CLASSIC => attach_classic_tracepoint(&mut ebpf),
-        HOOK_ACCEPT => attach_accept(&mut ebpf, true),
+        HOOK_TRACEPOINT => attach_tracepoint(&mut ebpf, &mut types, false),
+        HOOK_TRACEPOINT_CLASSIC => attach_classic_tracepoint(&mut ebpf, &mut types),
+        HOOK_ACCEPT => attach_accept(&mut ebpf, &mut types, true),
         HOOK_SOCK_CREATE => attach_sock_create(&mut ebpf, cfg.cgroup_path.clone()),
         HOOK_DGRAM_EGRESS => attach_dgram(
             &mut ebpf,
@@ -314,14 +316,39 @@ fn cgroup_dir(cgroup: Option<PathBuf>) -> Result<(PathBuf, File), String> {
     Ok((cgroup, dir))
 }
 
+/// The running kernel's BTF, read and parsed at most once per load however many hooks need
+/// it: ours for struct offsets, aya's for the BTF-typed programs.
+#[derive(Default)]
+struct KernelTypes {
+    offsets: Option<Result<KernelBtf, String>>,
+    programs: Option<Result<Btf, String>>,
+}
+
+impl KernelTypes {
+    fn offsets(&mut self) -> Result<&KernelBtf, String> {
+        self.offsets
+            .get_or_insert_with(|| KernelBtf::from_sys_fs().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    fn programs(&mut self) -> Result<&Btf, String> {
+        self.programs
+            .get_or_insert_with(|| {
+                Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {}", error_chain(&e)))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
 /// The accept hook, given where to find the returned socket. `by_cookie`: the closes come
 /// from `sock_ops`, which names sockets by cookie.
-fn attach_accept(ebpf: &mut Ebpf, by_cookie: bool) -> HookStatus {
+fn attach_accept(ebpf: &mut Ebpf, types: &mut KernelTypes, by_cookie: bool) -> HookStatus {
     let r = (|| {
-        let kbtf = KernelBtf::from_sys_fs().map_err(|e| e.to_string())?;
-        let mut offsets = accept_offsets(&kbtf).map_err(|e| e.to_string())?;
+        let mut offsets = accept_offsets(types.offsets()?).map_err(|e| e.to_string())?;
         offsets.by_cookie = u32::from(by_cookie);
-        let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {}", error_chain(&e)))?;
+        let btf = types.programs()?;
         for (name, tracepoint) in [
             ("sensor_sock_recv", "sock_recv_length"),
             ("sensor_sock_send", "sock_send_length"),
@@ -331,7 +358,7 @@ fn attach_accept(ebpf: &mut Ebpf, by_cookie: bool) -> HookStatus {
                 .ok_or_else(|| format!("program {name} missing from the object"))?
                 .try_into()
                 .map_err(|e| error_chain(&e))?;
-            prog.load(tracepoint, &btf)
+            prog.load(tracepoint, btf)
                 .map_err(|e| format!("load {tracepoint}: {}", error_chain(&e)))?;
             prog.attach()
                 .map_err(|e| format!("attach {tracepoint}: {}", error_chain(&e)))?;
@@ -422,9 +449,12 @@ fn attach_sock_ops(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> HookStatus {
 }
 
 /// Gives the tracepoint programs the kernel struct offsets from the running kernel's BTF.
-fn load_sock_offsets(ebpf: &mut Ebpf, untracked_closes_only: bool) -> Result<(), String> {
-    let kbtf = KernelBtf::from_sys_fs().map_err(|e| e.to_string())?;
-    let mut offsets = sock_offsets(&kbtf).map_err(|e| e.to_string())?;
+fn load_sock_offsets(
+    ebpf: &mut Ebpf,
+    types: &mut KernelTypes,
+    untracked_closes_only: bool,
+) -> Result<(), String> {
+    let mut offsets = sock_offsets(types.offsets()?).map_err(|e| e.to_string())?;
     offsets.untracked_closes_only = u32::from(untracked_closes_only);
     let mut map: Array<_, sensor_common::SockOffsets> = ebpf
         .map_mut("OFFSETS")
@@ -435,7 +465,7 @@ fn load_sock_offsets(ebpf: &mut Ebpf, untracked_closes_only: bool) -> Result<(),
         .map_err(|e| format!("writing offsets: {}", error_chain(&e)))
 }
 
-fn attach_classic_tracepoint(ebpf: &mut Ebpf) -> HookStatus {
+fn attach_classic_tracepoint(ebpf: &mut Ebpf, types: &mut KernelTypes) -> HookStatus {
     let r = (|| {
         let format = super::tracefs::inet_sock_set_state_format().map_err(|e| e.to_string())?;
         let mut map: Array<_, sensor_common::TpFormat> = ebpf
@@ -446,7 +476,7 @@ fn attach_classic_tracepoint(ebpf: &mut Ebpf) -> HookStatus {
         map.set(0, format, 0)
             .map_err(|e| format!("writing the format: {}", error_chain(&e)))?;
         // Without BTF the hook still sees connections, but not their byte counters.
-        let counters = match load_sock_offsets(ebpf, false) {
+        let counters = match load_sock_offsets(ebpf, types, false) {
             Ok(()) => "with counters (offsets from kernel BTF)".to_string(),
             Err(e) => {
                 tracing::warn!("classic tracepoint without byte counters: {e}");
@@ -467,16 +497,16 @@ fn attach_classic_tracepoint(ebpf: &mut Ebpf) -> HookStatus {
     status(HOOK_TRACEPOINT_CLASSIC, r)
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, second_view: bool) -> HookStatus {
+fn attach_tracepoint(ebpf: &mut Ebpf, types: &mut KernelTypes, second_view: bool) -> HookStatus {
     let r = (|| {
-        load_sock_offsets(ebpf, second_view)?;
-        let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {}", error_chain(&e)))?;
+        load_sock_offsets(ebpf, types, second_view)?;
+        let btf = types.programs()?;
         let prog: &mut BtfTracePoint = ebpf
             .program_mut("sensor_set_state")
             .ok_or("program sensor_set_state missing from the object")?
             .try_into()
             .map_err(|e| error_chain(&e))?;
-        prog.load("inet_sock_set_state", &btf)
+        prog.load("inet_sock_set_state", btf)
             .map_err(|e| format!("load: {}", error_chain(&e)))?;
         prog.attach()
             .map_err(|e| format!("attach: {}", error_chain(&e)))?;
