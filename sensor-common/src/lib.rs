@@ -206,14 +206,9 @@ pub struct SockOffsets {
     pub sk_flags: u32,
     /// `sock.sk_err` (int; non-zero after a reset or a timeout).
     pub sk_err: u32,
-    /// `tcp_sock.bpf_sock_ops_cb_flags` (u8): which sock_ops callbacks a socket asked for.
-    pub ops_cb_flags: u32,
-    /// 1: the tracepoint is the second view beside `sock_ops` and reports only the closes
-    /// `sock_ops` will not (sockets without its state callback: older than the sensor).
-    pub untracked_closes_only: u32,
 }
 
-const _: () = assert!(size_of::<SockOffsets>() == 76);
+const _: () = assert!(size_of::<SockOffsets>() == 68);
 
 /// `enum sock_flags`: SOCK_DONE, set when a FIN arrives (and after `tcp_done`, which runs
 /// after the state change the hooks see).

@@ -1,11 +1,13 @@
 //! The sensor's kernel programs.
 //!
-//! - `sock_ops` (cgroup v2 root): listen, connect, active/passive established, and the state
-//!   callback at close with the kernel's per-connection counters. Only stable UAPI fields of
-//!   `bpf_sock_ops` are read.
-//! - `inet_sock_set_state` as a BTF-typed tracepoint, the fallback where `sock_ops` cannot
-//!   attach: `struct sock` fields are read at offsets the agent found in the running kernel's
-//!   BTF and stored in `OFFSETS`.
+//! - `inet_sock_set_state` as a BTF-typed tracepoint, the primary hook: it runs only when a
+//!   TCP socket changes state; `struct sock` fields are read at offsets the agent found in
+//!   the running kernel's BTF and stored in `OFFSETS`.
+//! - `sock_ops` (cgroup v2 root), the fallback where BTF-typed programs cannot load: listen,
+//!   connect, active/passive established, and the state callback at close with the kernel's
+//!   per-connection counters. Only stable UAPI fields of `bpf_sock_ops` are read. It costs
+//!   more: the kernel also calls it for the callbacks no program can turn off (RTO and
+//!   window initialisation, ECN), about 18 runs a loopback connection.
 //!
 //! Every event goes through the `EVENTS` ring buffer; a failed reserve counts in `DROPS`
 //! (per-CPU, read by the agent). Nothing here logs on the per-event path: aya-log is used only
@@ -132,7 +134,14 @@ fn emit(fill: impl FnOnce(&mut SockEvent)) {
     count_produced();
     match EVENTS.reserve::<SockEvent>(0) {
         Some(mut entry) => {
-            let ev = entry.write(SockEvent::ZERO);
+            // Zeroed in place: a 152-byte zero value on the stack is a third of the limit.
+            // SAFETY: the reservation is one SockEvent, all of whose fields are plain data
+            // for which zero is valid.
+            let ev = unsafe {
+                let p = entry.as_mut_ptr();
+                core::ptr::write_bytes(p, 0, 1);
+                &mut *p
+            };
             fill(ev);
             entry.submit(wakeup_flag());
         }
@@ -140,16 +149,24 @@ fn emit(fill: impl FnOnce(&mut SockEvent)) {
     }
 }
 
-/// Keeps the start of a connection end in `OPEN` until its close; sends it as a record of
-/// its own when `OPEN` is full.
+/// What a start in `OPEN` begins as, before it is filled in place (in `.rodata`: a
+/// 152-byte value on the stack would be a third of the 512 bytes a program has).
+static ZERO_EVENT: SockEvent = SockEvent::ZERO;
+
+/// Keeps the start of connection end `id` in `OPEN` until its close, filled in place by
+/// `fill`; sends it as a record of its own when `OPEN` is full.
 #[inline(always)]
-fn keep_start(ev: &SockEvent) {
-    if OPEN.insert(ev.sock_id, ev, 0).is_err() {
-        count_produced();
-        if EVENTS.output::<SockEvent>(ev, wakeup_flag()).is_err() {
-            count_drop();
-        }
+fn keep_start(id: u64, fill: impl FnOnce(&mut SockEvent)) {
+    // By reference, so the helper reads the zeros from `.rodata`, not from a stack copy.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let kept = OPEN.insert(id, &ZERO_EVENT, 0).is_ok();
+    if kept && let Some(p) = OPEN.get_ptr_mut(id) {
+        // SAFETY: a value of OPEN just written; only this socket's own (serialised)
+        // callbacks write it.
+        fill(unsafe { &mut *p });
+        return;
     }
+    emit(fill);
 }
 
 /// Moves the kept start of the closing end `ev.sock_id` into its close record.
@@ -256,18 +273,18 @@ pub fn sensor_sock_ops(ctx: SockOpsContext) -> u32 {
             sock_ops_ends(&ctx, family, unsafe { &mut *open });
             return 1;
         }
-        let mut ev = SockEvent::ZERO;
-        // SAFETY: no preconditions.
-        ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
-        ev.sock_id = cookie;
-        ev.kind = event_kind;
-        ev.source = source::SOCK_OPS;
-        sock_ops_ends(&ctx, family, &mut ev);
-        if event_kind == kind::CONNECT {
-            // Runs in the calling process's context.
-            current_task(&mut ev);
-        }
-        keep_start(&ev);
+        keep_start(cookie, |ev| {
+            // SAFETY: no preconditions.
+            ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+            ev.sock_id = cookie;
+            ev.kind = event_kind;
+            ev.source = source::SOCK_OPS;
+            sock_ops_ends(&ctx, family, ev);
+            if event_kind == kind::CONNECT {
+                // Runs in the calling process's context.
+                current_task(ev);
+            }
+        });
         return 1;
     }
     if event_kind == kind::PASSIVE_ESTABLISHED {
@@ -412,11 +429,6 @@ fn btf_set_state(ctx: &BtfTracePointContext, sk: *const u8, old: u32, new: u32) 
         );
         return None;
     }
-    // Beside sock_ops this runs on every transition of every socket: leave before reading
-    // the socket's ends unless it is a close sock_ops will not report.
-    if second_view_skips(sk, event_kind, off) {
-        return None;
-    }
     // SAFETY: `sk` is the tracepoint's `struct sock *`; every read goes through
     // bpf_probe_read_kernel at an offset from the running kernel's BTF.
     let ends = unsafe {
@@ -446,7 +458,7 @@ fn btf_set_state(ctx: &BtfTracePointContext, sk: *const u8, old: u32, new: u32) 
             remote,
         }
     };
-    if event_kind == kind::PASSIVE_ESTABLISHED && off.untracked_closes_only == 0 {
+    if event_kind == kind::PASSIVE_ESTABLISHED {
         // Not in the classic program: where it must stand in, the first-I/O hooks (BTF
         // typed too) do not load either.
         await_owner(sk as u64);
@@ -515,27 +527,9 @@ fn classic_set_state(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
-/// Beside sock_ops (`untracked_closes_only`), every event but the closes of sockets
-/// sock_ops does not follow (no state callback asked for: older than the sensor) is skipped.
-#[inline(always)]
-fn second_view_skips(sk: *const u8, event_kind: u32, off: &SockOffsets) -> bool {
-    if off.untracked_closes_only == 0 {
-        return false;
-    }
-    if event_kind != kind::CLOSE {
-        return true;
-    }
-    // SAFETY: bpf_probe_read_kernel at an offset from the running kernel's BTF.
-    let cb: u8 = unsafe { read_at(sk, off.ops_cb_flags) }.unwrap_or(0);
-    u32::from(cb) & BPF_SOCK_OPS_STATE_CB_FLAG != 0
-}
-
 /// Emits a tracepoint-seen transition; at close, reads the counters when `off` is valid.
 #[inline(always)]
 fn emit_transition(sk: *const u8, old: u32, event_kind: u32, ends: &Ends, off: &SockOffsets) {
-    if second_view_skips(sk, event_kind, off) {
-        return;
-    }
     let mut counters = [0u64; 2];
     let mut small = [0u32; 4];
     let mut close = 0;
@@ -599,9 +593,7 @@ fn emit_transition(sk: *const u8, old: u32, event_kind: u32, ends: &Ends, off: &
             open.remote_addr = ends.remote;
             return;
         }
-        let mut ev = SockEvent::ZERO;
-        fill(&mut ev);
-        keep_start(&ev);
+        keep_start(id, fill);
         return;
     }
     emit(fill);
@@ -666,13 +658,13 @@ fn first_io(sk: *const u8) -> Option<()> {
         };
         AWAIT_OWNER.get_ptr(id)?;
         let _ = AWAIT_OWNER.remove(id);
-        let mut ev = SockEvent::ZERO;
-        ev.ts_ns = bpf_ktime_get_boot_ns();
-        ev.sock_id = id;
-        ev.kind = kind::ACCEPT;
-        ev.source = src;
-        current_task(&mut ev);
-        keep_start(&ev);
+        keep_start(id, |ev| {
+            ev.ts_ns = bpf_ktime_get_boot_ns();
+            ev.sock_id = id;
+            ev.kind = kind::ACCEPT;
+            ev.source = src;
+            current_task(ev);
+        });
     }
     Some(())
 }

@@ -43,12 +43,13 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum HookMode {
-    /// `sock_ops` on the cgroup v2 root, with the BTF tracepoint beside it reporting the
-    /// closes of connections older than the sensor; the tracepoints alone where `sock_ops`
-    /// cannot attach.
+    /// The BTF-typed `inet_sock_set_state` tracepoint (it sees every TCP socket, those
+    /// older than the sensor too, at a third of `sock_ops`' cost to the host); `sock_ops`
+    /// where it cannot load, the classic tracepoint where neither can.
     #[default]
     Auto,
-    /// Only the cgroup `sock_ops` program.
+    /// Only the cgroup `sock_ops` program (stable UAPI fields, no struct offsets; it runs
+    /// some 18 times a loopback connection, so it costs the host more).
     SockOps,
     /// Only the `inet_sock_set_state` tracepoint (the fallback path, e.g. without cgroup v2):
     /// BTF-typed, else classic through tracefs.

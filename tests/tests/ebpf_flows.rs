@@ -295,8 +295,8 @@ fn run_traffic(hooks: &str, capture_lo: bool) {
 }
 
 #[test]
-fn sock_ops_and_loopback_capture_merge_into_one_row() {
-    run_traffic("sock-ops", true);
+fn auto_hooks_and_loopback_capture_merge_into_one_row() {
+    run_traffic("auto", true);
 }
 
 #[test]
@@ -399,8 +399,8 @@ fn open_connection_is_flushed_at_shutdown() {
 }
 
 /// A connection opened before the sensor started is still one row when it closes: the
-/// tracepoint, beside sock_ops, reports the closes sock_ops never hears about, with the
-/// kernel's counters for the whole connection and the owners found in /proc at start.
+/// tracepoint (auto mode's hook) reports every close, with the kernel's counters for the
+/// whole connection and the owners found in /proc at start.
 #[test]
 fn connection_older_than_the_sensor_is_recorded_at_close() {
     use std::{
@@ -426,8 +426,12 @@ fn connection_older_than_the_sensor_is_recorded_at_close() {
     let db = dir.join("flows.db");
     let sensor = Sensor::start(&["--db", db.to_str().expect("utf-8")]);
     assert!(
-        sensor.log.iter().any(|l| l.contains("second view")),
-        "auto mode runs the tracepoint beside sock_ops"
+        sensor
+            .log
+            .iter()
+            .any(|l| l.contains("attached:") && l.contains("hook=\"tp_btf/inet_sock_set_state\"")),
+        "auto mode runs the BTF tracepoint: {:?}",
+        sensor.log
     );
     client.write_all(b"after!!").expect("write");
     server.read_exact(&mut buf[..7]).expect("read");

@@ -133,11 +133,11 @@ fn prometheus_scrapes_the_sensor_and_promtool_accepts_it() {
     let runs: f64 = text
         .lines()
         .find_map(|l| {
-            l.strip_prefix("sensor_ebpf_program_runs_total{program=\"sensor_sock_ops\"} ")
+            l.strip_prefix("sensor_ebpf_program_runs_total{program=\"sensor_set_state\"} ")
         })
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
-    assert!(runs > 0.0, "sock_ops run count published: {runs}");
+    assert!(runs > 0.0, "the tracepoint's run count published: {runs}");
 
     let (status, health) = http_get(&metrics, "/healthz");
     assert_eq!((status, health.trim()), (200, "{\"status\":\"ok\"}"));

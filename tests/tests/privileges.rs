@@ -231,7 +231,12 @@ fn runs_as_an_unprivileged_user_with_the_units_capabilities() {
         ],
     );
     let log = sensor.log.join("\n");
-    for hook in ["hook=\"sock_ops\"", "hook=\"tp_btf/inet_sock_set_state\""] {
+    // A BTF-typed program and the cgroup ones (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN).
+    for hook in [
+        "hook=\"tp_btf/inet_sock_set_state\"",
+        "hook=\"cgroup/sock_create\"",
+        "hook=\"cgroup_skb/egress\"",
+    ] {
         assert!(
             sensor
                 .log

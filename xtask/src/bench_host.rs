@@ -6,6 +6,7 @@
 //!    connections one after another (connect, a byte each way, close) with no monitor, with
 //!    `sensor run --no-capture` (kernel hooks only, attribution hooks included), with
 //!    `sensor run --no-capture --no-attribution` (the flow hooks alone), with
+//!    `sensor run --no-capture --hooks sock-ops` (the cgroup fallback hook), with
 //!    `sensor run --interface lo`, with
 //!    `tcpdump -i lo -w /dev/null` and with `nfpcapd -i lo` (Debian `nfdump`, installed
 //!    here when missing). For each: connections a second, the ratio to no monitor, and the
@@ -539,15 +540,19 @@ enum ConnMode {
     /// `--no-capture --no-attribution`: the flow hooks alone, to show the attribution
     /// hooks' own cost.
     SensorFlowHooks,
+    /// `--no-capture --hooks sock-ops`: the cgroup `sock_ops` fallback instead of the BTF
+    /// tracepoint (auto mode's hook before), to compare the two flow hooks in one run.
+    SensorSockOps,
     Tcpdump,
     Nfpcapd,
 }
 
-const CONN_MODES: [ConnMode; 6] = [
+const CONN_MODES: [ConnMode; 7] = [
     ConnMode::NoMonitor,
     ConnMode::SensorCapture,
     ConnMode::SensorNoCapture,
     ConnMode::SensorFlowHooks,
+    ConnMode::SensorSockOps,
     ConnMode::Tcpdump,
     ConnMode::Nfpcapd,
 ];
@@ -559,6 +564,7 @@ impl ConnMode {
             Self::SensorCapture => "`sensor run` (capture on lo)",
             Self::SensorNoCapture => "`sensor run --no-capture`",
             Self::SensorFlowHooks => "`sensor run --no-capture --no-attribution`",
+            Self::SensorSockOps => "`sensor run --no-capture --hooks sock-ops`",
             Self::Tcpdump => "`tcpdump -i lo -w /dev/null`",
             Self::Nfpcapd => "`nfpcapd -i lo`",
         }
@@ -638,12 +644,16 @@ fn conn_round(mode: ConnMode, s: &Settings) -> Result<ConnSample> {
     let metrics_addr = free_addr()?;
     let mut monitor = match mode {
         ConnMode::NoMonitor => None,
-        ConnMode::SensorCapture | ConnMode::SensorNoCapture | ConnMode::SensorFlowHooks => {
+        ConnMode::SensorCapture
+        | ConnMode::SensorNoCapture
+        | ConnMode::SensorFlowHooks
+        | ConnMode::SensorSockOps => {
             remove_db(&db);
             let mut c = sensor_cmd(&db, &metrics_addr);
             match mode {
                 ConnMode::SensorCapture => c.args(["--interface", "lo"]),
                 ConnMode::SensorNoCapture => c.arg("--no-capture"),
+                ConnMode::SensorSockOps => c.args(["--no-capture", "--hooks", "sock-ops"]),
                 _ => c.args(["--no-capture", "--no-attribution"]),
             };
             let mut p = Proc::spawn("sensor", &mut c)?;
@@ -690,7 +700,10 @@ fn conn_round(mode: ConnMode, s: &Settings) -> Result<ConnSample> {
     let stolen = others.stolen()?;
     let others = others.cores()?;
     let dropped = match mode {
-        ConnMode::SensorCapture | ConnMode::SensorNoCapture | ConnMode::SensorFlowHooks => {
+        ConnMode::SensorCapture
+        | ConnMode::SensorNoCapture
+        | ConnMode::SensorFlowHooks
+        | ConnMode::SensorSockOps => {
             let text = http_get(&metrics_addr, "/metrics")?;
             sensor_drops(&text, mode == ConnMode::SensorCapture)?
         }
@@ -703,7 +716,10 @@ fn conn_round(mode: ConnMode, s: &Settings) -> Result<ConnSample> {
             ConnMode::Tcpdump => {
                 dropped_by_kernel = tcpdump_count(&log, " packets dropped by kernel")?;
             }
-            ConnMode::SensorCapture | ConnMode::SensorNoCapture | ConnMode::SensorFlowHooks
+            ConnMode::SensorCapture
+            | ConnMode::SensorNoCapture
+            | ConnMode::SensorFlowHooks
+            | ConnMode::SensorSockOps
                 if !st.success() =>
             {
                 bail!("the sensor exited with {st}:\n{}", log.join("\n"))

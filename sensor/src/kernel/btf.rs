@@ -393,8 +393,6 @@ pub fn sock_offsets(btf: &KernelBtf) -> Result<SockOffsets, BtfError> {
         total_retrans: tp("total_retrans", 4)?,
         sk_flags: sk("__sk_common.skc_flags", 8)?,
         sk_err: sk("sk_err", 4)?,
-        ops_cb_flags: tp("bpf_sock_ops_cb_flags", 1)?,
-        untracked_closes_only: 0,
     })
 }
 

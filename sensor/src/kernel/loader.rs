@@ -1,10 +1,13 @@
 //! Loads the embedded eBPF object and attaches the hooks this kernel accepts.
 //!
-//! `sock_ops` on the cgroup v2 root is the primary hook: it sees every TCP socket with the
-//! kernel's own counters through a stable context. The `inet_sock_set_state` tracepoint
-//! (BTF-typed, attached by name from `/sys/kernel/btf/vmlinux`, so it needs no tracefs) is
-//! the fallback when `sock_ops` cannot attach. Each hook that fails is reported with the
-//! kernel's reason; the run goes on with the others.
+//! The BTF-typed `inet_sock_set_state` tracepoint (attached by name from
+//! `/sys/kernel/btf/vmlinux`, so it needs no tracefs) is the primary hook: it runs only on
+//! state changes, for every TCP socket including those older than the sensor, and reads the
+//! kernel's counters at offsets from the running kernel's BTF. `sock_ops` on the cgroup v2
+//! root, with a stable context but some 18 callbacks a loopback connection (most of them
+//! ones no program can turn off), is the fallback where it cannot load; the classic
+//! tracepoint through tracefs the last. Each hook that fails is reported with the kernel's
+//! reason; the run goes on with the others.
 use std::{fs::File, path::PathBuf};
 
 use aya::{
@@ -102,18 +105,14 @@ impl Probe {
 
         let mut hooks = Vec::new();
         let mut types = KernelTypes::default();
-        if matches!(cfg.hooks, HookMode::Auto | HookMode::SockOps) {
+        if matches!(cfg.hooks, HookMode::Auto | HookMode::Tracepoint) {
+            hooks.push(attach_tracepoint(&mut ebpf, &mut types));
+        }
+        let tracepoint_ok = hooks.iter().any(|h| h.attached);
+        if cfg.hooks == HookMode::SockOps || (cfg.hooks == HookMode::Auto && !tracepoint_ok) {
             hooks.push(attach_sock_ops(&mut ebpf, cfg.cgroup_path.clone()));
         }
-        let sock_ops_ok = hooks.iter().any(|h| h.attached);
-        if cfg.hooks == HookMode::Tracepoint || cfg.hooks == HookMode::Auto {
-            // Beside sock_ops, the tracepoint is the second view: it reports the closes of
-            // connections older than the sensor, which sock_ops never hears about.
-            hooks.push(attach_tracepoint(&mut ebpf, &mut types, sock_ops_ok));
-        }
-        let tracepoint_ok = hooks
-            .iter()
-            .any(|h| h.attached && h.name == HOOK_TRACEPOINT);
+        let sock_ops_ok = hooks.iter().any(|h| h.attached && h.name == HOOK_SOCK_OPS);
         if cfg.hooks == HookMode::TracepointClassic
             || (matches!(cfg.hooks, HookMode::Auto | HookMode::Tracepoint)
                 && !sock_ops_ok
@@ -249,7 +248,7 @@ pub fn try_hook(cfg: &Config, hook: &'static str) -> HookStatus {
     let mut types = KernelTypes::default();
     match hook {
         HOOK_SOCK_OPS => attach_sock_ops(&mut ebpf, cfg.cgroup_path.clone()),
-        HOOK_TRACEPOINT => attach_tracepoint(&mut ebpf, &mut types, false),
+        HOOK_TRACEPOINT => attach_tracepoint(&mut ebpf, &mut types),
         HOOK_TRACEPOINT_CLASSIC => attach_classic_tracepoint(&mut ebpf, &mut types),
         HOOK_ACCEPT => attach_accept(&mut ebpf, &mut types, true),
         HOOK_SOCK_CREATE => attach_sock_create(&mut ebpf, cfg.cgroup_path.clone()),
@@ -449,13 +448,8 @@ fn attach_sock_ops(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> HookStatus {
 }
 
 /// Gives the tracepoint programs the kernel struct offsets from the running kernel's BTF.
-fn load_sock_offsets(
-    ebpf: &mut Ebpf,
-    types: &mut KernelTypes,
-    untracked_closes_only: bool,
-) -> Result<(), String> {
-    let mut offsets = sock_offsets(types.offsets()?).map_err(|e| e.to_string())?;
-    offsets.untracked_closes_only = u32::from(untracked_closes_only);
+fn load_sock_offsets(ebpf: &mut Ebpf, types: &mut KernelTypes) -> Result<(), String> {
+    let offsets = sock_offsets(types.offsets()?).map_err(|e| e.to_string())?;
     let mut map: Array<_, sensor_common::SockOffsets> = ebpf
         .map_mut("OFFSETS")
         .ok_or("map OFFSETS missing from the object")?
@@ -476,7 +470,7 @@ fn attach_classic_tracepoint(ebpf: &mut Ebpf, types: &mut KernelTypes) -> HookSt
         map.set(0, format, 0)
             .map_err(|e| format!("writing the format: {}", error_chain(&e)))?;
         // Without BTF the hook still sees connections, but not their byte counters.
-        let counters = match load_sock_offsets(ebpf, types, false) {
+        let counters = match load_sock_offsets(ebpf, types) {
             Ok(()) => "with counters (offsets from kernel BTF)".to_string(),
             Err(e) => {
                 tracing::warn!("classic tracepoint without byte counters: {e}");
@@ -497,9 +491,9 @@ fn attach_classic_tracepoint(ebpf: &mut Ebpf, types: &mut KernelTypes) -> HookSt
     status(HOOK_TRACEPOINT_CLASSIC, r)
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, types: &mut KernelTypes, second_view: bool) -> HookStatus {
+fn attach_tracepoint(ebpf: &mut Ebpf, types: &mut KernelTypes) -> HookStatus {
     let r = (|| {
-        load_sock_offsets(ebpf, types, second_view)?;
+        load_sock_offsets(ebpf, types)?;
         let btf = types.programs()?;
         let prog: &mut BtfTracePoint = ebpf
             .program_mut("sensor_set_state")
@@ -510,11 +504,7 @@ fn attach_tracepoint(ebpf: &mut Ebpf, types: &mut KernelTypes, second_view: bool
             .map_err(|e| format!("load: {}", error_chain(&e)))?;
         prog.attach()
             .map_err(|e| format!("attach: {}", error_chain(&e)))?;
-        Ok(if second_view {
-            "second view: closes of connections older than the sensor".to_string()
-        } else {
-            "struct offsets from kernel BTF".to_string()
-        })
+        Ok("struct offsets from kernel BTF".to_string())
     })();
     status(HOOK_TRACEPOINT, r)
 }
