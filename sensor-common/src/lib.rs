@@ -210,6 +210,29 @@ pub struct SockOffsets {
 
 const _: () = assert!(size_of::<SockOffsets>() == 68);
 
+impl SockOffsets {
+    /// Not filled in (`valid == 0`).
+    pub const ZERO: Self = Self {
+        valid: 0,
+        family: 0,
+        protocol: 0,
+        rcv_saddr: 0,
+        daddr: 0,
+        sport: 0,
+        dport: 0,
+        v6_rcv_saddr: 0,
+        v6_daddr: 0,
+        bytes_acked: 0,
+        bytes_received: 0,
+        segs_in: 0,
+        segs_out: 0,
+        srtt_us: 0,
+        total_retrans: 0,
+        sk_flags: 0,
+        sk_err: 0,
+    };
+}
+
 /// `enum sock_flags`: SOCK_DONE, set when a FIN arrives (and after `tcp_done`, which runs
 /// after the state change the hooks see).
 pub const SOCK_DONE: u64 = 1 << 1;
@@ -257,6 +280,16 @@ pub struct AcceptOffsets {
 }
 
 const _: () = assert!(size_of::<AcceptOffsets>() == 16);
+
+impl AcceptOffsets {
+    /// Not filled in (`valid == 0`).
+    pub const ZERO: Self = Self {
+        valid: 0,
+        by_cookie: 0,
+        sk_cookie: 0,
+        sk_protocol: 0,
+    };
+}
 
 #[cfg(feature = "user")]
 mod user {

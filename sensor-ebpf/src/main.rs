@@ -38,7 +38,10 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
+            bpf_skc_to_tcp_sock,
+        },
     },
     macros::{btf_tracepoint, cgroup_skb, cgroup_sock, map, sock_ops, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -418,53 +421,139 @@ pub fn sensor_set_state(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// Struct offsets from the running kernel's BTF, written into the object by the agent
+/// before it loads (`override_global`). `.rodata` is frozen and read-only to programs, so
+/// the verifier knows every one of them as a constant: the BTF-typed programs read
+/// `struct sock` fields with plain loads it checks against the kernel's types, where a
+/// `bpf_probe_read_kernel` call per field cost some 30 ns.
+#[unsafe(no_mangle)]
+static SK_OFF: SockOffsets = SockOffsets::ZERO;
+
+/// The same for the first-I/O hooks (their `valid` and `by_cookie` live in the
+/// `ACCEPT_OFFSETS` map: they change after load).
+#[unsafe(no_mangle)]
+static IO_OFF: AcceptOffsets = AcceptOffsets::ZERO;
+
+/// One offset of `SK_OFF`/`IO_OFF`: a load the compiler may not fold (the zeros it sees are
+/// replaced before the program loads).
+#[inline(always)]
+fn konst(field: &u32) -> u32 {
+    // SAFETY: a plain read of a static.
+    unsafe { core::ptr::read_volatile(field) }
+}
+
+/// A field of a BTF-typed kernel object at a constant offset, with a plain load: the
+/// verifier checks it against the kernel's types (and makes a faulting read yield zero).
+#[inline(always)]
+unsafe fn field<T: Copy>(base: *const u8, off: u32) -> T {
+    // SAFETY: the caller passes a BTF-typed pointer and an offset from the kernel's BTF.
+    unsafe { core::ptr::read_volatile(base.add(off as usize).cast::<T>()) }
+}
+
+/// An `in6_addr` at `off`, as two 8-byte loads.
+#[inline(always)]
+unsafe fn field_in6(base: *const u8, off: u32) -> [u8; 16] {
+    // SAFETY: as for `field`.
+    let (a, b): (u64, u64) = unsafe { (field(base, off), field(base, off + 8)) };
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&a.to_ne_bytes());
+    out[8..].copy_from_slice(&b.to_ne_bytes());
+    out
+}
+
 #[inline(always)]
 fn btf_set_state(ctx: &BtfTracePointContext, sk: *const u8, old: u32, new: u32) -> Option<()> {
     let event_kind = transition_kind(old, new)?;
-    let off = OFFSETS.get(0)?;
-    if off.valid == 0 {
+    if konst(&SK_OFF.valid) == 0 {
         warn_once(
             ctx,
             "inet_sock_set_state: kernel offsets not loaded, events ignored",
         );
         return None;
     }
-    // SAFETY: `sk` is the tracepoint's `struct sock *`; every read goes through
-    // bpf_probe_read_kernel at an offset from the running kernel's BTF.
-    let ends = unsafe {
-        let protocol: u16 = read_at(sk, off.protocol)?;
+    // SAFETY: `sk` is the tracepoint's BTF-typed `struct sock *`; the TCP fields are read
+    // through the `tcp_sock` the kernel's own cast helper returns; every offset is from the
+    // running kernel's BTF.
+    let (tp, ends, close) = unsafe {
+        let protocol: u16 = field(sk, konst(&SK_OFF.protocol));
         if protocol != IPPROTO_TCP {
             return None;
         }
-        let family: u16 = read_at(sk, off.family)?;
+        let tp = bpf_skc_to_tcp_sock(sk as *mut _) as *const u8;
+        if tp.is_null() {
+            return None;
+        }
+        let family: u16 = field(tp, konst(&SK_OFF.family));
         let mut local = [0u8; 16];
         let mut remote = [0u8; 16];
         if family == AF_INET {
-            let l: [u8; 4] = read_at(sk, off.rcv_saddr)?;
-            let r: [u8; 4] = read_at(sk, off.daddr)?;
-            local[..4].copy_from_slice(&l);
-            remote[..4].copy_from_slice(&r);
+            let l: u32 = field(tp, konst(&SK_OFF.rcv_saddr));
+            let r: u32 = field(tp, konst(&SK_OFF.daddr));
+            local[..4].copy_from_slice(&l.to_ne_bytes());
+            remote[..4].copy_from_slice(&r.to_ne_bytes());
         } else if family == AF_INET6 {
-            local = read_at(sk, off.v6_rcv_saddr)?;
-            remote = read_at(sk, off.v6_daddr)?;
+            local = field_in6(tp, konst(&SK_OFF.v6_rcv_saddr));
+            remote = field_in6(tp, konst(&SK_OFF.v6_daddr));
         } else {
             return None;
         }
-        Ends {
+        let ends = Ends {
             family,
-            local_port: u16::from_be(read_at(sk, off.sport)?),
-            remote_port: u16::from_be(read_at(sk, off.dport)?),
+            local_port: u16::from_be(field(tp, konst(&SK_OFF.sport))),
+            remote_port: u16::from_be(field(tp, konst(&SK_OFF.dport))),
             local,
             remote,
-        }
+        };
+        let close = if event_kind == kind::CLOSE {
+            let sk_flags: u64 = field(tp, konst(&SK_OFF.sk_flags));
+            let sk_err: i32 = field(tp, konst(&SK_OFF.sk_err));
+            // The FIN handler sets SOCK_DONE before the state change; tcp_done after.
+            let fin_late = old == tcp_state::FIN_WAIT2 && sk_flags & SOCK_DONE != 0;
+            Close {
+                flags: close_flags(old, fin_late, sk_err == 0),
+                bytes_acked: field(tp, konst(&SK_OFF.bytes_acked)),
+                bytes_received: field(tp, konst(&SK_OFF.bytes_received)),
+                segs_in: field(tp, konst(&SK_OFF.segs_in)),
+                segs_out: field(tp, konst(&SK_OFF.segs_out)),
+                srtt_us: field::<u32>(tp, konst(&SK_OFF.srtt_us)) >> 3,
+                total_retrans: field(tp, konst(&SK_OFF.total_retrans)),
+            }
+        } else {
+            Close::NONE
+        };
+        (tp, ends, close)
     };
     if event_kind == kind::PASSIVE_ESTABLISHED {
         // Not in the classic program: where it must stand in, the first-I/O hooks (BTF
         // typed too) do not load either.
-        await_owner(sk as u64);
+        await_owner(tp as u64);
     }
-    emit_transition(sk, old, event_kind, &ends, off);
+    emit_transition(tp, old, event_kind, &ends, &close);
     Some(())
+}
+
+/// What a close record carries besides the ends: the kernel's counters and [`flags`].
+struct Close {
+    flags: u32,
+    bytes_acked: u64,
+    bytes_received: u64,
+    segs_in: u32,
+    segs_out: u32,
+    srtt_us: u32,
+    total_retrans: u32,
+}
+
+impl Close {
+    /// Not a close (or counters out of reach: then `flags` says so).
+    const NONE: Self = Self {
+        flags: 0,
+        bytes_acked: 0,
+        bytes_received: 0,
+        segs_in: 0,
+        segs_out: 0,
+        srtt_us: 0,
+        total_retrans: 0,
+    };
 }
 
 /// The same tracepoint through tracefs (kernels where BTF-typed programs do not load).
@@ -516,43 +605,48 @@ fn classic_set_state(ctx: &TracePointContext) -> Option<()> {
             local,
             remote,
         };
-        let no_offsets = SockOffsets::default();
-        let off = match OFFSETS.get(0) {
-            Some(o) if o.valid != 0 => o,
-            // Without BTF the counters cannot be located: the close says so.
-            _ => &no_offsets,
+        let close = if event_kind != kind::CLOSE {
+            Close::NONE
+        } else {
+            match OFFSETS.get(0) {
+                Some(off) if off.valid != 0 => probed_close(sk as *const u8, old as u32, off),
+                // Without BTF the counters cannot be located: the close says so.
+                _ => Close {
+                    flags: flags::NO_COUNTERS,
+                    ..Close::NONE
+                },
+            }
         };
-        emit_transition(sk as *const u8, old as u32, event_kind, &ends, off);
+        emit_transition(sk as *const u8, old as u32, event_kind, &ends, &close);
     }
     Some(())
 }
 
-/// Emits a tracepoint-seen transition; at close, reads the counters when `off` is valid.
+/// A close's counters read with `bpf_probe_read_kernel` at offsets from the `OFFSETS` map:
+/// the classic tracepoint's `skaddr` is a plain number to the verifier, not a typed pointer.
 #[inline(always)]
-fn emit_transition(sk: *const u8, old: u32, event_kind: u32, ends: &Ends, off: &SockOffsets) {
-    let mut counters = [0u64; 2];
-    let mut small = [0u32; 4];
-    let mut close = 0;
-    if event_kind == kind::CLOSE {
-        if off.valid == 0 {
-            close = flags::NO_COUNTERS;
-        } else {
-            // SAFETY: bpf_probe_read_kernel at offsets from the running kernel's BTF.
-            unsafe {
-                let sk_flags: u64 = read_at(sk, off.sk_flags).unwrap_or(0);
-                let sk_err: i32 = read_at(sk, off.sk_err).unwrap_or(0);
-                // The FIN handler sets SOCK_DONE before the state change; tcp_done after.
-                let fin_late = old == tcp_state::FIN_WAIT2 && sk_flags & SOCK_DONE != 0;
-                close = close_flags(old, fin_late, sk_err == 0);
-                counters[0] = read_at(sk, off.bytes_acked).unwrap_or(0);
-                counters[1] = read_at(sk, off.bytes_received).unwrap_or(0);
-                small[0] = read_at(sk, off.segs_in).unwrap_or(0);
-                small[1] = read_at(sk, off.segs_out).unwrap_or(0);
-                small[2] = read_at::<u32>(sk, off.srtt_us).unwrap_or(0) >> 3;
-                small[3] = read_at(sk, off.total_retrans).unwrap_or(0);
-            }
+fn probed_close(sk: *const u8, old: u32, off: &SockOffsets) -> Close {
+    // SAFETY: bpf_probe_read_kernel at offsets from the running kernel's BTF.
+    unsafe {
+        let sk_flags: u64 = read_at(sk, off.sk_flags).unwrap_or(0);
+        let sk_err: i32 = read_at(sk, off.sk_err).unwrap_or(0);
+        // The FIN handler sets SOCK_DONE before the state change; tcp_done after.
+        let fin_late = old == tcp_state::FIN_WAIT2 && sk_flags & SOCK_DONE != 0;
+        Close {
+            flags: close_flags(old, fin_late, sk_err == 0),
+            bytes_acked: read_at(sk, off.bytes_acked).unwrap_or(0),
+            bytes_received: read_at(sk, off.bytes_received).unwrap_or(0),
+            segs_in: read_at(sk, off.segs_in).unwrap_or(0),
+            segs_out: read_at(sk, off.segs_out).unwrap_or(0),
+            srtt_us: read_at::<u32>(sk, off.srtt_us).unwrap_or(0) >> 3,
+            total_retrans: read_at(sk, off.total_retrans).unwrap_or(0),
         }
     }
+}
+
+/// Emits a tracepoint-seen transition of socket `sk`; `close` is what a close carries.
+#[inline(always)]
+fn emit_transition(sk: *const u8, old: u32, event_kind: u32, ends: &Ends, close: &Close) {
     let fill = |ev: &mut SockEvent| {
         // SAFETY: no preconditions.
         ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
@@ -565,13 +659,13 @@ fn emit_transition(sk: *const u8, old: u32, event_kind: u32, ends: &Ends, off: &
         ev.remote_port = ends.remote_port;
         ev.local_addr = ends.local;
         ev.remote_addr = ends.remote;
-        ev.bytes_acked = counters[0];
-        ev.bytes_received = counters[1];
-        ev.segs_in = small[0];
-        ev.segs_out = small[1];
-        ev.srtt_us = small[2];
-        ev.total_retrans = small[3];
-        ev.flags = close;
+        ev.bytes_acked = close.bytes_acked;
+        ev.bytes_received = close.bytes_received;
+        ev.segs_in = close.segs_in;
+        ev.segs_out = close.segs_out;
+        ev.srtt_us = close.srtt_us;
+        ev.total_retrans = close.total_retrans;
+        ev.flags = close.flags;
         // Only listen() and connect() run in the owning process's context here; the
         // accept side's transitions run in softirq.
         if matches!(event_kind, kind::LISTEN | kind::CONNECT) {
@@ -641,18 +735,18 @@ pub fn sensor_sock_send(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn first_io(sk: *const u8) -> Option<()> {
     let off = ACCEPT_OFFSETS.get(0)?;
-    if off.valid == 0 {
+    if off.valid == 0 || konst(&IO_OFF.valid) == 0 {
         return None;
     }
-    // SAFETY: every read goes through bpf_probe_read_kernel, at offsets from the running
-    // kernel's BTF; a bad pointer makes a read fail, never a wrong write.
+    // SAFETY: `sk` is the tracepoint's BTF-typed `struct sock *`; plain loads at offsets
+    // from the running kernel's BTF, checked by the verifier.
     unsafe {
-        let protocol: u16 = read_at(sk, off.sk_protocol)?;
+        let protocol: u16 = field(sk, konst(&IO_OFF.sk_protocol));
         if protocol != IPPROTO_TCP {
             return None;
         }
         let (id, src) = if off.by_cookie != 0 {
-            (read_at::<u64>(sk, off.sk_cookie)?, source::SOCK_OPS)
+            (field::<u64>(sk, konst(&IO_OFF.sk_cookie)), source::SOCK_OPS)
         } else {
             (sk as u64, source::TRACEPOINT)
         };

@@ -89,8 +89,12 @@ impl Probe {
                 detail: "this binary was built without its eBPF programs (AYA_BUILD_SKIP)".into(),
             });
         }
+        let mut types = KernelTypes::default();
+        let (sk_off, io_off) = types.object_offsets();
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", cfg.ringbuf_bytes)
+            .override_global("SK_OFF", &sk_off, true)
+            .override_global("IO_OFF", &io_off, true)
             .load(OBJECT)
             .map_err(|e| KernelError::Load {
                 detail: error_chain(&e),
@@ -104,7 +108,6 @@ impl Probe {
         };
 
         let mut hooks = Vec::new();
-        let mut types = KernelTypes::default();
         if matches!(cfg.hooks, HookMode::Auto | HookMode::Tracepoint) {
             hooks.push(attach_tracepoint(&mut ebpf, &mut types));
         }
@@ -233,8 +236,12 @@ pub fn try_hook(cfg: &Config, hook: &'static str) -> HookStatus {
             Err("this binary was built without its eBPF programs (AYA_BUILD_SKIP)".into()),
         );
     }
+    let mut types = KernelTypes::default();
+    let (sk_off, io_off) = types.object_offsets();
     let mut ebpf = match EbpfLoader::new()
         .map_max_entries("EVENTS", cfg.ringbuf_bytes)
+        .override_global("SK_OFF", &sk_off, true)
+        .override_global("IO_OFF", &io_off, true)
         .load(OBJECT)
     {
         Ok(e) => e,
@@ -245,7 +252,6 @@ pub fn try_hook(cfg: &Config, hook: &'static str) -> HookStatus {
             );
         }
     };
-    let mut types = KernelTypes::default();
     match hook {
         HOOK_SOCK_OPS => attach_sock_ops(&mut ebpf, cfg.cgroup_path.clone()),
         HOOK_TRACEPOINT => attach_tracepoint(&mut ebpf, &mut types),
@@ -329,6 +335,22 @@ impl KernelTypes {
             .get_or_insert_with(|| KernelBtf::from_sys_fs().map_err(|e| e.to_string()))
             .as_ref()
             .map_err(Clone::clone)
+    }
+
+    /// The offsets written into the object before it loads, as constants the verifier
+    /// knows: zeros (`valid == 0`: the BTF-typed programs do nothing) when the kernel's BTF
+    /// cannot be read, and then those hooks fail to attach with the reason.
+    fn object_offsets(&mut self) -> (sensor_common::SockOffsets, sensor_common::AcceptOffsets) {
+        match self.offsets() {
+            Ok(btf) => (
+                sock_offsets(btf).unwrap_or(sensor_common::SockOffsets::ZERO),
+                accept_offsets(btf).unwrap_or(sensor_common::AcceptOffsets::ZERO),
+            ),
+            Err(_) => (
+                sensor_common::SockOffsets::ZERO,
+                sensor_common::AcceptOffsets::ZERO,
+            ),
+        }
     }
 
     fn programs(&mut self) -> Result<&Btf, String> {
