@@ -122,10 +122,21 @@ pub fn host_cost() -> Result<()> {
         eprintln!("\nxtask: *** nfpcapd WILL NOT RUN: {why} ***\n");
     }
     let conn = connection_rate(&settings, nfpcapd)?;
-    let programs = match kernel_programs(&settings) {
-        Ok(t) => t,
-        Err(e) => format!("\n*** Kernel programs: NOT MEASURED: {e:#} ***\n"),
-    };
+    // Both flow hooks, so the cheaper one is shown in one run.
+    let mut programs = String::new();
+    for args in [
+        &["--no-capture"][..],
+        &["--no-capture", "--hooks", "sock-ops"],
+    ] {
+        match kernel_programs(&settings, args) {
+            Ok(t) => programs.push_str(&t),
+            Err(e) => programs.push_str(&format!(
+                "\n*** Kernel programs ({}): NOT MEASURED: {e:#} ***\n",
+                args.join(" ")
+            )),
+        }
+        programs.push('\n');
+    }
     let capture = if settings.rates.is_empty() {
         "Live capture: not run (HOST_COST_RATES=none).\n".to_string()
     } else {
@@ -957,17 +968,17 @@ impl Drop for BpfStats {
     }
 }
 
-/// One more `--no-capture` run, apart from the timed rounds (the kernel's counting adds
-/// two clock reads a program run): how often each program ran a connection and for how
-/// long. This is the kernel-side CPU a connection pays, charged to the connecting
-/// processes, which the monitor's own CPU above leaves out.
-fn kernel_programs(s: &Settings) -> Result<String> {
+/// One more run with the sensor's arguments `args`, apart from the timed rounds (the
+/// kernel's counting adds two clock reads a program run): how often each program ran a
+/// connection and for how long. This is the kernel-side CPU a connection pays, charged to
+/// the connecting processes, which the monitor's own CPU above leaves out.
+fn kernel_programs(s: &Settings, args: &[&str]) -> Result<String> {
     crate::setup::ensure_commands(&[("bpftool", "bpftool")])?;
     let db = Path::new(DIR).join("programs.db");
     remove_db(&db);
     let metrics_addr = free_addr()?;
     let mut c = sensor_cmd(&db, &metrics_addr);
-    c.arg("--no-capture");
+    c.args(args);
     let mut p = Proc::spawn("sensor", &mut c)?;
     p.wait_for("sensor ready", Duration::from_secs(60))?;
     let stats = BpfStats::enable()?;
@@ -1017,9 +1028,10 @@ fn kernel_programs(s: &Settings) -> Result<String> {
         format!("{:.2}", total_ns / conns / 1000.0),
     ]);
     Ok(format!(
-        "Kernel programs, `sensor run --no-capture`, one run of {} connections apart from the \
+        "Kernel programs, `sensor run {}`, one run of {} connections apart from the \
          rounds (kernel.bpf_stats_enabled, {:.0}% of a core stolen meanwhile): the CPU the \
          hooks take from the connecting processes.\n\n{}",
+        args.join(" "),
         thousands(conns),
         stolen * 100.0,
         table(
