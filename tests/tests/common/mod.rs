@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests: finding the binaries, running the sensor.
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
+pub mod collectors;
 pub mod services;
 pub mod tshark;
 
