@@ -68,7 +68,8 @@ static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static PRODUCED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Index 0: kernel struct offsets for the tracepoint program, filled in by the agent.
+/// Index 0: kernel struct offsets for the classic tracepoint's close counters, filled in by
+/// the agent (the BTF-typed programs take theirs from `SK_OFF`, set before load).
 #[map]
 static OFFSETS: Array<SockOffsets> = Array::with_max_entries(1, 0);
 
@@ -505,19 +506,12 @@ fn btf_set_state(ctx: &BtfTracePointContext, sk: *const u8, old: u32, new: u32) 
             remote,
         };
         let close = if event_kind == kind::CLOSE {
-            let sk_flags: u64 = field(tp, konst(&SK_OFF.sk_flags));
-            let sk_err: i32 = field(tp, konst(&SK_OFF.sk_err));
-            // The FIN handler sets SOCK_DONE before the state change; tcp_done after.
-            let fin_late = old == tcp_state::FIN_WAIT2 && sk_flags & SOCK_DONE != 0;
-            Close {
-                flags: close_flags(old, fin_late, sk_err == 0),
-                bytes_acked: field(tp, konst(&SK_OFF.bytes_acked)),
-                bytes_received: field(tp, konst(&SK_OFF.bytes_received)),
-                segs_in: field(tp, konst(&SK_OFF.segs_in)),
-                segs_out: field(tp, konst(&SK_OFF.segs_out)),
-                srtt_us: field::<u32>(tp, konst(&SK_OFF.srtt_us)) >> 3,
-                total_retrans: field(tp, konst(&SK_OFF.total_retrans)),
-            }
+            Close::read(
+                old,
+                &CloseOffsets::of(&SK_OFF, konst),
+                |o| field(tp, o),
+                |o| field(tp, o),
+            )
         } else {
             Close::NONE
         };
@@ -626,20 +620,67 @@ fn classic_set_state(ctx: &TracePointContext) -> Option<()> {
 /// the classic tracepoint's `skaddr` is a plain number to the verifier, not a typed pointer.
 #[inline(always)]
 fn probed_close(sk: *const u8, old: u32, off: &SockOffsets) -> Close {
-    // SAFETY: bpf_probe_read_kernel at offsets from the running kernel's BTF.
-    unsafe {
-        let sk_flags: u64 = read_at(sk, off.sk_flags).unwrap_or(0);
-        let sk_err: i32 = read_at(sk, off.sk_err).unwrap_or(0);
+    // SAFETY (both readers): bpf_probe_read_kernel at offsets from the running kernel's
+    // BTF; a bad address reads as 0.
+    Close::read(
+        old,
+        &CloseOffsets::of(off, |o| *o),
+        |o| unsafe { read_at(sk, o) }.unwrap_or(0),
+        |o| unsafe { read_at(sk, o) }.unwrap_or(0),
+    )
+}
+
+/// Where a close's fields are: taken from `SK_OFF` through `konst` (constants the verifier
+/// knows), or from the `OFFSETS` map as they are.
+struct CloseOffsets {
+    sk_flags: u32,
+    sk_err: u32,
+    bytes_acked: u32,
+    bytes_received: u32,
+    segs_in: u32,
+    segs_out: u32,
+    srtt_us: u32,
+    total_retrans: u32,
+}
+
+impl CloseOffsets {
+    #[inline(always)]
+    fn of(off: &SockOffsets, get: impl Fn(&u32) -> u32) -> Self {
+        Self {
+            sk_flags: get(&off.sk_flags),
+            sk_err: get(&off.sk_err),
+            bytes_acked: get(&off.bytes_acked),
+            bytes_received: get(&off.bytes_received),
+            segs_in: get(&off.segs_in),
+            segs_out: get(&off.segs_out),
+            srtt_us: get(&off.srtt_us),
+            total_retrans: get(&off.total_retrans),
+        }
+    }
+}
+
+impl Close {
+    /// A close from the state `old`, its fields read with `u64_at`/`u32_at` (plain loads
+    /// or probe reads) at `off`: one rule for the flags whichever way the fields are read.
+    #[inline(always)]
+    fn read(
+        old: u32,
+        off: &CloseOffsets,
+        u64_at: impl Fn(u32) -> u64,
+        u32_at: impl Fn(u32) -> u32,
+    ) -> Self {
+        let sk_flags = u64_at(off.sk_flags);
+        let sk_err = u32_at(off.sk_err);
         // The FIN handler sets SOCK_DONE before the state change; tcp_done after.
         let fin_late = old == tcp_state::FIN_WAIT2 && sk_flags & SOCK_DONE != 0;
-        Close {
+        Self {
             flags: close_flags(old, fin_late, sk_err == 0),
-            bytes_acked: read_at(sk, off.bytes_acked).unwrap_or(0),
-            bytes_received: read_at(sk, off.bytes_received).unwrap_or(0),
-            segs_in: read_at(sk, off.segs_in).unwrap_or(0),
-            segs_out: read_at(sk, off.segs_out).unwrap_or(0),
-            srtt_us: read_at::<u32>(sk, off.srtt_us).unwrap_or(0) >> 3,
-            total_retrans: read_at(sk, off.total_retrans).unwrap_or(0),
+            bytes_acked: u64_at(off.bytes_acked),
+            bytes_received: u64_at(off.bytes_received),
+            segs_in: u32_at(off.segs_in),
+            segs_out: u32_at(off.segs_out),
+            srtt_us: u32_at(off.srtt_us) >> 3,
+            total_retrans: u32_at(off.total_retrans),
         }
     }
 }

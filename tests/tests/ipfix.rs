@@ -16,7 +16,10 @@ use std::{
 };
 
 use common::{
-    collectors::{Flow, Key, Nfcapd, free_udp_port, ms_of, nfdump_flows, sqlite_flows, wait_bound},
+    collectors::{
+        Flow, Key, Nfcapd, free_udp_port, ms_of, nfdump_flows, sent_and_dropped, sqlite_flows,
+        wait_bound,
+    },
     metric_required,
     services::shared_data,
     temp_dir,
@@ -191,25 +194,6 @@ fn replay_to(dir: &Path, urls: &[String], files: &[PathBuf]) -> (PathBuf, String
     );
     let m = std::fs::read_to_string(&prom).expect("metrics");
     (db, m, err)
-}
-
-fn sent_and_dropped(m: &str, url: &str) -> (usize, usize) {
-    let sent = metric_required(
-        m,
-        &format!("sensor_ipfix_sent_records_total{{collector=\"{url}\"}}"),
-    ) as usize;
-    let dropped: f64 = ["queue", "send", "too_big"]
-        .iter()
-        .map(|reason| {
-            metric_required(
-                m,
-                &format!(
-                    "sensor_ipfix_dropped_records_total{{collector=\"{url}\",reason=\"{reason}\"}}"
-                ),
-            )
-        })
-        .sum();
-    (sent, dropped as usize)
 }
 
 /// The exporter's accounting for `url`: every row and every amendment of the replay is

@@ -9,13 +9,13 @@ use std::{
     collections::BTreeMap,
     io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
 use common::{
     Sensor,
-    collectors::{Flow, Nfcapd, nfdump_flows, sqlite_flows},
+    collectors::{Flow, Nfcapd, nfdump_flows, sent_and_dropped, sqlite_flows},
     is_root, metric_required, skip, temp_dir,
 };
 
@@ -85,37 +85,25 @@ fn of_ports(records: &[Flow], ports: &[u16]) -> BTreeMap<Flow, usize> {
     m
 }
 
-fn sensor_args<'a>(db: &'a str, prom: &'a str, cfg: &'a str) -> Vec<&'a str> {
-    vec![
+/// `sensor run --interface lo` with `config` in `dir/sensor.toml`, its database and final
+/// metrics in `dir`: the sensor, the database and the metrics file.
+fn start_sensor(dir: &Path, config: &str) -> (Sensor, PathBuf, PathBuf) {
+    let cfg = dir.join("sensor.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let (db, prom) = (dir.join("flows.db"), dir.join("final.prom"));
+    let path = |p: &Path| p.to_str().expect("utf-8").to_string();
+    let (dbs, proms, cfgs) = (path(&db), path(&prom), path(&cfg));
+    let sensor = Sensor::start(&[
         "--db",
-        db,
+        &dbs,
         "--metrics-on-exit",
-        prom,
+        &proms,
         "--config",
-        cfg,
+        &cfgs,
         "--interface",
         "lo",
-    ]
-}
-
-/// What each collector was sent and dropped, from the final metrics.
-fn sent_and_dropped(m: &str, url: &str) -> (usize, usize) {
-    let sent = metric_required(
-        m,
-        &format!("sensor_ipfix_sent_records_total{{collector=\"{url}\"}}"),
-    ) as usize;
-    let dropped: f64 = ["queue", "send", "too_big"]
-        .iter()
-        .map(|r| {
-            metric_required(
-                m,
-                &format!(
-                    "sensor_ipfix_dropped_records_total{{collector=\"{url}\",reason=\"{r}\"}}"
-                ),
-            )
-        })
-        .sum();
-    (sent, dropped as usize)
+    ]);
+    (sensor, db, prom)
 }
 
 #[test]
@@ -136,22 +124,13 @@ fn live_run_to_nfcapd_equals_the_database() {
         format!("udp://127.0.0.1:{}", c4.port),
         format!("udp://[::1]:{}", c6.port),
     ];
-    let cfg = dir.join("sensor.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let (sensor, db, prom) = start_sensor(
+        &dir,
+        &format!(
             "[ipfix]\ncollectors = [\"{}\", \"{}\"]\nflush_ms = 100\n",
             urls[0], urls[1]
         ),
-    )
-    .unwrap();
-    let (db, prom) = (dir.join("flows.db"), dir.join("final.prom"));
-    let (dbs, proms, cfgs) = (
-        db.display().to_string(),
-        prom.display().to_string(),
-        cfg.display().to_string(),
     );
-    let sensor = Sensor::start(&sensor_args(&dbs, &proms, &cfgs));
     let p4 = tcp_connections("127.0.0.1", 30, 1).port();
     let p6 = tcp_connections("::1", 30, 2).port();
     let pu = udp_exchange();
@@ -230,24 +209,15 @@ fn udp_collector_restarted_learns_the_templates_within_the_refresh_period() {
     let first = Nfcapd::start("127.0.0.1", &d1);
     let port = first.port;
     let url = format!("udp://127.0.0.1:{port}");
-    let cfg = dir.join("sensor.toml");
     // Templates again every second, and never by message count: only the timer can teach
     // the second collector.
-    std::fs::write(
-        &cfg,
-        format!(
+    let (sensor, db, prom) = start_sensor(
+        &dir,
+        &format!(
             "[ipfix]\ncollectors = [\"{url}\"]\nflush_ms = 100\ntemplate_refresh_s = 1\n\
              template_every_messages = 1000000000\n"
         ),
-    )
-    .unwrap();
-    let (db, prom) = (dir.join("flows.db"), dir.join("final.prom"));
-    let (dbs, proms, cfgs) = (
-        db.display().to_string(),
-        prom.display().to_string(),
-        cfg.display().to_string(),
     );
-    let sensor = Sensor::start(&sensor_args(&dbs, &proms, &cfgs));
     let before = batch(10, 1);
     std::thread::sleep(Duration::from_millis(1000));
     let log1 = first.stop();

@@ -469,7 +469,7 @@ fn attach_sock_ops(ebpf: &mut Ebpf, cgroup: Option<PathBuf>) -> HookStatus {
     )
 }
 
-/// Gives the tracepoint programs the kernel struct offsets from the running kernel's BTF.
+/// Gives the classic tracepoint the kernel struct offsets from the running kernel's BTF.
 fn load_sock_offsets(ebpf: &mut Ebpf, types: &mut KernelTypes) -> Result<(), String> {
     let offsets = sock_offsets(types.offsets()?).map_err(|e| e.to_string())?;
     let mut map: Array<_, sensor_common::SockOffsets> = ebpf
@@ -515,7 +515,9 @@ fn attach_classic_tracepoint(ebpf: &mut Ebpf, types: &mut KernelTypes) -> HookSt
 
 fn attach_tracepoint(ebpf: &mut Ebpf, types: &mut KernelTypes) -> HookStatus {
     let r = (|| {
-        load_sock_offsets(ebpf, types)?;
+        // The program's offsets were written into the object before it loaded
+        // (`object_offsets`): without them it would see nothing, so it is not attached.
+        sock_offsets(types.offsets()?).map_err(|e| e.to_string())?;
         let btf = types.programs()?;
         let prog: &mut BtfTracePoint = ebpf
             .program_mut("sensor_set_state")

@@ -169,3 +169,23 @@ pub fn sqlite_flows(db: &Path) -> Vec<Flow> {
     .map(|r| r.expect("row"))
     .collect()
 }
+
+/// What the exporter to `url` sent, and dropped for any reason, from final metrics `m`.
+pub fn sent_and_dropped(m: &str, url: &str) -> (usize, usize) {
+    let sent = super::metric_required(
+        m,
+        &format!("sensor_ipfix_sent_records_total{{collector=\"{url}\"}}"),
+    ) as usize;
+    let dropped: f64 = ["queue", "send", "too_big"]
+        .iter()
+        .map(|reason| {
+            super::metric_required(
+                m,
+                &format!(
+                    "sensor_ipfix_dropped_records_total{{collector=\"{url}\",reason=\"{reason}\"}}"
+                ),
+            )
+        })
+        .sum();
+    (sent, dropped as usize)
+}
