@@ -13,13 +13,14 @@
 //! (per-CPU, read by the agent). Nothing here logs on the per-event path: aya-log is used only
 //! for setup problems that make a program useless (e.g. missing offsets), once per CPU.
 //!
-//! Records per connection end: the start of an end the agent does not need at once
-//! (`connect()` with its process, the active side's established) is kept in `OPEN`, keyed by
-//! the socket, and sent inside the close record; so a connection to another host is one
-//! record. The passive side's established stays a record: the accepting process is found
-//! from the listener at that moment, and the listener may close before the connection does.
-//! A loopback connection is three records (was five). When `OPEN` is full, the start goes
-//! out as a record of its own, as before.
+//! Records per connection end: the start of an end (`connect()` with its process, the
+//! active side's established, the passive side's established) is kept in `OPEN`, keyed by
+//! the socket, and sent inside the close record; so every end is one record, a loopback
+//! connection two. An accepted end's first read or write (`sock_recv_length` /
+//! `sock_send_length`, in the process that accepted it) names its process in place. Only
+//! the classic tracepoint, which stands in where those hooks cannot load, still sends the
+//! passive established at once: the agent then names the listener's process while the
+//! listener is there. When `OPEN` is full, a start goes out as a record of its own.
 //!
 //! Wake-ups: records are submitted with `BPF_RB_NO_WAKEUP`; the agent polls the ring on a
 //! short timer, and a record that finds the ring more than a quarter full
@@ -36,11 +37,10 @@ use aya_ebpf::{
         BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB,
     },
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
-            bpf_skc_to_tcp_sock,
+            bpf_get_current_cgroup_id, bpf_get_current_comm as gen_get_current_comm,
+            bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_skc_to_tcp_sock,
         },
     },
     macros::{btf_tracepoint, cgroup_skb, cgroup_sock, map, sock_ops, tracepoint},
@@ -143,13 +143,32 @@ fn emit(fill: impl FnOnce(&mut SockEvent)) {
             // for which zero is valid.
             let ev = unsafe {
                 let p = entry.as_mut_ptr();
-                core::ptr::write_bytes(p, 0, 1);
+                zero_words(p);
                 &mut *p
             };
             fill(ev);
             entry.submit(wakeup_flag());
         }
         None => count_drop(),
+    }
+}
+
+/// Zeroes `*p` with one 8-byte store a word. Not `write_bytes`: the BPF target lowers every
+/// memset to a call of a byte-at-a-time loop (152 iterations, some 300 ns, for one event);
+/// volatile stores cannot be turned back into that call.
+///
+/// # Safety
+/// `p` is valid for writes of a `T` that is 8-byte aligned, a whole number of words long,
+/// and valid when all zero.
+#[inline(always)]
+unsafe fn zero_words<T>(p: *mut T) {
+    const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() >= 8) };
+    let w = p.cast::<u64>();
+    let mut i = 0;
+    while i < size_of::<T>() / 8 {
+        // SAFETY: in bounds of `*p` (see above).
+        unsafe { core::ptr::write_volatile(w.add(i), 0) };
+        i += 1;
     }
 }
 
@@ -195,12 +214,19 @@ fn take_start(ev: &mut SockEvent) {
 #[inline(always)]
 fn current_task(ev: &mut SockEvent) {
     ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Ok(comm) = bpf_get_current_comm() {
-        ev.comm = comm;
-    }
+    current_comm(&mut ev.comm);
     ev.uid = bpf_get_current_uid_gid() as u32;
     // SAFETY: no preconditions.
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+}
+
+/// The current task's name, straight into `out`: the helper fills (and zero-pads) all 16
+/// bytes, where aya's wrapper zeroes a stack buffer first (a byte-loop memset call, as
+/// every memset is on this target) and then copies it.
+#[inline(always)]
+fn current_comm(out: &mut [u8; 16]) {
+    // SAFETY: `out` is 16 writable bytes.
+    unsafe { gen_get_current_comm(out.as_mut_ptr().cast(), out.len() as u32) };
 }
 
 #[inline(always)]
@@ -291,8 +317,16 @@ pub fn sensor_sock_ops(ctx: SockOpsContext) -> u32 {
         });
         return 1;
     }
-    if event_kind == kind::PASSIVE_ESTABLISHED {
-        await_owner(cookie);
+    if event_kind == kind::PASSIVE_ESTABLISHED && owner_at_first_io() {
+        keep_start(cookie, |ev| {
+            // SAFETY: no preconditions.
+            ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+            ev.sock_id = cookie;
+            ev.kind = event_kind;
+            ev.source = source::SOCK_OPS;
+            sock_ops_ends(&ctx, family, ev);
+        });
+        return 1;
     }
     emit(|ev| {
         // SAFETY: no preconditions.
@@ -517,11 +551,6 @@ fn btf_set_state(ctx: &BtfTracePointContext, sk: *const u8, old: u32, new: u32) 
         };
         (tp, ends, close)
     };
-    if event_kind == kind::PASSIVE_ESTABLISHED {
-        // Not in the classic program: where it must stand in, the first-I/O hooks (BTF
-        // typed too) do not load either.
-        await_owner(tp as u64);
-    }
     emit_transition(tp, old, event_kind, &ends, &close);
     Some(())
 }
@@ -716,6 +745,13 @@ fn emit_transition(sk: *const u8, old: u32, event_kind: u32, ends: &Ends, close:
             take_start(ev);
         }
     };
+    // An accepted end waits in `OPEN` for its first I/O to name its process (not in the
+    // classic program: where it must stand in, the first-I/O hooks, BTF typed too, do not
+    // load either).
+    if event_kind == kind::PASSIVE_ESTABLISHED && owner_at_first_io() {
+        keep_start(sk as u64, fill);
+        return;
+    }
     if event_kind == kind::CONNECT || event_kind == kind::ACTIVE_ESTABLISHED {
         let id = sk as u64;
         if let Some(open) = OPEN.get_ptr_mut(id) {
@@ -739,18 +775,11 @@ fn emit_transition(sk: *const u8, old: u32, event_kind: u32, ends: &Ends, close:
 #[map]
 static ACCEPT_OFFSETS: Array<AcceptOffsets> = Array::with_max_entries(1, 0);
 
-/// Accepted connections whose owner is not known yet, by socket id: the accept side is
-/// established in softirq, where the current task is whoever ran. The first read or write
-/// on the socket (a process-context hook) names the process and takes the entry out.
-#[map]
-static AWAIT_OWNER: LruHashMap<u64, u8> = LruHashMap::with_max_entries(OPEN_MAX, 0);
-
-/// An accepted connection `id` is established: its owner is named at its first I/O.
+/// Whether the first-I/O hooks are attached: then an accepted end's start waits in `OPEN`
+/// for them to name its process, and goes out inside its close (one record an end).
 #[inline(always)]
-fn await_owner(id: u64) {
-    if ACCEPT_OFFSETS.get(0).is_some_and(|o| o.valid != 0) {
-        let _ = AWAIT_OWNER.insert(id, 1, 0);
-    }
+fn owner_at_first_io() -> bool {
+    ACCEPT_OFFSETS.get(0).is_some_and(|o| o.valid != 0)
 }
 
 /// `sock:sock_recv_length(struct sock *sk, int ret, int flags)`, BTF-typed: runs in the
@@ -770,8 +799,8 @@ pub fn sensor_sock_send(ctx: BtfTracePointContext) -> i32 {
 
 /// The first read or write on an accepted TCP socket: the process doing it is the one that
 /// accepted it (a pre-fork worker, one of several `SO_REUSEPORT` processes), kept for the
-/// close as `connect()`'s owner is. Every other socket I/O leaves after two reads and a
-/// failed lookup. (The accept() return itself is not hooked: a hook on syscall exit puts
+/// close as `connect()`'s owner is. Every other socket I/O leaves after two reads and one
+/// lookup. (The accept() return itself is not hooked: a hook on syscall exit puts
 /// every system call of the host on the slow path, about 10% of a loopback connection.)
 #[inline(always)]
 fn first_io(sk: *const u8) -> Option<()> {
@@ -791,15 +820,15 @@ fn first_io(sk: *const u8) -> Option<()> {
         } else {
             (sk as u64, source::TRACEPOINT)
         };
-        AWAIT_OWNER.get_ptr(id)?;
-        let _ = AWAIT_OWNER.remove(id);
-        keep_start(id, |ev| {
-            ev.ts_ns = bpf_ktime_get_boot_ns();
-            ev.sock_id = id;
-            ev.kind = kind::ACCEPT;
-            ev.source = src;
-            current_task(ev);
-        });
+        let open = OPEN.get_ptr_mut(id)?;
+        // SAFETY: a value of OPEN; this socket's own (serialised) callbacks write it.
+        let open = &mut *open;
+        if open.kind != kind::PASSIVE_ESTABLISHED || open.source != src {
+            return None;
+        }
+        // The start keeps the time it was established; it now says who accepted it.
+        open.kind = kind::ACCEPT;
+        current_task(open);
     }
     Some(())
 }
@@ -859,9 +888,7 @@ pub fn sensor_sock_create(ctx: SockContext) -> i32 {
         uid: bpf_get_current_uid_gid() as u32,
         comm: [0; 16],
     };
-    if let Ok(comm) = bpf_get_current_comm() {
-        owner.comm = comm;
-    }
+    current_comm(&mut owner.comm);
     // SAFETY: no preconditions.
     owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let _ = DGRAM_OWNERS.insert(cookie, owner, 0);

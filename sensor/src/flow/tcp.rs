@@ -199,8 +199,10 @@ impl TcpTracker {
             // The process that accepted this end, kept in the kernel until its close.
             let accepted =
                 (ev.start_kind == kind::ACCEPT).then(|| Owner::from_event(ev, Attr::Accept));
-            // The start the kernel kept for this end rides in its close.
-            if ev.start_kind != 0 && accepted.is_none() && !self.socks.contains_key(&key) {
+            // The start the kernel kept for this end rides in its close (an accepted end's
+            // too, named by its first I/O: `ACCEPT` then, with the ends it was established
+            // with).
+            if ev.start_kind != 0 && !self.socks.contains_key(&key) {
                 let mut start = *ev;
                 start.kind = ev.start_kind;
                 start.ts_ns = ev.start_ns;
@@ -285,7 +287,22 @@ impl TcpTracker {
                 );
                 self.bind(key, local, remote, ev.ts_ns);
             }
-            // Sent on its own (the kernel's table was full) or read at shutdown.
+            // Kept by the kernel from the established end (its ends are set), riding in its
+            // close or read at shutdown: the accepted end starts here, with its process.
+            kind::ACCEPT if ev.local_port != 0 && !self.socks.contains_key(&key) => {
+                self.socks.insert(
+                    key,
+                    Sock {
+                        flow: None,
+                        role: RESPONDER,
+                        owner: Some(Owner::from_event(ev, Attr::Accept)),
+                        first_ns: ev.ts_ns,
+                        connect_seen: false,
+                    },
+                );
+                self.bind(key, local, remote, ev.ts_ns);
+            }
+            // A process named for an end already followed (its established sent on its own).
             kind::ACCEPT => {
                 let owner = Owner::from_event(ev, Attr::Accept);
                 match self.socks.get_mut(&key) {
@@ -877,6 +894,70 @@ mod tests {
                 "own record: {own_record}"
             );
             assert_eq!(out[0].src_owner.as_ref().unwrap().attr, Attr::Connect);
+        }
+    }
+
+    /// Both ends' starts ride in their closes only (two records a loopback connection): the
+    /// accepted end's, named by its first I/O (`ACCEPT`), or still `PASSIVE_ESTABLISHED`
+    /// when it did none, then named after its listener. Either end may close first.
+    #[test]
+    fn accepted_end_kept_until_its_close_joins_the_flow() {
+        for (start, server_first) in [
+            (kind::ACCEPT, false),
+            (kind::ACCEPT, true),
+            (kind::PASSIVE_ESTABLISHED, false),
+        ] {
+            let mut t = tracker();
+            let mut out = Vec::new();
+            t.on_event(
+                &ev(kind::LISTEN, 1, "127.0.0.1:80", "0.0.0.0:0", 10, "parent"),
+                &mut |r| out.push(r),
+            );
+            let s = ev(kind::CLOSE, 3, "127.0.0.1:80", "127.0.0.1:5000", 0, "");
+            let s = with_start(
+                close(s, tcp_state::LAST_ACK, 8, 101),
+                start,
+                2_600_000,
+                11,
+                "worker",
+            );
+            let c = ev(kind::CLOSE, 4, "127.0.0.1:5000", "127.0.0.1:80", 0, "");
+            let c = with_start(
+                close(c, tcp_state::FIN_WAIT2, 101, 8),
+                kind::CONNECT,
+                2_500_000,
+                20,
+                "cli",
+            );
+            let order = if server_first { [&s, &c] } else { [&c, &s] };
+            t.on_event(order[0], &mut |r| out.push(r));
+            assert!(
+                out.is_empty(),
+                "{start}: the other end is local, still open"
+            );
+            t.on_event(order[1], &mut |r| out.push(r));
+            assert_eq!(out.len(), 1, "{start}: one flow for both ends");
+            let f = &out[0];
+            assert_eq!(f.src, "127.0.0.1:5000".parse().unwrap());
+            let dst = f.dst_owner.as_ref().unwrap();
+            let want = if start == kind::ACCEPT {
+                (11, "worker", Attr::Accept)
+            } else {
+                (10, "parent", Attr::Listener)
+            };
+            assert_eq!((dst.pid, dst.comm.as_str(), dst.attr), want);
+            assert_eq!(f.src_owner.as_ref().unwrap().attr, Attr::Connect);
+            assert_eq!(
+                (f.src_payload_bytes, f.dst_payload_bytes),
+                (Some(100), Some(7))
+            );
+            assert_eq!(
+                f.seen_ns.map(|s| s.0),
+                Some(2_500_000),
+                "from the connect()"
+            );
+            assert_eq!(t.stats().orphan_closes, 0, "{start}: no end is an orphan");
+            assert_eq!(t.open_flows(), 0);
         }
     }
 
