@@ -104,6 +104,7 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplayReport, ReplayErr
         },
         enrich,
         &cfg.ipfix,
+        &cfg.enrich,
         &metrics,
     )?;
     let store_stats = pipeline.store_stats();

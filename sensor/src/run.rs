@@ -175,6 +175,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         },
         enrich,
         &cfg.ipfix,
+        &cfg.enrich,
         &metrics,
     )?;
     let store_stats = pipeline.store_stats();

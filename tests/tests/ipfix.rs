@@ -725,15 +725,15 @@ fn data_records(msg: &[u8]) -> usize {
     n
 }
 
-/// Walks a flow data set: fixed fields, then four variable-length strings (RFC 7011 §7).
+/// Walks a flow data set: fixed fields, then eight variable-length strings (RFC 7011 §7).
 fn records_in_set(mut set: &[u8], alen: usize) -> usize {
     // start, end (8+8), addresses, ports (2+2), proto, reason (1+1), flags each way (2+2),
-    // counters (4 x 8), pid/uid each end (4 x 4).
-    let fixed = 16 + 2 * alen + 4 + 2 + 4 + 32 + 16;
+    // counters (4 x 8), pid/uid each end (4 x 4), AS each end (2 x 4).
+    let fixed = 16 + 2 * alen + 4 + 2 + 4 + 32 + 16 + 8;
     let mut n = 0;
-    while set.len() >= fixed + 4 {
+    while set.len() >= fixed + 8 {
         let mut at = fixed;
-        for _ in 0..4 {
+        for _ in 0..8 {
             let l = usize::from(set[at]);
             at += if l == 255 {
                 3 + usize::from(u16::from_be_bytes([set[at + 1], set[at + 2]]))

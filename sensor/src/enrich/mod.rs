@@ -54,6 +54,40 @@ impl EnrichError {
     }
 }
 
+/// The MaxMind databases `cfg` names (each must open), else those found in geoipupdate's
+/// directories (taken where usable: such a directory may hold other MaxMind products, e.g.
+/// Anonymous-IP); none found is no error.
+pub fn open_geo(cfg: &crate::config::EnrichConfig) -> Result<geo::GeoDbs, EnrichError> {
+    if !cfg.mmdb_paths.is_empty() {
+        return Ok(geo::GeoDbs::open(&cfg.mmdb_paths)?);
+    }
+    let dirs: Vec<&std::path::Path> = geo::DEFAULT_DIRS.iter().map(std::path::Path::new).collect();
+    match geo::GeoDbs::open_dirs(&dirs) {
+        Ok((dbs, skipped)) => {
+            for (path, e) in skipped {
+                tracing::warn!(path = %path.display(), "skipping MaxMind file: {e}");
+            }
+            Ok(dbs)
+        }
+        Err(geo::GeoError::NoneFound { .. }) => {
+            tracing::info!(
+                "no MaxMind databases configured or found in {}: no geo/ASN from them",
+                geo::DEFAULT_DIRS.join(", ")
+            );
+            Ok(geo::GeoDbs::empty())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The threat lists in `cfg.threat_dir` (none without one); an unreadable list is an error.
+pub fn open_threat(cfg: &crate::config::EnrichConfig) -> Result<threat::ThreatLists, EnrichError> {
+    Ok(match &cfg.threat_dir {
+        Some(dir) => threat::ThreatLists::load(dir)?,
+        None => threat::ThreatLists::empty(),
+    })
+}
+
 impl cascade::Sources {
     /// Opens what `cfg` names: databases (configured, else found in geoipupdate's
     /// directories), threat lists, the resolver and the Cymru client. A database or list
@@ -63,37 +97,11 @@ impl cascade::Sources {
         metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     ) -> Result<Self, EnrichError> {
         use std::time::Duration;
-        // Named files must all open; found ones are taken where usable (a geoipupdate
-        // directory may hold other MaxMind products, e.g. Anonymous-IP).
-        let geo = if cfg.mmdb_paths.is_empty() {
-            let dirs: Vec<&std::path::Path> =
-                geo::DEFAULT_DIRS.iter().map(std::path::Path::new).collect();
-            match geo::GeoDbs::open_dirs(&dirs) {
-                Ok((dbs, skipped)) => {
-                    for (path, e) in skipped {
-                        tracing::warn!(path = %path.display(), "skipping MaxMind file: {e}");
-                    }
-                    dbs
-                }
-                Err(geo::GeoError::NoneFound { .. }) => {
-                    tracing::info!(
-                        "no MaxMind databases configured or found in {}: no geo/ASN from them",
-                        geo::DEFAULT_DIRS.join(", ")
-                    );
-                    geo::GeoDbs::empty()
-                }
-                Err(e) => return Err(e.into()),
-            }
-        } else {
-            geo::GeoDbs::open(&cfg.mmdb_paths)?
-        };
+        let geo = open_geo(cfg)?;
         for (path, kind, _) in geo.files() {
             tracing::info!(path = %path.display(), kind, "MaxMind database");
         }
-        let threat = match &cfg.threat_dir {
-            Some(dir) => threat::ThreatLists::load(dir)?,
-            None => threat::ThreatLists::empty(),
-        };
+        let threat = open_threat(cfg)?;
         let rdns = if cfg.rdns {
             let servers = cfg
                 .dns_servers

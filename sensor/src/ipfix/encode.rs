@@ -1,13 +1,15 @@
 //! IPFIX (RFC 7011) messages from finished flows: one template each for IPv4 and IPv6
 //! biflows (RFC 5103: the initiator's counters forward, the responder's as reverse
-//! elements), with this sensor's own elements (processes, uid, unit) under an enterprise
-//! number, and an options template for the exporter's own counts.
+//! elements), each end's AS number in IANA's BGP elements, with this sensor's own elements
+//! (processes, uid, unit, country, threat lists) under an enterprise number, and an options
+//! template for the exporter's own counts.
 //!
 //! Messages are packed up to a byte budget (the path MTU less IP and UDP headers), each
 //! starting with the 16-byte header; the sequence number is the count of data records sent
 //! in earlier messages of the observation domain (RFC 7011 §3.1), wrapping at 2^32.
 use std::net::IpAddr;
 
+use super::tags::{Tagger, Tags};
 use crate::flow::record::{EndReason, FlowRecord, Owner};
 
 /// The IPFIX version number in the message header.
@@ -58,6 +60,12 @@ pub mod element {
     pub const DST_COMM: u16 = 6;
     pub const DST_UID: u16 = 7;
     pub const DST_UNIT: u16 = 8;
+    /// ISO 3166-1 alpha-2 country of each end's address (MaxMind), empty when unknown.
+    pub const SRC_COUNTRY: u16 = 9;
+    pub const DST_COUNTRY: u16 = 10;
+    /// Threat lists holding each end's address, comma-separated names, empty for none.
+    pub const SRC_THREAT: u16 = 11;
+    pub const DST_THREAT: u16 = 12;
     /// Options: data records this exporter sent, and dropped (queue full, send failed).
     pub const EXPORTED_RECORDS: u16 = 20;
     pub const DROPPED_RECORDS: u16 = 21;
@@ -73,6 +81,8 @@ mod ie {
     pub const SOURCE_IPV4_ADDRESS: u16 = 8;
     pub const DESTINATION_TRANSPORT_PORT: u16 = 11;
     pub const DESTINATION_IPV4_ADDRESS: u16 = 12;
+    pub const BGP_SOURCE_AS_NUMBER: u16 = 16;
+    pub const BGP_DESTINATION_AS_NUMBER: u16 = 17;
     pub const SOURCE_IPV6_ADDRESS: u16 = 27;
     pub const DESTINATION_IPV6_ADDRESS: u16 = 28;
     pub const FLOW_END_REASON: u16 = 136;
@@ -111,10 +121,16 @@ pub fn flow_fields(v6: bool, pen: u32) -> Vec<Field> {
         own(element::SRC_UID, 4),
         own(element::DST_PID, 4),
         own(element::DST_UID, 4),
+        iana(ie::BGP_SOURCE_AS_NUMBER, 4),
+        iana(ie::BGP_DESTINATION_AS_NUMBER, 4),
         own(element::SRC_COMM, VARIABLE),
         own(element::SRC_UNIT, VARIABLE),
         own(element::DST_COMM, VARIABLE),
         own(element::DST_UNIT, VARIABLE),
+        own(element::SRC_COUNTRY, VARIABLE),
+        own(element::DST_COUNTRY, VARIABLE),
+        own(element::SRC_THREAT, VARIABLE),
+        own(element::DST_THREAT, VARIABLE),
     ]
 }
 
@@ -200,8 +216,9 @@ fn counts(f: &FlowRecord) -> [u64; 4] {
 }
 
 /// Appends one data record of `f` (template [`TEMPLATE_V4`] or [`TEMPLATE_V6`] by its
-/// source address; both ends are of one family in every flow).
-pub fn put_flow(out: &mut Vec<u8>, f: &FlowRecord) {
+/// source address; both ends are of one family in every flow), with the tags of its source
+/// and destination addresses.
+pub fn put_flow(out: &mut Vec<u8>, f: &FlowRecord, src: &Tags, dst: &Tags) {
     out.extend_from_slice(&(f.first_seen_ms.max(0) as u64).to_be_bytes());
     out.extend_from_slice(&(f.last_seen_ms.max(0) as u64).to_be_bytes());
     put_ip(out, f.src.ip());
@@ -221,7 +238,7 @@ pub fn put_flow(out: &mut Vec<u8>, f: &FlowRecord) {
     };
     let (sp, su) = ids(&f.src_owner);
     let (dp, du) = ids(&f.dst_owner);
-    for v in [sp, su, dp, du] {
+    for v in [sp, su, dp, du, src.asn, dst.asn] {
         out.extend_from_slice(&v.to_be_bytes());
     }
     for o in [&f.src_owner, &f.dst_owner] {
@@ -230,6 +247,9 @@ pub fn put_flow(out: &mut Vec<u8>, f: &FlowRecord) {
             out,
             o.as_ref().and_then(|o| o.unit.as_deref()).unwrap_or(""),
         );
+    }
+    for s in [&src.country, &dst.country, &src.threat, &dst.threat] {
+        put_string(out, s);
     }
 }
 
@@ -329,11 +349,12 @@ impl Encoder {
 
     /// Packs `flows` into as few messages as fit `max_bytes`, in order; a set per run of
     /// one family. A record too large for any message (strings near 64 KiB) is left out
-    /// and counted in the returned number.
+    /// and counted in the returned number. `tags` says what is known of each address.
     pub fn flows<'a>(
         &mut self,
         export_s: u32,
         flows: impl IntoIterator<Item = &'a FlowRecord>,
+        tags: &mut Tagger,
     ) -> (Vec<Message>, u64) {
         let mut out = Vec::new();
         let mut too_big = 0u64;
@@ -344,7 +365,8 @@ impl Encoder {
         let mut rec = Vec::with_capacity(256);
         for f in flows {
             rec.clear();
-            put_flow(&mut rec, f);
+            let (st, dt) = (tags.tags(f.src.ip()), tags.tags(f.dst.ip()));
+            put_flow(&mut rec, f, &st, &dt);
             let tid = if is_v6(f) { TEMPLATE_V6 } else { TEMPLATE_V4 };
             if HEADER_BYTES + SET_HEADER_BYTES + rec.len() > self.max_bytes {
                 too_big += 1;
@@ -477,7 +499,7 @@ mod tests {
         let all: Vec<FlowRecord> = (0..30)
             .map(|i| if i % 3 == 0 { v6.clone() } else { v4.clone() })
             .collect();
-        let (msgs, too_big) = e.flows(5, &all);
+        let (msgs, too_big) = e.flows(5, &all, &mut Tagger::off());
         assert_eq!(too_big, 0);
         assert!(msgs.len() > 1);
         let mut seq = 0u32;
@@ -499,7 +521,12 @@ mod tests {
     fn a_record_carries_both_directions_and_the_owner() {
         let f = flow("10.0.0.1:40000", "192.0.2.1:443");
         let mut rec = Vec::new();
-        put_flow(&mut rec, &f);
+        let dst = Tags {
+            country: "US".into(),
+            asn: 15169,
+            threat: "firehol_level1,spamhaus_drop".into(),
+        };
+        put_flow(&mut rec, &f, &Tags::default(), &dst);
         assert_eq!(
             u64::from_be_bytes(rec[0..8].try_into().unwrap()),
             1_700_000_000_123
@@ -519,12 +546,35 @@ mod tests {
         assert_eq!(u32_at(&rec, 70), 1000, "src uid");
         assert_eq!(u32_at(&rec, 74), 0, "no dst process");
         assert_eq!(u32_at(&rec, 78), u32::MAX, "no dst uid");
-        assert_eq!(rec[82] as usize, 4);
-        assert_eq!(&rec[83..87], b"curl");
+        assert_eq!(u32_at(&rec, 82), 0, "src AS unknown");
+        assert_eq!(u32_at(&rec, 86), 15169, "dst AS");
+        assert_eq!(rec[90] as usize, 4);
+        assert_eq!(&rec[91..95], b"curl");
         let unit = "user@1000.service/app.scope";
-        assert_eq!(rec[87] as usize, unit.len());
-        assert_eq!(&rec[88..88 + unit.len()], unit.as_bytes());
-        assert_eq!(rec.len(), 88 + unit.len() + 2, "two empty strings for dst");
+        assert_eq!(rec[95] as usize, unit.len());
+        let mut at = 96 + unit.len();
+        assert_eq!(&rec[96..at], unit.as_bytes());
+        assert_eq!(
+            &rec[at..at + 2],
+            &[0, 0],
+            "two empty strings for dst's process"
+        );
+        at += 2;
+        // Countries, then threat lists: source's empty, destination's set.
+        assert_eq!(&rec[at..at + 4], &[0, 2, b'U', b'S']);
+        at += 4;
+        let lists = b"firehol_level1,spamhaus_drop";
+        assert_eq!((rec[at], rec[at + 1] as usize), (0, lists.len()));
+        assert_eq!(&rec[at + 2..], lists);
+        // The template's fields, in the record's order.
+        let fields = flow_fields(false, DEFAULT_PEN);
+        let fixed: usize = fields
+            .iter()
+            .filter(|f| f.len != VARIABLE)
+            .map(|f| f.len as usize)
+            .sum();
+        assert_eq!(fixed, 90, "fixed part");
+        assert_eq!(fields.iter().filter(|f| f.len == VARIABLE).count(), 8);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use prometheus::{IntCounter, IntGauge};
 
 use super::config::IpfixConfig;
 use super::encode::{Encoder, ExporterCounts, Message};
+use super::tags::Tagger;
 use crate::{flow::FlowRecord, metrics::Metrics};
 
 /// Where to send: `udp://HOST:PORT` or `tcp://HOST:PORT`.
@@ -42,6 +43,10 @@ pub enum IpfixError {
     BadUrl { url: String, why: String },
     #[error("ipfix collector {url}: {detail}")]
     Socket { url: String, detail: String },
+    #[error(
+        "ipfix collector {url}: opening the enrichment sources its records are tagged from: {detail}"
+    )]
+    Tags { url: String, detail: String },
 }
 
 impl Collector {
@@ -137,6 +142,7 @@ pub struct Exporter {
 pub fn spawn(
     collector: Collector,
     cfg: &IpfixConfig,
+    tags: Tagger,
     metrics: &Metrics,
 ) -> Result<Exporter, IpfixError> {
     let counters = Counters::new(metrics, &collector.url);
@@ -164,6 +170,7 @@ pub fn spawn(
                 encoder,
                 transport,
                 counters,
+                tags,
                 init_ms: unix_ms(),
                 exported: 0,
                 dropped: 0,
@@ -230,6 +237,7 @@ struct Stage {
     encoder: Encoder,
     transport: Transport,
     counters: Counters,
+    tags: Tagger,
     init_ms: u64,
     exported: u64,
     dropped: u64,
@@ -259,6 +267,7 @@ impl Stage {
                     self.send_flows(&mut batch);
                     oldest = None;
                     self.refresh_templates();
+                    self.tags.reload_if_due();
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -314,7 +323,7 @@ impl Stage {
             return;
         }
         self.refresh_templates();
-        let (msgs, too_big) = self.encoder.flows(now_s(), batch.iter());
+        let (msgs, too_big) = self.encoder.flows(now_s(), batch.iter(), &mut self.tags);
         self.counters.dropped_too_big.inc_by(too_big);
         self.dropped += too_big;
         batch.clear();
@@ -482,7 +491,7 @@ mod tests {
         let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
         let url = format!("udp://{}", sink.local_addr().unwrap());
         let m = Metrics::new();
-        let ex = spawn(Collector::parse(&url).unwrap(), &cfg(), &m).unwrap();
+        let ex = spawn(Collector::parse(&url).unwrap(), &cfg(), Tagger::off(), &m).unwrap();
         let f = FlowRecord::new(
             17,
             "10.0.0.1:5000".parse().unwrap(),

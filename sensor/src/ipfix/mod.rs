@@ -2,10 +2,11 @@
 pub mod config;
 pub mod encode;
 pub mod exporter;
+pub mod tags;
 
 use std::thread::JoinHandle;
 
-use crate::{flow::FlowRecord, metrics::Metrics};
+use crate::{config::EnrichConfig, flow::FlowRecord, metrics::Metrics};
 use config::IpfixConfig;
 
 pub use exporter::IpfixError;
@@ -42,13 +43,23 @@ pub struct Exporters {
 }
 
 impl Exporters {
-    /// One exporter per configured collector; none when there are none.
-    pub fn start(cfg: &IpfixConfig, metrics: &Metrics) -> Result<Self, IpfixError> {
+    /// One exporter per configured collector; none when there are none. Each tags records
+    /// from its own copy of the local enrichment sources `enrich` names (none when
+    /// enrichment is off).
+    pub fn start(
+        cfg: &IpfixConfig,
+        enrich: &EnrichConfig,
+        metrics: &Metrics,
+    ) -> Result<Self, IpfixError> {
         let mut out = Self::default();
         for url in &cfg.collectors {
             let c = exporter::Collector::parse(url)?;
             tracing::info!(collector = %c.url, addr = %c.addr, "exporting IPFIX");
-            let e = exporter::spawn(c, cfg, metrics)?;
+            let tags = tags::Tagger::open(enrich).map_err(|e| IpfixError::Tags {
+                url: c.url.clone(),
+                detail: e.to_string(),
+            })?;
+            let e = exporter::spawn(c, cfg, tags, metrics)?;
             out.tee.0.push(e.sender);
             out.threads.push(e.thread);
         }

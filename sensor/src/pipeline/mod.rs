@@ -20,7 +20,7 @@ use rusqlite::Connection;
 pub use sinks::Sinks;
 
 use crate::{
-    config::IpfixConfig,
+    config::{EnrichConfig, IpfixConfig},
     enrich::{EnrichError, Prepared, pool::Pool},
     ipfix::{Exporters, IpfixError},
     metrics::Metrics,
@@ -53,11 +53,12 @@ impl Pipeline {
         writer: WriterConfig,
         enrich: Option<Prepared>,
         ipfix: &IpfixConfig,
+        enrich_cfg: &EnrichConfig,
         metrics: &Arc<Metrics>,
     ) -> Result<Self, PipelineError> {
         let writer = Writer::spawn(conn, db, writer);
         let store = writer.handle().expect("writer open");
-        let ipfix = Exporters::start(ipfix, metrics)?;
+        let ipfix = Exporters::start(ipfix, enrich_cfg, metrics)?;
         let (queue, enrich) = match enrich {
             Some(e) => {
                 let queue = e.queue.clone();
