@@ -7,6 +7,7 @@ pub mod config;
 pub mod enrich;
 pub mod export;
 pub mod flow;
+pub mod gate;
 pub mod ipfix;
 pub mod kernel;
 pub mod log_throttle;

@@ -16,7 +16,10 @@
 use std::{
     io::Write as _,
     net::{SocketAddr, TcpStream, ToSocketAddrs as _, UdpSocket},
-    sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel},
+    sync::{
+        Arc,
+        mpsc::{self, Receiver, RecvTimeoutError},
+    },
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -26,7 +29,7 @@ use prometheus::{IntCounter, IntGauge};
 use super::config::IpfixConfig;
 use super::encode::{Encoder, ExporterCounts, Message};
 use super::tags::Tagger;
-use crate::{flow::FlowRecord, metrics::Metrics};
+use crate::{flow::FlowRecord, gate::Gate, metrics::Metrics};
 
 /// Where to send: `udp://HOST:PORT` or `tcp://HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,28 +109,53 @@ impl Counters {
     }
 }
 
-/// The pipeline's side of one collector's queue.
+/// What the exporter's queue carries: one flow (live), or a chunk of them (replay), so a
+/// replay and the exporter wake each other once a chunk, not once a flow.
+enum Item {
+    One(FlowRecord),
+    Many(Vec<FlowRecord>),
+}
+
+/// Flows a replay hands over at once.
+const CHUNK: usize = 256;
+
+/// The pipeline's side of one collector's queue, bounded in flows by its gate.
 #[derive(Clone)]
 pub struct Sender {
-    tx: SyncSender<FlowRecord>,
+    tx: mpsc::Sender<Item>,
+    gate: Arc<Gate>,
     dropped: IntCounter,
     queued: IntGauge,
 }
 
 impl Sender {
-    /// Queues a copy of `f`, waiting while the queue is full.
-    pub fn send_blocking(&self, f: &FlowRecord) {
-        match self.tx.send(f.clone()) {
-            Ok(()) => self.queued.inc(),
-            Err(_) => self.dropped.inc(),
+    /// Queues copies of `flows`, waiting while the queue is full.
+    pub fn send_many_blocking(&self, flows: &[FlowRecord]) {
+        for chunk in flows.chunks(CHUNK) {
+            let n = chunk.len();
+            self.gate.reserve_blocking(n);
+            match self.tx.send(Item::Many(chunk.to_vec())) {
+                Ok(()) => self.queued.add(n as i64),
+                Err(_) => {
+                    self.gate.taken(n);
+                    self.dropped.inc_by(n as u64);
+                }
+            }
         }
     }
 
     /// Queues a copy of `f` without waiting; counts it as dropped when the queue is full.
     pub fn offer(&self, f: &FlowRecord) {
-        match self.tx.try_send(f.clone()) {
+        if !self.gate.try_reserve() {
+            self.dropped.inc();
+            return;
+        }
+        match self.tx.send(Item::One(f.clone())) {
             Ok(()) => self.queued.inc(),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
+            Err(_) => {
+                self.gate.taken(1);
+                self.dropped.inc();
+            }
         }
     }
 }
@@ -147,9 +175,11 @@ pub fn spawn(
 ) -> Result<Exporter, IpfixError> {
     let counters = Counters::new(metrics, &collector.url);
     let transport = Transport::new(&collector)?;
-    let (tx, rx) = sync_channel(cfg.queue_records.max(1));
+    let (tx, rx) = mpsc::channel();
+    let gate = Arc::new(Gate::new(cfg.queue_records));
     let sender = Sender {
         tx,
+        gate: Arc::clone(&gate),
         dropped: counters.dropped_queue.clone(),
         queued: counters.queued.clone(),
     };
@@ -177,7 +207,7 @@ pub fn spawn(
                 messages_since_templates: 0,
                 templates_at: None,
             }
-            .run(rx)
+            .run(rx, &gate)
         })
         .map_err(|e| IpfixError::Socket {
             url: String::new(),
@@ -246,17 +276,28 @@ struct Stage {
 }
 
 impl Stage {
-    fn run(mut self, rx: Receiver<FlowRecord>) {
+    fn run(mut self, rx: Receiver<Item>, gate: &Gate) {
         let flush = Duration::from_millis(self.cfg.flush_ms.max(1));
         let mut batch: Vec<FlowRecord> = Vec::with_capacity(64);
         let mut oldest: Option<Instant> = None;
         loop {
             let wait = oldest.map_or(flush, |t| flush.saturating_sub(t.elapsed()));
             match rx.recv_timeout(wait) {
-                Ok(f) => {
-                    self.counters.queued.dec();
+                Ok(item) => {
+                    let n = match item {
+                        Item::One(f) => {
+                            batch.push(f);
+                            1
+                        }
+                        Item::Many(v) => {
+                            let n = v.len();
+                            batch.extend(v);
+                            n
+                        }
+                    };
+                    gate.taken(n);
+                    self.counters.queued.sub(n as i64);
                     oldest.get_or_insert_with(Instant::now);
-                    batch.push(f);
                     // Enough for a few full messages: send without waiting for the timer.
                     if batch.len() >= 64 {
                         self.send_flows(&mut batch);

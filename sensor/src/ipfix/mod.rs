@@ -24,9 +24,9 @@ impl Tee {
     }
 
     /// Waiting while a collector's queue is full: for replays, which can wait.
-    pub fn send_blocking(&self, f: &FlowRecord) {
+    pub fn send_many_blocking(&self, flows: &[FlowRecord]) {
         for s in &self.0 {
-            s.send_blocking(f);
+            s.send_many_blocking(flows);
         }
     }
 

@@ -48,8 +48,8 @@ impl Sinks {
     pub fn send_many_blocking(&self, flows: Vec<FlowRecord>) {
         for f in &flows {
             self.enrich(f);
-            self.ipfix.send_blocking(f);
         }
+        self.ipfix.send_many_blocking(&flows);
         self.store.send_many_blocking(flows);
     }
 }

@@ -13,8 +13,7 @@
 use std::{
     path::PathBuf,
     sync::{
-        Arc, Condvar, Mutex,
-        atomic::AtomicUsize,
+        Arc,
         atomic::{AtomicU64, Ordering},
         mpsc::{self, RecvTimeoutError, Sender},
     },
@@ -29,7 +28,7 @@ use super::{
     amend::{self, Amendable, Outcome},
     info::IpUpdate,
 };
-use crate::{flow::FlowRecord, metrics::Metrics};
+use crate::{flow::FlowRecord, gate::Gate, metrics::Metrics};
 
 /// What the writer takes in: flows, and enrichment answers for `ip_info`.
 #[expect(
@@ -41,66 +40,6 @@ enum Row {
     /// Several flows at once, from a source that can wait (replay).
     Flows(Vec<FlowRecord>),
     Ip(Vec<IpUpdate>),
-}
-
-/// The bound on flows queued for the writer, counted in flows (a chunk counts for its
-/// length). Senders that may not wait are refused at the bound; senders that may wait
-/// sleep until the writer has taken the queue down to half, so a fast producer and the
-/// writer don't wake each other once a flow.
-struct Gate {
-    queued: AtomicUsize,
-    cap: usize,
-    waiters: AtomicUsize,
-    lock: Mutex<()>,
-    space: Condvar,
-}
-
-impl Gate {
-    fn try_reserve(&self) -> bool {
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.cap {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            false
-        } else {
-            true
-        }
-    }
-
-    fn reserve_blocking(&self, n: usize) {
-        let fits = |q: usize| q == 0 || q + n <= self.cap;
-        loop {
-            let q = self.queued.load(Ordering::Acquire);
-            if fits(q) {
-                if self
-                    .queued
-                    .compare_exchange(q, q + n, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    return;
-                }
-                continue;
-            }
-            self.waiters.fetch_add(1, Ordering::AcqRel);
-            let mut guard = self.lock.lock().expect("gate lock");
-            while !fits(self.queued.load(Ordering::Acquire)) {
-                guard = self
-                    .space
-                    .wait_timeout(guard, Duration::from_millis(50))
-                    .expect("gate lock")
-                    .0;
-            }
-            drop(guard);
-            self.waiters.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-
-    /// The writer took `n` flows off the queue.
-    fn taken(&self, n: usize) {
-        let before = self.queued.fetch_sub(n, Ordering::AcqRel);
-        if before.saturating_sub(n) <= self.cap / 2 && self.waiters.load(Ordering::Acquire) > 0 {
-            let _guard = self.lock.lock().expect("gate lock");
-            self.space.notify_all();
-        }
-    }
 }
 
 /// The sending side, shared by the `Writer` and its handles.
@@ -265,13 +204,7 @@ impl Writer {
     /// Starts the thread on an open connection (see [`super::open_for_writing`]).
     pub fn spawn(conn: Connection, path: PathBuf, cfg: WriterConfig) -> Self {
         let (tx, rx) = mpsc::channel();
-        let gate = Arc::new(Gate {
-            queued: AtomicUsize::new(0),
-            cap: cfg.queue_rows.max(1),
-            waiters: AtomicUsize::new(0),
-            lock: Mutex::new(()),
-            space: Condvar::new(),
-        });
+        let gate = Arc::new(Gate::new(cfg.queue_rows));
         let tx = Queue {
             tx,
             gate: Arc::clone(&gate),
@@ -490,7 +423,7 @@ fn rollup_may_run(
         && now >= st.next_rollup
         && deadline.is_none_or(|d| now < d)
         && infos < cfg.batch_rows
-        && st.held.len() + gate.queued.load(Ordering::Acquire) < cfg.batch_rows
+        && st.held.len() + gate.queued() < cfg.batch_rows
 }
 
 /// One rollup step; the next one right away (when idle) while behind.
