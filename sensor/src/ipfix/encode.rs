@@ -92,15 +92,17 @@ mod ie {
     pub const SYSTEM_INIT_TIME_MILLISECONDS: u16 = 160;
 }
 
-/// The fields of the flow templates, `v6` for the IPv6 one, own elements under `pen`.
-pub fn flow_fields(v6: bool, pen: u32) -> Vec<Field> {
+/// The fields of the flow templates, `v6` for the IPv6 one, own elements under `pen`;
+/// `tagged` adds each end's AS, country and threat lists (only when there are sources to
+/// fill them: 44 fewer bytes a record, and more records a datagram, without).
+pub fn flow_fields(v6: bool, pen: u32, tagged: bool) -> Vec<Field> {
     let own = |id, len| Field { id, len, pen };
     let (src, dst, alen) = if v6 {
         (ie::SOURCE_IPV6_ADDRESS, ie::DESTINATION_IPV6_ADDRESS, 16)
     } else {
         (ie::SOURCE_IPV4_ADDRESS, ie::DESTINATION_IPV4_ADDRESS, 4)
     };
-    vec![
+    let mut fields = vec![
         iana(ie::FLOW_START_MILLISECONDS, 8),
         iana(ie::FLOW_END_MILLISECONDS, 8),
         iana(src, alen),
@@ -121,17 +123,22 @@ pub fn flow_fields(v6: bool, pen: u32) -> Vec<Field> {
         own(element::SRC_UID, 4),
         own(element::DST_PID, 4),
         own(element::DST_UID, 4),
-        iana(ie::BGP_SOURCE_AS_NUMBER, 4),
-        iana(ie::BGP_DESTINATION_AS_NUMBER, 4),
         own(element::SRC_COMM, VARIABLE),
         own(element::SRC_UNIT, VARIABLE),
         own(element::DST_COMM, VARIABLE),
         own(element::DST_UNIT, VARIABLE),
-        own(element::SRC_COUNTRY, VARIABLE),
-        own(element::DST_COUNTRY, VARIABLE),
-        own(element::SRC_THREAT, VARIABLE),
-        own(element::DST_THREAT, VARIABLE),
-    ]
+    ];
+    if tagged {
+        fields.extend([
+            iana(ie::BGP_SOURCE_AS_NUMBER, 4),
+            iana(ie::BGP_DESTINATION_AS_NUMBER, 4),
+            own(element::SRC_COUNTRY, VARIABLE),
+            own(element::DST_COUNTRY, VARIABLE),
+            own(element::SRC_THREAT, VARIABLE),
+            own(element::DST_THREAT, VARIABLE),
+        ]);
+    }
+    fields
 }
 
 /// The options template's fields: scope observationDomainId, then the counts.
@@ -217,8 +224,8 @@ fn counts(f: &FlowRecord) -> [u64; 4] {
 
 /// Appends one data record of `f` (template [`TEMPLATE_V4`] or [`TEMPLATE_V6`] by its
 /// source address; both ends are of one family in every flow), with the tags of its source
-/// and destination addresses.
-pub fn put_flow(out: &mut Vec<u8>, f: &FlowRecord, src: &Tags, dst: &Tags) {
+/// and destination addresses when the templates carry them.
+pub fn put_flow(out: &mut Vec<u8>, f: &FlowRecord, tags: Option<(&Tags, &Tags)>) {
     out.extend_from_slice(&(f.first_seen_ms.max(0) as u64).to_be_bytes());
     out.extend_from_slice(&(f.last_seen_ms.max(0) as u64).to_be_bytes());
     put_ip(out, f.src.ip());
@@ -238,7 +245,7 @@ pub fn put_flow(out: &mut Vec<u8>, f: &FlowRecord, src: &Tags, dst: &Tags) {
     };
     let (sp, su) = ids(&f.src_owner);
     let (dp, du) = ids(&f.dst_owner);
-    for v in [sp, su, dp, du, src.asn, dst.asn] {
+    for v in [sp, su, dp, du] {
         out.extend_from_slice(&v.to_be_bytes());
     }
     for o in [&f.src_owner, &f.dst_owner] {
@@ -248,8 +255,13 @@ pub fn put_flow(out: &mut Vec<u8>, f: &FlowRecord, src: &Tags, dst: &Tags) {
             o.as_ref().and_then(|o| o.unit.as_deref()).unwrap_or(""),
         );
     }
-    for s in [&src.country, &dst.country, &src.threat, &dst.threat] {
-        put_string(out, s);
+    if let Some((src, dst)) = tags {
+        for v in [src.asn, dst.asn] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        for s in [&src.country, &dst.country, &src.threat, &dst.threat] {
+            put_string(out, s);
+        }
     }
 }
 
@@ -275,6 +287,8 @@ pub struct Encoder {
     sequence: u32,
     /// Largest message, bytes.
     max_bytes: usize,
+    /// Whether the flow templates carry the tag fields ([`flow_fields`]).
+    tagged: bool,
 }
 
 /// One message, ready to send, and how many data records it holds.
@@ -285,13 +299,15 @@ pub struct Message {
 }
 
 impl Encoder {
-    /// `max_bytes`: the largest message (the path MTU less 28 for IPv4/UDP, 48 for IPv6).
-    pub fn new(domain: u32, pen: u32, max_bytes: usize) -> Self {
+    /// `max_bytes`: the largest message (the path MTU less 28 for IPv4/UDP, 48 for IPv6);
+    /// `tagged`: records carry each end's AS, country and threat lists.
+    pub fn new(domain: u32, pen: u32, max_bytes: usize, tagged: bool) -> Self {
         Self {
             domain,
             pen,
             sequence: 0,
             max_bytes: max_bytes.clamp(512, 65535),
+            tagged,
         }
     }
 
@@ -322,8 +338,9 @@ impl Encoder {
         let set = m.len();
         m.extend_from_slice(&TEMPLATE_SET.to_be_bytes());
         m.extend_from_slice(&0u16.to_be_bytes());
-        put_template(&mut m, TEMPLATE_V4, &flow_fields(false, self.pen), None);
-        put_template(&mut m, TEMPLATE_V6, &flow_fields(true, self.pen), None);
+        let (pen, tagged) = (self.pen, self.tagged);
+        put_template(&mut m, TEMPLATE_V4, &flow_fields(false, pen, tagged), None);
+        put_template(&mut m, TEMPLATE_V6, &flow_fields(true, pen, tagged), None);
         close_set(&mut m, set);
         let set = m.len();
         m.extend_from_slice(&OPTIONS_TEMPLATE_SET.to_be_bytes());
@@ -349,7 +366,8 @@ impl Encoder {
 
     /// Packs `flows` into as few messages as fit `max_bytes`, in order; a set per run of
     /// one family. A record too large for any message (strings near 64 KiB) is left out
-    /// and counted in the returned number. `tags` says what is known of each address.
+    /// and counted in the returned number. `tags` says what is known of each address (when
+    /// the templates carry it).
     pub fn flows<'a>(
         &mut self,
         export_s: u32,
@@ -365,8 +383,12 @@ impl Encoder {
         let mut rec = Vec::with_capacity(256);
         for f in flows {
             rec.clear();
-            let (st, dt) = (tags.tags(f.src.ip()), tags.tags(f.dst.ip()));
-            put_flow(&mut rec, f, &st, &dt);
+            if self.tagged {
+                let (st, dt) = (tags.tags(f.src.ip()), tags.tags(f.dst.ip()));
+                put_flow(&mut rec, f, Some((&st, &dt)));
+            } else {
+                put_flow(&mut rec, f, None);
+            }
             let tid = if is_v6(f) { TEMPLATE_V6 } else { TEMPLATE_V4 };
             if HEADER_BYTES + SET_HEADER_BYTES + rec.len() > self.max_bytes {
                 too_big += 1;
@@ -466,16 +488,19 @@ mod tests {
 
     #[test]
     fn template_message_defines_both_families_and_the_options() {
-        let mut e = Encoder::new(7, DEFAULT_PEN, 1400);
+        let mut e = Encoder::new(7, DEFAULT_PEN, 1400, true);
         let m = e.templates(1000);
         assert_eq!(u32_at(&m.bytes, 12), 7, "observation domain");
         let s = sets(&m.bytes);
         assert_eq!(s.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [2, 3]);
         let t = &s[0].1;
         assert_eq!(u16_at(t, 0), TEMPLATE_V4);
-        assert_eq!(u16_at(t, 2) as usize, flow_fields(false, DEFAULT_PEN).len());
+        assert_eq!(
+            u16_at(t, 2) as usize,
+            flow_fields(false, DEFAULT_PEN, true).len()
+        );
         // Reverse octets: enterprise bit set, RFC 5103's number.
-        let fields = flow_fields(false, DEFAULT_PEN);
+        let fields = flow_fields(false, DEFAULT_PEN, true);
         let rev = fields
             .iter()
             .position(|f| f.pen == REVERSE_PEN && f.id == 1)
@@ -493,7 +518,7 @@ mod tests {
 
     #[test]
     fn flows_pack_within_the_budget_with_sequence_numbers() {
-        let mut e = Encoder::new(1, DEFAULT_PEN, 512);
+        let mut e = Encoder::new(1, DEFAULT_PEN, 512, false);
         let v4 = flow("10.0.0.1:40000", "192.0.2.1:443");
         let v6 = flow("[2001:db8::1]:40000", "[2001:db8::2]:443");
         let all: Vec<FlowRecord> = (0..30)
@@ -526,7 +551,7 @@ mod tests {
             asn: 15169,
             threat: "firehol_level1,spamhaus_drop".into(),
         };
-        put_flow(&mut rec, &f, &Tags::default(), &dst);
+        put_flow(&mut rec, &f, Some((&Tags::default(), &dst)));
         assert_eq!(
             u64::from_be_bytes(rec[0..8].try_into().unwrap()),
             1_700_000_000_123
@@ -546,20 +571,22 @@ mod tests {
         assert_eq!(u32_at(&rec, 70), 1000, "src uid");
         assert_eq!(u32_at(&rec, 74), 0, "no dst process");
         assert_eq!(u32_at(&rec, 78), u32::MAX, "no dst uid");
-        assert_eq!(u32_at(&rec, 82), 0, "src AS unknown");
-        assert_eq!(u32_at(&rec, 86), 15169, "dst AS");
-        assert_eq!(rec[90] as usize, 4);
-        assert_eq!(&rec[91..95], b"curl");
+        assert_eq!(rec[82] as usize, 4);
+        assert_eq!(&rec[83..87], b"curl");
         let unit = "user@1000.service/app.scope";
-        assert_eq!(rec[95] as usize, unit.len());
-        let mut at = 96 + unit.len();
-        assert_eq!(&rec[96..at], unit.as_bytes());
+        assert_eq!(rec[87] as usize, unit.len());
+        let mut at = 88 + unit.len();
+        assert_eq!(&rec[88..at], unit.as_bytes());
         assert_eq!(
             &rec[at..at + 2],
             &[0, 0],
             "two empty strings for dst's process"
         );
         at += 2;
+        let untagged = at;
+        assert_eq!(u32_at(&rec, at), 0, "src AS unknown");
+        assert_eq!(u32_at(&rec, at + 4), 15169, "dst AS");
+        at += 8;
         // Countries, then threat lists: source's empty, destination's set.
         assert_eq!(&rec[at..at + 4], &[0, 2, b'U', b'S']);
         at += 4;
@@ -567,14 +594,22 @@ mod tests {
         assert_eq!((rec[at], rec[at + 1] as usize), (0, lists.len()));
         assert_eq!(&rec[at + 2..], lists);
         // The template's fields, in the record's order.
-        let fields = flow_fields(false, DEFAULT_PEN);
-        let fixed: usize = fields
-            .iter()
-            .filter(|f| f.len != VARIABLE)
-            .map(|f| f.len as usize)
-            .sum();
-        assert_eq!(fixed, 90, "fixed part");
-        assert_eq!(fields.iter().filter(|f| f.len == VARIABLE).count(), 8);
+        let fields = flow_fields(false, DEFAULT_PEN, true);
+        let fixed = |fields: &[Field]| -> usize {
+            fields
+                .iter()
+                .filter(|f| f.len != VARIABLE)
+                .map(|f| f.len as usize)
+                .sum()
+        };
+        let strings = |fields: &[Field]| fields.iter().filter(|f| f.len == VARIABLE).count();
+        assert_eq!((fixed(&fields), strings(&fields)), (90, 8));
+        // Untagged: the same record up to the tags, and the template without their fields.
+        let mut bare = Vec::new();
+        put_flow(&mut bare, &f, None);
+        assert_eq!(bare, rec[..untagged]);
+        let fields = flow_fields(false, DEFAULT_PEN, false);
+        assert_eq!((fixed(&fields), strings(&fields)), (82, 4));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use prometheus::{IntCounter, IntGauge};
 
 use super::config::IpfixConfig;
 use super::encode::{Encoder, ExporterCounts, Message};
-use super::tags::Tagger;
+use super::{datagrams, tags::Tagger};
 use crate::{flow::FlowRecord, gate::Gate, metrics::Metrics};
 
 /// Where to send: `udp://HOST:PORT` or `tcp://HOST:PORT`.
@@ -193,6 +193,7 @@ pub fn spawn(
         cfg.observation_domain,
         cfg.enterprise_number,
         cfg.mtu_bytes.saturating_sub(header),
+        tags.is_on(),
     );
     let cfg = cfg.clone();
     let thread = std::thread::Builder::new()
@@ -372,9 +373,18 @@ impl Stage {
         self.counters.dropped_too_big.inc_by(too_big);
         self.dropped += too_big;
         batch.clear();
-        for m in msgs {
-            let records = m.records;
-            self.send(&m, records);
+        if let Transport::Udp(sock) = &self.transport {
+            let bytes: Vec<&[u8]> = msgs.iter().map(|m| m.bytes.as_slice()).collect();
+            let mut fates = Vec::with_capacity(msgs.len());
+            datagrams::send_all(sock, &bytes, |i, ok| fates.push((i, ok)));
+            for (i, ok) in fates {
+                self.account(msgs[i].records, ok);
+            }
+        } else {
+            for m in msgs {
+                let records = m.records;
+                self.send(&m, records);
+            }
         }
         // Not between the messages just encoded: their sequence numbers are already set,
         // and templates sent among them would carry a later one (RFC 7011 §3.1).
@@ -387,7 +397,13 @@ impl Stage {
 
     /// Sends one message; counts its records sent or dropped.
     fn send(&mut self, m: &Message, records: u32) {
-        if self.write(&m.bytes) {
+        let ok = self.write(&m.bytes);
+        self.account(records, ok);
+    }
+
+    /// Counts one message of `records` data records sent (`ok`) or dropped.
+    fn account(&mut self, records: u32, ok: bool) {
+        if ok {
             self.messages_since_templates += 1;
             self.counters.messages.inc();
             self.counters.sent.inc_by(u64::from(records));

@@ -1,5 +1,6 @@
 //! IPFIX export of finished flows to collectors (nfcapd, nfacctd, GoFlow2...).
 pub mod config;
+pub mod datagrams;
 pub mod encode;
 pub mod exporter;
 pub mod tags;

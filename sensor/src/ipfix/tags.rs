@@ -86,6 +86,11 @@ impl Tagger {
         }
     }
 
+    /// Whether any source can tag an address: else records go without the tag fields.
+    pub fn is_on(&self) -> bool {
+        self.sources.is_some()
+    }
+
     /// The tags of `ip`.
     pub fn tags(&mut self, ip: IpAddr) -> Arc<Tags> {
         let Some(src) = &self.sources else {

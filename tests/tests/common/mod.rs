@@ -2,6 +2,7 @@
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
 pub mod collectors;
+pub mod ipfix_decode;
 pub mod services;
 pub mod tshark;
 
