@@ -136,6 +136,11 @@ impl Probe {
         if cfg.attribution {
             let by_cookie = hooks.iter().any(|h| h.attached && h.name == HOOK_SOCK_OPS);
             hooks.push(attach_accept(&mut ebpf, &mut types, by_cookie));
+        }
+        // Datagram flows come from the packet view alone: the datagram hooks only name
+        // their processes, so without capture they would run on every packet of the host
+        // (TCP's too) for nothing.
+        if cfg.attribution && !cfg.interfaces.is_empty() {
             let cgroup = cfg.cgroup_path.clone();
             hooks.push(attach_sock_create(&mut ebpf, cgroup.clone()));
             hooks.push(attach_dgram(
