@@ -27,6 +27,9 @@
 //! (`bpf_ringbuf_query(BPF_RB_AVAIL_DATA)`) forces a wake-up so a burst cannot fill it
 //! between two polls.
 #![no_std]
+// BPF inline assembly: the one way to an atomic add here (the target has no atomic RMW
+// in `core`).
+#![feature(asm_experimental_arch)]
 #![no_main]
 
 use aya_ebpf::{
@@ -179,7 +182,7 @@ static ZERO_EVENT: SockEvent = SockEvent::ZERO;
 /// Keeps the start of connection end `id` in `OPEN` until its close, filled in place by
 /// `fill`; sends it as a record of its own when `OPEN` is full.
 #[inline(always)]
-fn keep_start(id: u64, fill: impl FnOnce(&mut SockEvent)) {
+fn keep_start(id: u64, fill: impl FnOnce(&mut SockEvent)) -> bool {
     // By reference, so the helper reads the zeros from `.rodata`, not from a stack copy.
     #[allow(clippy::needless_borrows_for_generic_args)]
     let kept = OPEN.insert(id, &ZERO_EVENT, 0).is_ok();
@@ -187,18 +190,78 @@ fn keep_start(id: u64, fill: impl FnOnce(&mut SockEvent)) {
         // SAFETY: a value of OPEN just written; only this socket's own (serialised)
         // callbacks write it.
         fill(unsafe { &mut *p });
-        return;
+        return true;
     }
     emit(fill);
+    false
 }
 
-/// Moves the kept start of the closing end `ev.sock_id` into its close record.
+/// Accepted ends waiting in `OPEN` for their first I/O, counted by [`awaiting_slot`]: the
+/// first-I/O hooks run on every socket read and write of the host, and a zero slot lets
+/// them leave without a lookup in `OPEN` (a hash lookup, a cache miss or two, on every
+/// I/O). A slot is counted up when an accepted start is kept and down exactly once when
+/// that start stops waiting (named at its first I/O, or closed before any).
+#[map]
+static AWAITING: Array<u64> = Array::with_max_entries(AWAITING_SLOTS, 0);
+
+const AWAITING_SLOTS: u32 = 4096;
+
+/// The slot of the socket with `cookie` in `AWAITING`. By cookie whichever hook keys
+/// `OPEN` (the first-I/O hooks read it with one load; a socket address cannot be hashed
+/// here, the verifier forbids arithmetic on it). Cookies are consecutive.
 #[inline(always)]
-fn take_start(ev: &mut SockEvent) {
+fn awaiting_slot(cookie: u64) -> u32 {
+    (cookie as u32) & (AWAITING_SLOTS - 1)
+}
+
+/// Adds `by` (1, or `u64::MAX` for -1) to the slot of `cookie`, atomically: the ends of
+/// one slot are on different CPUs.
+#[inline(always)]
+fn count_awaiting(cookie: u64, by: u64) {
+    if let Some(p) = AWAITING.get_ptr_mut(awaiting_slot(cookie)) {
+        // SAFETY: `p` is a value of an array map, 8-byte aligned. An XADD (`lock +=`), which
+        // every BPF CPU version has; its result is not used.
+        unsafe {
+            core::arch::asm!(
+                "lock *(u64 *)({p} + 0) += {by}",
+                p = in(reg) p,
+                by = in(reg) by,
+                options(nostack),
+            )
+        };
+    }
+}
+
+/// Whether any accepted end in the slot of `cookie` is waiting for its first I/O.
+#[inline(always)]
+fn maybe_awaiting(cookie: u64) -> bool {
+    AWAITING
+        .get(awaiting_slot(cookie))
+        // SAFETY: a value of an array map, read once.
+        .is_some_and(|n| unsafe { core::ptr::read_volatile(n) } != 0)
+}
+
+/// Keeps an accepted end's start in `OPEN` to wait for its first I/O, counted in the slot
+/// of its `cookie`.
+#[inline(always)]
+fn keep_accepted(id: u64, cookie: u64, fill: impl FnOnce(&mut SockEvent)) {
+    if keep_start(id, fill) {
+        count_awaiting(cookie, 1);
+    }
+}
+
+/// Moves the kept start of the closing end `ev.sock_id` into its close record; `cookie`
+/// gives the socket's cookie (for `AWAITING`).
+#[inline(always)]
+fn take_start(ev: &mut SockEvent, cookie: impl FnOnce() -> u64) {
     if let Some(open) = OPEN.get_ptr(ev.sock_id) {
         // SAFETY: a value of OPEN, read before it is deleted; only this socket's own
         // (serialised) callbacks write it.
         let open = unsafe { &*open };
+        if open.kind == kind::PASSIVE_ESTABLISHED {
+            // Closed before any I/O named it: it waits no more.
+            count_awaiting(cookie(), u64::MAX);
+        }
         if open.source == ev.source {
             ev.start_ns = open.ts_ns;
             ev.start_kind = open.kind;
@@ -303,7 +366,7 @@ pub fn sensor_sock_ops(ctx: SockOpsContext) -> u32 {
             sock_ops_ends(&ctx, family, unsafe { &mut *open });
             return 1;
         }
-        keep_start(cookie, |ev| {
+        let _ = keep_start(cookie, |ev| {
             // SAFETY: no preconditions.
             ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
             ev.sock_id = cookie;
@@ -318,7 +381,7 @@ pub fn sensor_sock_ops(ctx: SockOpsContext) -> u32 {
         return 1;
     }
     if event_kind == kind::PASSIVE_ESTABLISHED && owner_at_first_io() {
-        keep_start(cookie, |ev| {
+        keep_accepted(cookie, cookie, |ev| {
             // SAFETY: no preconditions.
             ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
             ev.sock_id = cookie;
@@ -357,7 +420,7 @@ pub fn sensor_sock_ops(ctx: SockOpsContext) -> u32 {
                     ev.srtt_us = (*ops).srtt_us >> 3;
                     ev.total_retrans = (*ops).total_retrans;
                 }
-                take_start(ev);
+                take_start(ev, || cookie);
             }
             _ => {}
         }
@@ -551,7 +614,9 @@ fn btf_set_state(ctx: &BtfTracePointContext, sk: *const u8, old: u32, new: u32) 
         };
         (tp, ends, close)
     };
-    emit_transition(tp, old, event_kind, &ends, &close);
+    // SAFETY: a BTF-typed socket, as the helper takes for tracing programs.
+    let cookie = || unsafe { bpf_get_socket_cookie(tp as *mut _) };
+    emit_transition(tp, old, event_kind, &ends, &close, cookie);
     Some(())
 }
 
@@ -640,7 +705,9 @@ fn classic_set_state(ctx: &TracePointContext) -> Option<()> {
                 },
             }
         };
-        emit_transition(sk as *const u8, old as u32, event_kind, &ends, &close);
+        // No cookie for a plain address (nothing waits for its first I/O here, see
+        // `emit_transition`).
+        emit_transition(sk as *const u8, old as u32, event_kind, &ends, &close, || 0);
     }
     Some(())
 }
@@ -716,7 +783,14 @@ impl Close {
 
 /// Emits a tracepoint-seen transition of socket `sk`; `close` is what a close carries.
 #[inline(always)]
-fn emit_transition(sk: *const u8, old: u32, event_kind: u32, ends: &Ends, close: &Close) {
+fn emit_transition(
+    sk: *const u8,
+    old: u32,
+    event_kind: u32,
+    ends: &Ends,
+    close: &Close,
+    cookie: impl Fn() -> u64,
+) {
     let fill = |ev: &mut SockEvent| {
         // SAFETY: no preconditions.
         ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
@@ -742,14 +816,14 @@ fn emit_transition(sk: *const u8, old: u32, event_kind: u32, ends: &Ends, close:
             current_task(ev);
         }
         if event_kind == kind::CLOSE {
-            take_start(ev);
+            take_start(ev, &cookie);
         }
     };
     // An accepted end waits in `OPEN` for its first I/O to name its process (not in the
     // classic program: where it must stand in, the first-I/O hooks, BTF typed too, do not
     // load either).
     if event_kind == kind::PASSIVE_ESTABLISHED && owner_at_first_io() {
-        keep_start(sk as u64, fill);
+        keep_accepted(sk as u64, cookie(), fill);
         return;
     }
     if event_kind == kind::CONNECT || event_kind == kind::ACTIVE_ESTABLISHED {
@@ -764,7 +838,7 @@ fn emit_transition(sk: *const u8, old: u32, event_kind: u32, ends: &Ends, close:
             open.remote_addr = ends.remote;
             return;
         }
-        keep_start(id, fill);
+        let _ = keep_start(id, fill);
         return;
     }
     emit(fill);
@@ -815,8 +889,12 @@ fn first_io(sk: *const u8) -> Option<()> {
         if protocol != IPPROTO_TCP {
             return None;
         }
+        let cookie: u64 = field(sk, konst(&IO_OFF.sk_cookie));
+        if !maybe_awaiting(cookie) {
+            return None;
+        }
         let (id, src) = if off.by_cookie != 0 {
-            (field::<u64>(sk, konst(&IO_OFF.sk_cookie)), source::SOCK_OPS)
+            (cookie, source::SOCK_OPS)
         } else {
             (sk as u64, source::TRACEPOINT)
         };
@@ -828,6 +906,7 @@ fn first_io(sk: *const u8) -> Option<()> {
         }
         // The start keeps the time it was established; it now says who accepted it.
         open.kind = kind::ACCEPT;
+        count_awaiting(cookie, u64::MAX);
         current_task(open);
     }
     Some(())
