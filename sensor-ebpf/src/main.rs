@@ -873,9 +873,16 @@ pub fn sensor_sock_send(ctx: BtfTracePointContext) -> i32 {
 
 /// The first read or write on an accepted TCP socket: the process doing it is the one that
 /// accepted it (a pre-fork worker, one of several `SO_REUSEPORT` processes), kept for the
-/// close as `connect()`'s owner is. Every other socket I/O leaves after two reads and one
-/// lookup. (The accept() return itself is not hooked: a hook on syscall exit puts
-/// every system call of the host on the slow path, about 10% of a loopback connection.)
+/// close as `connect()`'s owner is. Every other socket I/O leaves after a few loads, with no
+/// lookup in `OPEN` while its `AWAITING` slot is zero. (The accept() return itself is not
+/// hooked: a hook on syscall exit puts every system call of the host on the slow path,
+/// about 10% of a loopback connection.)
+///
+/// Two threads making the very first I/O on one accepted socket at the same instant can both
+/// find it waiting and both count its slot down (BPF v1 has no compare-and-swap to make the
+/// change of kind exclusive); that slot then reads non-zero and only costs lookups, until
+/// an accepted end of the slot that then waits would bring it back to zero early and be
+/// named by the listener instead.
 #[inline(always)]
 fn first_io(sk: *const u8) -> Option<()> {
     let off = ACCEPT_OFFSETS.get(0)?;
