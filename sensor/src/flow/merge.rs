@@ -20,7 +20,6 @@
 //! (`sensor_merge_unpaired_flows_total{view}`). Records the packet table cuts at the active
 //! timeout are partial and pass straight through; the final one merges.
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     sync::{
         Arc,
@@ -31,8 +30,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+// foldhash: every TCP record passes through `pending`.
 use super::record::{EndReason, FlowRecord, PROTO_TCP};
 use crate::metrics::{Metrics, add_delta};
+use foldhash::HashMap;
 
 /// How far apart two lifetimes may be and still be one connection, when the packet record
 /// has no SYN (a connection older than the sensor, whose kernel record starts at its first
@@ -285,7 +286,7 @@ impl Merger {
     pub fn new(wait: Duration) -> Self {
         Self {
             wait,
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             stats: MergeStats::default(),
         }
     }

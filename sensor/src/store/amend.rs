@@ -8,10 +8,10 @@
 //! of the record (in the flows' own time), so an entry is forgotten once the flows reaching
 //! the writer are `window` newer than it; a later amendment finds nothing and is counted
 //! as missed. The rollup never takes a row that may still change ([`Amendable::oldest`]).
-use std::{
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
-};
+use std::{collections::VecDeque, net::SocketAddr};
+
+// foldhash: every captured TCP row is remembered here (SipHash was a tenth of the writer).
+use foldhash::HashMap;
 
 use rusqlite::{Transaction, params};
 
@@ -52,7 +52,7 @@ pub enum Outcome {
 impl Amendable {
     pub fn new(window_ms: u64) -> Self {
         Self {
-            rows: HashMap::new(),
+            rows: HashMap::default(),
             order: VecDeque::new(),
             window_ms: window_ms as i64,
             clock_ms: 0,

@@ -608,13 +608,41 @@ impl Default for IpText {
 
 impl IpText {
     fn format(&mut self, ip: std::net::IpAddr) -> &str {
-        use std::io::Write as _;
-        let mut cur = std::io::Cursor::new(&mut self.buf[..]);
-        // An IPv6 address is at most 45 characters: it always fits.
-        let _ = write!(cur, "{ip}");
-        self.len = cur.position() as usize;
+        self.len = match ip {
+            std::net::IpAddr::V4(v4) => dotted_quad(v4.octets(), &mut self.buf),
+            std::net::IpAddr::V6(_) => {
+                use std::io::Write as _;
+                let mut cur = std::io::Cursor::new(&mut self.buf[..]);
+                // An IPv6 address is at most 45 characters: it always fits.
+                let _ = write!(cur, "{ip}");
+                cur.position() as usize
+            }
+        };
         std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
     }
+}
+
+/// `a.b.c.d` into `out`, its length returned: what `Ipv4Addr`'s `Display` writes, without
+/// the formatting machinery (a tenth of the writer's time went there).
+fn dotted_quad(octets: [u8; 4], out: &mut [u8; 48]) -> usize {
+    let mut n = 0;
+    for (i, o) in octets.into_iter().enumerate() {
+        if i > 0 {
+            out[n] = b'.';
+            n += 1;
+        }
+        if o >= 100 {
+            out[n] = b'0' + o / 100;
+            n += 1;
+        }
+        if o >= 10 {
+            out[n] = b'0' + o / 10 % 10;
+            n += 1;
+        }
+        out[n] = b'0' + o % 10;
+        n += 1;
+    }
+    n
 }
 
 /// What one committed batch did.
@@ -713,6 +741,29 @@ fn insert_batch<'a>(
 mod tests {
     use super::*;
     use crate::flow::{EndReason, Owner};
+
+    #[test]
+    fn addresses_as_text_are_what_display_writes() {
+        let mut t = IpText::default();
+        for a in [
+            0u32,
+            1,
+            9,
+            10,
+            99,
+            100,
+            255,
+            0x0a00_0001,
+            0xc0a8_6404,
+            0xffff_ffff,
+            0x6465_0a00,
+        ] {
+            let ip = std::net::IpAddr::V4(a.into());
+            assert_eq!(t.format(ip), ip.to_string());
+        }
+        let v6: std::net::IpAddr = "2001:db8::ff00:42:8329".parse().unwrap();
+        assert_eq!(t.format(v6), v6.to_string());
+    }
 
     fn flow(i: u16) -> FlowRecord {
         FlowRecord {
