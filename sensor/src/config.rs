@@ -139,12 +139,14 @@ pub struct Config {
     pub enrich: EnrichConfig,
     /// IPFIX export of finished flows to collectors (`[ipfix]`).
     pub ipfix: IpfixConfig,
+    /// Detections on finished flows (`[detect]`).
+    pub detect: DetectConfig,
     /// The file this was read from, if any (SIGHUP reads it again).
     #[serde(skip)]
     pub source: Option<PathBuf>,
 }
 
-pub use crate::ipfix::config::IpfixConfig;
+pub use crate::{detect::DetectConfig, ipfix::config::IpfixConfig};
 
 /// Enrichment: which sources answer, how long answers stay good, and the pool's bounds.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -252,6 +254,7 @@ impl Default for Config {
             metrics_on_exit: None,
             enrich: EnrichConfig::default(),
             ipfix: IpfixConfig::default(),
+            detect: DetectConfig::default(),
             source: None,
         }
     }
@@ -445,6 +448,15 @@ impl Config {
                 "ipfix.mtu_bytes",
                 self.ipfix.mtu_bytes.to_string(),
                 "mtu_bytes must be at least 576 and queue_records at least 1",
+            ));
+        }
+        if let Some((name, value)) = self.detect.invalid() {
+            return Err(bad(
+                name,
+                value,
+                "queues and bounds at least 1, scan thresholds at least 2, beacons from 4 \
+                 connections (and at most beacon_max_samples) with a score in 0..1, ratios \
+                 not negative",
             ));
         }
         Ok(())

@@ -1,9 +1,11 @@
 //! `sensor`: a network flow sensor. The modules follow the data: [`kernel`] (eBPF ingest)
 //! and [`capture`] (packets) → [`flow`] (aggregate, merge) → [`pipeline`] (the tee) →
-//! [`store`] (SQLite), [`enrich`] and [`ipfix`] → [`export`] (queries of the store).
+//! [`store`] (SQLite), [`enrich`], [`ipfix`] and [`detect`] → [`export`] (queries of the
+//! store).
 pub mod capture;
 pub mod check;
 pub mod config;
+pub mod detect;
 pub mod enrich;
 pub mod export;
 pub mod flow;

@@ -54,6 +54,9 @@ enum Command {
         /// (repeatable; added to the config's `[ipfix] collectors`).
         #[arg(long = "ipfix", value_name = "URL")]
         ipfix: Vec<String>,
+        /// No detections (port scans, brute force, exfiltration, beacons, threat contacts).
+        #[arg(long)]
+        no_detect: bool,
     },
     /// Probe this host for what `sensor run` needs: kernel, BTF, cgroup v2, capabilities,
     /// each hook (attached for real, then detached), packet capture, process owners in
@@ -99,6 +102,9 @@ enum Command {
         /// (repeatable; added to the config's `[ipfix] collectors`).
         #[arg(long = "ipfix", value_name = "URL")]
         ipfix: Vec<String>,
+        /// No detections (by default they run on the flows, timed by their packets).
+        #[arg(long)]
+        no_detect: bool,
         /// Capture files, replayed in order.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -186,6 +192,24 @@ enum Command {
         no_rollup: bool,
         #[command(flatten)]
         filter: export::Filter,
+    },
+    /// The detectors' alerts, oldest first: kind, when, the source, its targets and ports,
+    /// flows counted, score, the process, and the rule and figures that raised it
+    /// (`detail`); `evidence` names the first flows (their start and 5-tuple).
+    Alerts {
+        /// SQLite database of flows.
+        #[arg(long, default_value = DEFAULT_DB_PATH)]
+        db: PathBuf,
+        /// Only alerts active at or after TIME (last_seen_ms): RFC 3339 or that long before
+        /// now (90s, 30m, 1h, 2d).
+        #[arg(long, value_name = "TIME", value_parser = export::filter::parse_time)]
+        since: Option<export::filter::TimeArg>,
+        /// Only alerts of this kind.
+        #[arg(long, value_enum)]
+        kind: Option<export::alerts::KindArg>,
+        /// Output format (table: aligned columns, whether or not stdout is a terminal).
+        #[arg(long, value_enum, default_value = "table")]
+        format: export::alerts::AlertFormat,
     },
     /// Rolls up every flow not rolled up yet, as `sensor run`'s writer does when idle
     /// (for benchmarks and tests).
@@ -281,11 +305,15 @@ fn main() -> ExitCode {
             metrics_addr,
             metrics_on_exit,
             ipfix,
+            no_detect,
         } => {
             let mut cfg = match load_config(config.as_deref(), db) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            if no_detect {
+                cfg.detect.enabled = false;
+            }
             if let Some(h) = hooks {
                 cfg.hooks = h;
             }
@@ -344,12 +372,16 @@ fn main() -> ExitCode {
             no_decap,
             metrics_on_exit,
             ipfix,
+            no_detect,
             files,
         } => {
             let mut cfg = match load_config(config.as_deref(), db) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            if no_detect {
+                cfg.detect.enabled = false;
+            }
             if no_enrich {
                 cfg.enrich.enabled = false;
             }
@@ -375,6 +407,7 @@ fn main() -> ExitCode {
                         store_dropped = s.store_dropped,
                         enriched = s.enriched,
                         enrich_shed = s.enrich_shed,
+                        alerts = s.alerts,
                         "replay done"
                     );
                     if !report.bad_files.is_empty() {
@@ -524,6 +557,23 @@ fn main() -> ExitCode {
             };
             let local = top::LocalAddrs::of_this_host();
             query_exit(top::top(&db, &opts, &local, std::io::stdout().lock()))
+        }
+        Command::Alerts {
+            db,
+            since,
+            kind,
+            format,
+        } => {
+            let q = sensor::store::alerts::AlertQuery {
+                since_ms: since.map(|t| t.ms),
+                kind: kind.map(|k| k.as_str().to_string()),
+            };
+            query_exit(export::alerts::alerts(
+                &db,
+                &q,
+                format,
+                std::io::stdout().lock(),
+            ))
         }
         Command::Rollup { db } => {
             let local = top::LocalAddrs::of_this_host();

@@ -77,6 +77,8 @@ pub struct ReplaySummary {
     /// Addresses enriched, and shed (queue full, or still queued at the end).
     pub enriched: u64,
     pub enrich_shed: u64,
+    /// Alerts the detectors raised.
+    pub alerts: u64,
 }
 
 /// Replays `files` in order into the database `cfg.db_path`. A file that cannot be read in
@@ -105,6 +107,7 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplayReport, ReplayErr
         enrich,
         &cfg.ipfix,
         &cfg.enrich,
+        crate::pipeline::DetectSetup::from_config(cfg)?,
         &metrics,
     )?;
     let store_stats = pipeline.store_stats();
@@ -121,7 +124,9 @@ pub fn replay(cfg: &Config, files: &[PathBuf]) -> Result<ReplayReport, ReplayErr
         }
     }
     drop(sinks);
-    pipeline.finish_blocking(Duration::from_millis(cfg.enrich.drain_ms));
+    if let Some(d) = pipeline.finish_blocking(Duration::from_millis(cfg.enrich.drain_ms)) {
+        summary.alerts = d.raised.iter().sum();
+    }
     if enriching {
         summary.enriched = metrics.enrich_done.get();
         // Addresses shed at the queue, and network lookups shed (a source down or

@@ -176,6 +176,7 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         enrich,
         &cfg.ipfix,
         &cfg.enrich,
+        crate::pipeline::DetectSetup::from_config(&cfg)?,
         &metrics,
     )?;
     let store_stats = pipeline.store_stats();
@@ -411,9 +412,16 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
     // Every flow has been offered: the sinks stop in reverse order of start (see
     // `pipeline`), each sending or writing what it holds.
     drop(sinks);
-    pipeline
+    if let Some(d) = pipeline
         .finish(Duration::from_millis(cfg.enrich.drain_ms))
-        .await;
+        .await
+    {
+        tracing::info!(
+            records = d.records,
+            alerts = d.raised.iter().sum::<u64>(),
+            "detections stopped"
+        );
+    }
     published.publish_store(&metrics, &store_stats);
     metrics.write_on_exit(cfg.metrics_on_exit.as_deref());
     let _ = http_stop.send(());

@@ -1,6 +1,7 @@
 //! Export and `top`: flows out of the database for people and scripts, read in constant
 //! memory (with respect to the flows) over read-only connections that never block the
 //! writer.
+pub mod alerts;
 pub mod csv;
 pub mod filter;
 pub mod ipinfo;

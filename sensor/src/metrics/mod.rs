@@ -23,6 +23,7 @@ pub const STAGES: &[(&str, u64)] = &[
     ("merge", 5_000),
     ("store", 5_000),
     ("enrich", 5_000),
+    ("detect", 5_000),
 ];
 
 /// The sensor's eBPF programs, as labels.
@@ -125,6 +126,15 @@ pub struct Metrics {
     /// Sources that failed to (re)open while running, by `source` (mmdb, threat, rdns):
     /// the previous one is kept.
     pub enrich_source_errors: IntCounterVec,
+    /// Detections: flow records judged, records dropped for the detectors (queue full),
+    /// new alerts by `kind`, keys tracked and forgotten (full) per `detector`, active
+    /// alerts.
+    pub detect_records: IntCounter,
+    pub detect_dropped_records: IntCounter,
+    pub detect_alerts: IntCounterVec,
+    pub detect_evictions: IntCounterVec,
+    pub detect_tracked: prometheus::IntGaugeVec,
+    pub detect_active_alerts: IntGauge,
     heartbeats: Vec<(&'static str, u64, Arc<AtomicU64>)>,
 }
 
@@ -490,6 +500,46 @@ impl Metrics {
                  running one is kept.",
                 &["source"],
             ),
+            detect_records: counter(
+                "sensor_detect_records_total",
+                "Flow records the detectors judged.",
+            ),
+            detect_dropped_records: counter(
+                "sensor_detect_dropped_records_total",
+                "Flow records the detectors did not see: their queue was full (the store and \
+                 other sinks still got them).",
+            ),
+            detect_alerts: counter_vec(
+                "sensor_detect_alerts_total",
+                "New alerts, by kind (an alert updated while active is not counted again).",
+                &["kind"],
+            ),
+            detect_evictions: counter_vec(
+                "sensor_detect_evictions_total",
+                "Keys a detector forgot to stay within detect.max_tracked, by detector.",
+                &["detector"],
+            ),
+            detect_tracked: reg(
+                &r,
+                prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "sensor_detect_tracked_keys",
+                        "Keys (sources, pairs, services) each detector tracks now; for \
+                         threat_contact, addresses it remembers looking up.",
+                    ),
+                    &["detector"],
+                )
+                .expect("valid"),
+            ),
+            detect_active_alerts: reg(
+                &r,
+                IntGauge::new(
+                    "sensor_detect_active_alerts",
+                    "Alerts still active (updated, not repeated, until quiet for \
+                     detect.alert_idle_ms).",
+                )
+                .expect("valid"),
+            ),
             heartbeats: STAGES
                 .iter()
                 .map(|(name, interval)| (*name, *interval, Arc::new(AtomicU64::new(0))))
@@ -497,6 +547,11 @@ impl Metrics {
             registry: r,
         };
         // Every labelled series exists from the start, at zero.
+        for kind in crate::detect::Kind::ALL {
+            m.detect_alerts.with_label_values(&[kind.as_str()]);
+            m.detect_evictions.with_label_values(&[kind.as_str()]);
+            m.detect_tracked.with_label_values(&[kind.as_str()]);
+        }
         for reason in ["queue", "kernel"] {
             m.capture_dropped.with_label_values(&[reason]);
         }

@@ -4,13 +4,15 @@
 //! ```text
 //!   flow sources ──▶ Sinks (tee) ──┬──▶ store (SQLite writer thread)
 //!   (kernel, merge,                ├──▶ enrich (worker pool) ──answers──▶ store
-//!    packet tables)                └──▶ ipfix (one exporter thread per collector)
+//!    packet tables)                ├──▶ ipfix (one exporter thread per collector)
+//!                                  └──▶ detect (detectors' thread) ──alerts──▶ store
 //! ```
 //!
 //! Each sink is a stage that owns its settings, metrics and heartbeat, ends when its input
 //! closes and flushes on the way out. [`Pipeline::finish`] stops them in reverse order of
-//! start: enrichment first (its last answers still go to the writer), then the exporters,
-//! then the writer. The writer knows nothing of the other sinks.
+//! start: enrichment first (its last answers still go to the writer), then the detectors
+//! (their last alerts too), then the exporters, then the writer. The writer knows nothing
+//! of the other sinks.
 pub mod sinks;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -21,6 +23,8 @@ pub use sinks::Sinks;
 
 use crate::{
     config::{EnrichConfig, IpfixConfig},
+    detect::{DetectConfig, DetectStage, DetectStats},
+    enrich::threat::ThreatLists,
     enrich::{EnrichError, Prepared, pool::Pool},
     ipfix::{Exporters, IpfixError},
     metrics::Metrics,
@@ -40,13 +44,42 @@ pub struct Pipeline {
     writer: Writer,
     ipfix: Exporters,
     enrich: Option<Pool>,
+    detect: Option<DetectStage>,
     sinks: Sinks,
 }
 
+/// What the detections stage needs to start: its settings and, for `threat_contact`, the
+/// threat lists (opened beforehand, like enrichment's sources).
+pub struct DetectSetup {
+    pub cfg: DetectConfig,
+    pub lists: Option<ThreatLists>,
+}
+
+impl DetectSetup {
+    /// The detections `cfg` asks for: None when off; the threat lists of `[enrich]` when
+    /// enrichment is on and names them (a named directory that cannot be read is an error).
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Option<Self>, PipelineError> {
+        if !cfg.detect.enabled {
+            return Ok(None);
+        }
+        let lists = if cfg.enrich.enabled && cfg.enrich.threat_dir.is_some() {
+            Some(crate::enrich::open_threat(&cfg.enrich)?)
+        } else {
+            None
+        };
+        Ok(Some(Self {
+            cfg: cfg.detect.clone(),
+            lists,
+        }))
+    }
+}
+
 impl Pipeline {
-    /// Starts the writer on `conn`, then the IPFIX exporters, then the enrichment pool
-    /// (whose answers go to the writer). `enrich` was opened beforehand, so that a bad
-    /// database or list stops the start before anything else runs.
+    /// Starts the writer on `conn`, then the IPFIX exporters, then the detectors (`detect`,
+    /// when on), then the enrichment pool (whose answers go to the writer). `enrich` was
+    /// opened beforehand, so that a bad database or list stops the start before anything
+    /// else runs.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         conn: Connection,
         db: PathBuf,
@@ -54,11 +87,14 @@ impl Pipeline {
         enrich: Option<Prepared>,
         ipfix: &IpfixConfig,
         enrich_cfg: &EnrichConfig,
+        detect: Option<DetectSetup>,
         metrics: &Arc<Metrics>,
     ) -> Result<Self, PipelineError> {
         let writer = Writer::spawn(conn, db, writer);
         let store = writer.handle().expect("writer open");
         let ipfix = Exporters::start(ipfix, enrich_cfg, metrics)?;
+        let detect =
+            detect.map(|d| DetectStage::start(&d.cfg, d.lists, store.clone(), Arc::clone(metrics)));
         let (queue, enrich) = match enrich {
             Some(e) => {
                 let queue = e.queue.clone();
@@ -70,11 +106,17 @@ impl Pipeline {
             }
             None => (None, None),
         };
-        let sinks = Sinks::new(store, queue, ipfix.tee.clone());
+        let sinks = Sinks::new(
+            store,
+            queue,
+            ipfix.tee.clone(),
+            detect.as_ref().map(DetectStage::queue),
+        );
         Ok(Self {
             writer,
             ipfix,
             enrich,
+            detect,
             sinks,
         })
     }
@@ -93,27 +135,31 @@ impl Pipeline {
     }
 
     /// Stops the sinks in reverse order of start: the pool looks up what is queued
-    /// (bounded by `drain`) and hands its last answers to the writer, the exporters send
-    /// what they hold, and the writer writes everything queued.
-    pub async fn finish(mut self, drain: Duration) {
+    /// (bounded by `drain`) and hands its last answers to the writer, the detectors judge
+    /// what is queued and hand over their last alerts, the exporters send what they hold,
+    /// and the writer writes everything queued.
+    pub async fn finish(mut self, drain: Duration) -> Option<DetectStats> {
         if let Some(pool) = self.enrich.take() {
             pool.finish(drain).await;
         }
-        self.finish_sinks();
+        self.finish_sinks()
     }
 
     /// [`Self::finish`] for callers outside the async runtime (`replay`).
-    pub fn finish_blocking(mut self, drain: Duration) {
+    pub fn finish_blocking(mut self, drain: Duration) -> Option<DetectStats> {
         if let Some(pool) = self.enrich.take() {
             pool.finish_blocking(drain);
         }
-        self.finish_sinks();
+        self.finish_sinks()
     }
 
-    /// After the pool: the exporters, then the writer.
-    fn finish_sinks(self) {
+    /// After the pool: the detectors, the exporters, then the writer. Returns what the
+    /// detectors counted (none when off).
+    fn finish_sinks(mut self) -> Option<DetectStats> {
         drop(self.sinks);
+        let detected = self.detect.take().map(DetectStage::finish);
         self.ipfix.finish();
         self.writer.finish();
+        detected
     }
 }

@@ -1,6 +1,7 @@
 //! The tee: every finished flow goes to every sink.
 use crate::{
-    enrich::queue::EnrichQueue, flow::FlowRecord, ipfix::Tee, store::writer::WriterHandle,
+    detect::DetectQueue, enrich::queue::EnrichQueue, flow::FlowRecord, ipfix::Tee,
+    store::writer::WriterHandle,
 };
 
 /// The sinks' inputs, cloned into every thread that finishes flows (the kernel reader,
@@ -10,22 +11,30 @@ use crate::{
 /// of them; a full writer queue drops the flow for the store
 /// (`sensor_store_dropped_rows_total`), a full collector queue for that collector
 /// (`sensor_ipfix_dropped_records_total{reason="queue"}`), and a full enrichment queue
-/// sheds the address (`sensor_enrich_shed_addresses_total`), each counted and none holding back
-/// another. [`Sinks::send_many_blocking`] (replay of a file, which can wait) waits for
+/// sheds the address (`sensor_enrich_shed_addresses_total`), a full detections queue drops
+/// the record for the detectors (`sensor_detect_dropped_records_total`), each counted and none
+/// holding back another. [`Sinks::send_many_blocking`] (replay of a file, which can wait) waits for
 /// room in each instead, so nothing is dropped.
 #[derive(Clone)]
 pub struct Sinks {
     store: WriterHandle,
     enrich: Option<EnrichQueue>,
     ipfix: Tee,
+    detect: Option<DetectQueue>,
 }
 
 impl Sinks {
-    pub fn new(store: WriterHandle, enrich: Option<EnrichQueue>, ipfix: Tee) -> Self {
+    pub fn new(
+        store: WriterHandle,
+        enrich: Option<EnrichQueue>,
+        ipfix: Tee,
+        detect: Option<DetectQueue>,
+    ) -> Self {
         Self {
             store,
             enrich,
             ipfix,
+            detect,
         }
     }
 
@@ -41,6 +50,9 @@ impl Sinks {
     pub fn offer(&self, f: FlowRecord) {
         self.enrich(&f);
         self.ipfix.offer(&f);
+        if let Some(d) = &self.detect {
+            d.offer(&f);
+        }
         self.store.try_send(f);
     }
 
@@ -50,6 +62,9 @@ impl Sinks {
             self.enrich(f);
         }
         self.ipfix.send_many_blocking(&flows);
+        if let Some(d) = &self.detect {
+            d.send_many_blocking(&flows);
+        }
         self.store.send_many_blocking(flows);
     }
 }

@@ -1,4 +1,5 @@
 //! Store: finished flows into SQLite, from a writer on its own thread.
+pub mod alerts;
 pub mod amend;
 pub mod info;
 pub mod inline;

@@ -117,6 +117,29 @@ ALTER TABLE flows ADD COLUMN src_attr TEXT;
 ALTER TABLE flows ADD COLUMN dst_attr TEXT;
 ";
 
+/// Version 7: the detectors' alerts (see [`super::alerts`]), one row per alert, rewritten
+/// by `key` while it stays active.
+const V7: &str = "
+CREATE TABLE alerts (
+    id            INTEGER PRIMARY KEY,
+    key           TEXT    NOT NULL UNIQUE,
+    kind          TEXT    NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms  INTEGER NOT NULL,
+    src_ip        TEXT    NOT NULL,
+    targets       TEXT    NOT NULL,
+    ports         TEXT    NOT NULL,
+    count         INTEGER NOT NULL,
+    score         REAL    NOT NULL,
+    pid           INTEGER,
+    comm          TEXT,
+    unit          TEXT,
+    detail        TEXT    NOT NULL,
+    evidence      TEXT    NOT NULL
+);
+CREATE INDEX alerts_last_seen ON alerts (last_seen_ms);
+";
+
 /// Each step takes the schema from its index (plus one) to the next version.
 const MIGRATIONS: &[(&str, &str)] = &[
     ("creating schema v1", V1),
@@ -125,6 +148,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("upgrading to schema v4", V4),
     ("upgrading to schema v5", V5),
     ("upgrading to schema v6", V6),
+    ("upgrading to schema v7", V7),
 ];
 
 /// The database's schema version; an error when it is newer than this build knows, or

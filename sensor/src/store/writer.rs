@@ -25,6 +25,7 @@ use rusqlite::{Connection, params};
 
 use super::{
     StoreError,
+    alerts::AlertRow,
     amend::{self, Amendable, Outcome},
     info::IpUpdate,
 };
@@ -40,6 +41,8 @@ enum Row {
     /// Several flows at once, from a source that can wait (replay).
     Flows(Vec<FlowRecord>),
     Ip(Vec<IpUpdate>),
+    /// New and updated alerts from the detectors.
+    Alerts(Vec<AlertRow>),
 }
 
 /// The sending side, shared by the `Writer` and its handles.
@@ -123,6 +126,10 @@ pub struct StoreStats {
     /// (queue full or a failed transaction).
     pub ip_rows_written: AtomicU64,
     pub ip_rows_dropped: AtomicU64,
+    /// `alerts` row writes (new or updated), and those lost (a failed transaction, or
+    /// writes failing at the time).
+    pub alert_rows_written: AtomicU64,
+    pub alert_rows_dropped: AtomicU64,
 }
 
 pub struct Writer {
@@ -187,6 +194,17 @@ impl WriterHandle {
         let n = infos.len() as u64;
         if self.tx.tx.send(Row::Ip(infos)).is_err() {
             self.stats.ip_rows_dropped.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues alert rows; they are few, so they never wait for room (the queue's bound is
+    /// the flows').
+    pub fn send_alerts(&self, rows: Vec<AlertRow>) {
+        let n = rows.len() as u64;
+        if self.tx.tx.send(Row::Alerts(rows)).is_err() {
+            self.stats
+                .alert_rows_dropped
+                .fetch_add(n, Ordering::Relaxed);
         }
     }
 }
@@ -310,6 +328,7 @@ fn run(
         amendable: Amendable::new(cfg.amend_window.as_millis() as u64),
     };
     let mut infos: Vec<IpUpdate> = Vec::new();
+    let mut alerts: Vec<AlertRow> = Vec::new();
     let mut deadline: Option<Instant> = None;
     let heartbeat = cfg.metrics.as_ref().map(|m| m.heartbeat("store"));
     loop {
@@ -342,13 +361,14 @@ fn run(
                 held.extend(fs);
             }
             Row::Ip(more) => infos.extend(more),
+            Row::Alerts(more) => alerts.extend(more),
         };
         // Enrichment answers are written as they come (a pool batch is one transaction):
         // the in-memory sources' answers must not wait for a flush that slow sources set.
         let mut answers_came = false;
         let closed = match rx.recv_timeout(timeout) {
             Ok(row) => {
-                let flows = !matches!(row, Row::Ip(_));
+                let flows = matches!(row, Row::Flow(_) | Row::Flows(_));
                 answers_came = !flows;
                 take(row, &mut st.held);
                 // After flows, take whatever else is queued up to a batch in one go.
@@ -374,6 +394,17 @@ fn run(
                 write_infos(&mut st.conn, &st.path, &infos, stats);
             }
             infos.clear();
+        }
+        // Alerts as they come too: they are few, and a log line has announced each.
+        if !alerts.is_empty() {
+            if st.failing.is_some() {
+                stats
+                    .alert_rows_dropped
+                    .fetch_add(alerts.len() as u64, Ordering::Relaxed);
+            } else {
+                write_alerts(&mut st.conn, &st.path, &alerts, stats);
+            }
+            alerts.clear();
         }
         bound_held(&mut st, &cfg, stats);
         let retry_due = st.failing.is_none_or(|(at, _)| Instant::now() >= at);
@@ -588,6 +619,27 @@ fn write_infos(
             tracing::error!(rows = infos.len(), "{err}");
         }
     }
+}
+
+fn write_alerts(
+    conn: &mut Connection,
+    path: &std::path::Path,
+    rows: &[AlertRow],
+    stats: &StoreStats,
+) {
+    let result = conn.transaction().and_then(|tx| {
+        super::alerts::upsert(&tx, rows)?;
+        tx.commit()
+    });
+    let n = rows.len() as u64;
+    match result {
+        Ok(()) => stats.alert_rows_written.fetch_add(n, Ordering::Relaxed),
+        Err(e) => {
+            let err = StoreError::sqlite(path, "writing alerts", e);
+            tracing::error!(rows = n, "{err}");
+            stats.alert_rows_dropped.fetch_add(n, Ordering::Relaxed)
+        }
+    };
 }
 
 /// An address as text without a heap allocation per row (the insert loop runs 10⁵–10⁶

@@ -1,0 +1,240 @@
+//! `beacon`, scored as RITA scores beacons: the connections from one host to one service
+//! (address, protocol, port) within `beacon_window_ms`, once there are
+//! `beacon_min_connections` of them, get a score from 0 to 1, the mean of
+//! - the intervals' regularity: 1 − |Bowley skewness| and 1 − MADM/median of the gaps
+//!   between connection starts, and
+//! - the sizes' regularity: the same two of the bytes each connection sent.
+//!
+//! A pair beacons from `beacon_score`. Gaps under [`MIN_GAP_MS`] (a burst, a retry loop)
+//! are not a schedule, and a pair whose median gap is that short is not scored.
+use std::{collections::VecDeque, net::IpAddr};
+
+use super::{
+    alert::{AlertKey, Alerts, Evidence, FlowId, Kind, Port},
+    config::DetectConfig,
+    facts,
+    tracked::Tracked,
+};
+use crate::flow::FlowRecord;
+
+/// The shortest median gap that is a schedule rather than a burst.
+pub const MIN_GAP_MS: i64 = 1_000;
+
+struct Samples {
+    /// (start, bytes out) of the newest connections, oldest first.
+    conns: VecDeque<(i64, u64)>,
+    first: FlowId,
+}
+
+pub struct Beacon {
+    window_ms: i64,
+    min: usize,
+    score: f64,
+    max_samples: usize,
+    pairs: Tracked<(IpAddr, IpAddr, u8, u16), Samples>,
+    /// Scratch space for scoring, kept to score without allocating.
+    scratch: Vec<f64>,
+}
+
+impl Beacon {
+    pub fn new(cfg: &DetectConfig) -> Self {
+        Self {
+            window_ms: cfg.beacon_window_ms as i64,
+            min: cfg.beacon_min_connections as usize,
+            score: cfg.beacon_score,
+            max_samples: cfg
+                .beacon_max_samples
+                .max(cfg.beacon_min_connections as usize),
+            pairs: Tracked::new(cfg.max_tracked),
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn evictions(&self) -> u64 {
+        self.pairs.evictions()
+    }
+
+    pub fn flow(&mut self, f: &FlowRecord, alerts: &mut Alerts) {
+        if !facts::is_whole(f) || !matches!(f.proto, facts::TCP | facts::UDP) {
+            return;
+        }
+        let id = FlowId::of(f);
+        let (src, dst) = (f.src.ip(), f.dst.ip());
+        let k = (src, dst, f.proto, f.dst.port());
+        let now = f.first_seen_ms;
+        let s = self.pairs.get_or_insert_with(k, || Samples {
+            conns: VecDeque::new(),
+            first: id,
+        });
+        // In start order (records come in end order).
+        let at = s.conns.partition_point(|(t, _)| *t <= now);
+        s.conns.insert(at, (now, facts::bytes_out(f)));
+        let newest = s.conns.back().map_or(now, |c| c.0);
+        while s.conns.len() > self.max_samples
+            || s.conns
+                .front()
+                .is_some_and(|c| newest - c.0 > self.window_ms)
+        {
+            s.conns.pop_front();
+        }
+        if s.conns.len() == 1 {
+            s.first = id;
+        }
+        if s.conns.len() < self.min {
+            return;
+        }
+        let Some(score) = score(&s.conns, &mut self.scratch) else {
+            return;
+        };
+        let key = AlertKey {
+            kind: Kind::Beacon,
+            src,
+            dst: Some(dst),
+            proto: f.proto,
+            port: f.dst.port(),
+        };
+        let ev = Evidence {
+            flow: id,
+            target: dst,
+            port: Port::of(&id),
+            owner: f.src_owner.as_ref(),
+        };
+        let n = s.conns.len();
+        let span_s = (newest - s.conns.front().map_or(newest, |c| c.0)) / 1000;
+        let median_gap = median_gap_ms(&s.conns, &mut self.scratch);
+        let (min, threshold, port) = (self.min, self.score, ev.port);
+        let detail = move || {
+            format!(
+                "{n} connections to {port} over {span_s} s, every {:.1} s (median), score \
+                 {score:.2} (rule: from {min} connections, score at least {threshold})",
+                median_gap as f64 / 1000.0,
+            )
+        };
+        if alerts.update(&key, &ev) {
+            alerts.describe(&key, score, detail);
+            return;
+        }
+        if score < threshold {
+            return;
+        }
+        let first = s.first;
+        let owner = f.src_owner.as_ref();
+        let evidence = [first, id].into_iter().map(|id| Evidence {
+            flow: id,
+            target: dst,
+            port: Port::of(&id),
+            owner,
+        });
+        let text = detail();
+        alerts.raise(key, evidence, (n as u64).saturating_sub(2), score, text);
+    }
+
+    pub fn sweep(&mut self, now_ms: i64) {
+        let w = self.window_ms;
+        self.pairs
+            .retain(|_, s| s.conns.back().is_some_and(|c| now_ms - c.0 <= w));
+    }
+}
+
+fn median_gap_ms(conns: &VecDeque<(i64, u64)>, scratch: &mut Vec<f64>) -> i64 {
+    scratch.clear();
+    scratch.extend(
+        conns
+            .iter()
+            .zip(conns.iter().skip(1))
+            .map(|(a, b)| (b.0 - a.0) as f64),
+    );
+    scratch.sort_unstable_by(f64::total_cmp);
+    quantile(scratch, 0.5) as i64
+}
+
+/// The score of `conns` (sorted by start), or None when its gaps are a burst.
+pub fn score(conns: &VecDeque<(i64, u64)>, scratch: &mut Vec<f64>) -> Option<f64> {
+    scratch.clear();
+    scratch.extend(
+        conns
+            .iter()
+            .zip(conns.iter().skip(1))
+            .map(|(a, b)| (b.0 - a.0) as f64),
+    );
+    let gaps = regularity(scratch, MIN_GAP_MS as f64)?;
+    scratch.clear();
+    scratch.extend(conns.iter().map(|c| c.1 as f64));
+    let sizes = regularity(scratch, 0.0).unwrap_or(0.0);
+    Some((gaps + sizes) / 2.0)
+}
+
+/// The mean of 1 − |Bowley skewness| and 1 − MADM/median of `v` (sorted here), each in
+/// 0..1; None when the median is below `min_median` (or not positive).
+fn regularity(v: &mut [f64], min_median: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable_by(f64::total_cmp);
+    let (q1, q2, q3) = (quantile(v, 0.25), quantile(v, 0.5), quantile(v, 0.75));
+    if q2 < min_median || q2 <= 0.0 {
+        return None;
+    }
+    let skew = if q3 - q1 > 0.0 {
+        (q1 + q3 - 2.0 * q2) / (q3 - q1)
+    } else {
+        0.0
+    };
+    for x in v.iter_mut() {
+        *x = (*x - q2).abs();
+    }
+    v.sort_unstable_by(f64::total_cmp);
+    let madm = quantile(v, 0.5);
+    let skew_score = 1.0 - skew.abs().min(1.0);
+    let madm_score = (1.0 - madm / q2).max(0.0);
+    Some((skew_score + madm_score) / 2.0)
+}
+
+/// The `q` quantile of sorted `v`, interpolated.
+fn quantile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let pos = q * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conns(gaps: impl Iterator<Item = i64>, size: impl Fn(usize) -> u64) -> VecDeque<(i64, u64)> {
+        let mut t = 0;
+        let mut out = VecDeque::new();
+        for (i, g) in gaps.enumerate() {
+            t += g;
+            out.push_back((t, size(i)));
+        }
+        out
+    }
+
+    #[test]
+    fn a_steady_schedule_scores_high_and_noise_low() {
+        let mut s = Vec::new();
+        // Every 5 s ± 10%, same size.
+        let jitter = [0, 300, -200, 450, -500, 100, -350, 250, -50, 400];
+        let steady = conns((0..24).map(|i| 5_000 + jitter[i % 10]), |_| 300);
+        let steady_score = score(&steady, &mut s).unwrap();
+        assert!(steady_score > 0.9, "{steady_score}");
+        // Gaps from 1 s to 60 s and sizes all over the place.
+        let noisy = conns(
+            (0..24).map(|i| [1_000, 60_000, 3_000, 17_000, 2_000, 45_000][i % 6]),
+            |i| [100, 90_000, 2_000, 15, 600_000][i % 5],
+        );
+        let noisy_score = score(&noisy, &mut s).unwrap();
+        assert!(noisy_score < 0.6, "{noisy_score}");
+        // A burst is no schedule.
+        let burst = conns((0..24).map(|_| 20), |_| 300);
+        assert!(score(&burst, &mut s).is_none());
+    }
+}
