@@ -9,6 +9,7 @@ pub const ICMPV6: u8 = 58;
 
 const SYN: u8 = 0x02;
 const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
 
 /// ICMP echo request as the flow table writes its "port": type << 8 | code.
 const ICMP_ECHO: u16 = 8 << 8;
@@ -59,8 +60,8 @@ pub fn dst_sent_data(f: &FlowRecord) -> bool {
 /// that were rejected or went unanswered), carrying no payload from its sender:
 /// - TCP, packet view: no answer at all (SYN scan of a filtered port, FIN/NULL/Xmas to an
 ///   open one); a probe without SYN (FIN, NULL, Xmas, ACK: no connection starts that way);
-///   a SYN answered by RST (closed port); a handshake the initiator reset (half-open SYN
-///   scan, connect scan of an open port);
+///   a SYN answered by RST (closed port); a handshake the initiator never acknowledged or
+///   reset (half-open SYN scan, connect scan of an open port);
 /// - TCP, kernel view: a connect that failed, or one reset with no payload either way;
 /// - UDP: no answer (a closed port's ICMP unreachable is a flow of its own);
 /// - ICMP/ICMPv6: an echo request with no reply.
@@ -76,7 +77,11 @@ pub fn is_probe(f: &FlowRecord) -> bool {
                 }
                 let d = f.dst_tcp_flags.unwrap_or(0);
                 let answered = f.dst_packets.unwrap_or(0) > 0;
-                !answered || s & SYN == 0 || d & SYN == 0 || (s & RST != 0 && !dst_sent_data(f))
+                !answered
+                    || s & SYN == 0
+                    || s & ACK == 0
+                    || d & SYN == 0
+                    || (s & RST != 0 && !dst_sent_data(f))
             }
             None => {
                 f.end_reason == EndReason::Failed
