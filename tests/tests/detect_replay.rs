@@ -527,3 +527,61 @@ fn a_200_mb_upload_is_one_exfiltration_and_a_200_mb_download_none() {
         table(&db)
     );
 }
+
+#[test]
+fn a_flow_to_a_listed_address_is_one_threat_contact_per_pair() {
+    let dir = common::temp_dir("detect-threat");
+    let lists = dir.join("lists");
+    std::fs::create_dir_all(&lists).unwrap();
+    std::fs::write(
+        lists.join("test_level1.netset"),
+        "# test list\n64.13.134.0/24\n",
+    )
+    .unwrap();
+    // Enrichment on with the lists, and no network source.
+    let config = dir.join("sensor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[enrich]\nthreat_dir = {:?}\nrdns = false\n",
+            lists.display().to_string()
+        ),
+    )
+    .unwrap();
+    let db = dir.join("flows.db");
+    let out = Command::new(common::sensor_bin())
+        .arg("replay")
+        .arg("--db")
+        .arg(&db)
+        .arg("--config")
+        .arg(&config)
+        .arg(synscan())
+        .output()
+        .expect("run sensor replay");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    let threat = alerts(&db, &["--kind", "threat_contact"]);
+    assert_eq!(threat.len(), 1, "one pair, one alert:\n{}", table(&db));
+    let a = &threat[0];
+    assert_eq!(
+        s(a, "src_ip"),
+        "172.16.0.8",
+        "the end that met the listed address"
+    );
+    assert_eq!(s(a, "targets"), "64.13.134.52");
+    assert!(
+        s(a, "detail").contains("test_level1 (64.13.134.0/24)"),
+        "{a}"
+    );
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let flows: i64 = conn
+        .query_row("SELECT count(*) FROM flows", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        a["count"].as_i64(),
+        Some(flows),
+        "every flow with it counted"
+    );
+    // The scan is still its own alert.
+    assert_eq!(alerts(&db, &["--kind", "port_scan"]).len(), 1);
+}
