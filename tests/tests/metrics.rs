@@ -324,3 +324,29 @@ fn every_stage_accounts_for_everything_under_overflow() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The shipped alerting rules are valid for Prometheus (`promtool check rules`) and name
+/// only metrics the sensor serves (the unit test `dashboard_names_only_real_metrics` checks
+/// the names; this checks the PromQL and the file's shape).
+#[test]
+fn the_detection_alert_rules_pass_promtool() {
+    let name = "the_detection_alert_rules_pass_promtool";
+    if !have("promtool") {
+        skip(
+            name,
+            "promtool not installed (cargo xtask setup installs it)",
+        );
+        return;
+    }
+    let rules =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/sensor-alerts.rules.yml");
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("SUCCESS: 3 rules found"), "{text}");
+}

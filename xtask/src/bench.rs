@@ -103,6 +103,7 @@ const ONLY: &[&str] = &[
     "latency",
     "replay",
     "ipfix",
+    "detect",
     "enrich",
     "persist",
     "export",
@@ -135,6 +136,10 @@ pub fn bench(copies: usize, only: Option<&str>) -> Result<()> {
     if want("ipfix") {
         run(cargo().args(["bench", "-p", "sensor", "--bench", "ipfix_encode"]))?;
         replay_ipfix(copies)?;
+    }
+    if want("detect") {
+        run(cargo().args(["bench", "-p", "sensor", "--bench", "detect"]))?;
+        replay_detect(copies)?;
     }
     if want("enrich") {
         crate::bench_enrich::enrich()?;
@@ -245,6 +250,53 @@ fn replay_ipfix(copies: usize) -> Result<()> {
     println!(
         "replay --ipfix: {}: without {a:.2} s, with --ipfix to a loopback UDP sink {b:.2} s; \
          replay with IPFIX runs at {:.0}% of replay without it (bar: 90%; medians of 5, \
+         interleaved)",
+        big.display(),
+        100.0 * a / b
+    );
+    Ok(())
+}
+
+/// `sensor replay` of the big capture with the detectors (the default) and with
+/// `--no-detect`, interleaved rounds, medians: the detections stage's cost to a replay.
+fn replay_detect(copies: usize) -> Result<()> {
+    run(cargo().args(["build", "--release", "-p", "sensor"]))?;
+    let big = big_capture(copies)?;
+    let db = PathBuf::from("target/bench/replay-detect.db");
+    let once = |detect: bool| -> Result<f64> {
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+        }
+        let mut c = Command::new("target/release/sensor");
+        c.args(["replay", "--no-enrich", "--db"]).arg(&db);
+        if !detect {
+            c.arg("--no-detect");
+        }
+        let t = Instant::now();
+        let st = c.arg(&big).env("SENSOR_LOG", "error").status()?;
+        if !matches!(st.code(), Some(0 | 65)) {
+            bail!("sensor replay failed ({st})");
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for round in 0..5 {
+        if round % 2 == 0 {
+            without.push(once(false)?);
+            with.push(once(true)?);
+        } else {
+            with.push(once(true)?);
+            without.push(once(false)?);
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (a, b) = (med(&mut without), med(&mut with));
+    println!(
+        "replay with detections: {}: --no-detect {a:.2} s, with the detectors {b:.2} s; replay \
+         with detections runs at {:.0}% of replay without (bar: 90%; medians of 5, \
          interleaved)",
         big.display(),
         100.0 * a / b

@@ -35,7 +35,24 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // IPFIX collectors the interoperability tests export to.
     ("nfcapd", "nfdump"),
     ("nfacctd", "pmacct"),
+    // The scanner the detection tests scan with.
+    ("nmap", "nmap"),
 ];
+
+/// Python modules the tests import, by the Debian package that provides them: a module
+/// provides no command, so each is checked by importing it.
+const TEST_PYTHON_MODULES: &[(&str, &str)] = &[
+    // The FTP server the brute-force detection test guesses passwords against.
+    ("pyftpdlib", "python3-pyftpdlib"),
+];
+
+/// Whether `python3` on PATH or the system's `/usr/bin/python3` (where Debian's python3-*
+/// packages install to, when PATH's is another, e.g. pyenv's) imports `module`.
+fn python_has(module: &str) -> bool {
+    ["python3", "/usr/bin/python3"]
+        .iter()
+        .any(|py| succeeds(Command::new(py).args(["-c", &format!("import {module}")])))
+}
 
 pub struct Tools {
     bpf_linker_bin: PathBuf,
@@ -205,8 +222,17 @@ pub fn setup() -> Result<Tools> {
         .iter()
         .filter(|(cmd, _)| !on_path(cmd))
         .map(|(_, pkg)| *pkg)
+        .chain(
+            TEST_PYTHON_MODULES
+                .iter()
+                .filter(|(module, _)| !python_has(module))
+                .map(|(_, pkg)| *pkg),
+        )
         .collect();
     apt_install(&missing, &mut apt_updated)?;
+    if let Some((module, pkg)) = TEST_PYTHON_MODULES.iter().find(|(m, _)| !python_has(m)) {
+        bail!("{pkg} is installed but python3 cannot import {module}");
+    }
 
     eprintln!(
         "xtask: setup complete in {:.1} s (bpf-linker: {})",

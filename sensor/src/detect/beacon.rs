@@ -1,9 +1,11 @@
 //! `beacon`, scored as RITA scores beacons: the connections from one host to one service
 //! (address, protocol, port) within `beacon_window_ms`, once there are
 //! `beacon_min_connections` of them, get a score from 0 to 1, the mean of
-//! - the intervals' regularity: 1 − |Bowley skewness| and 1 − MADM/median of the gaps
-//!   between connection starts, and
-//! - the sizes' regularity: the same two of the bytes each connection sent.
+//! - the intervals' regularity: 1 − |Bowley skewness| and 1 − 2·MADM/median of the gaps
+//!   between connection starts (RITA's 1 − MADM/median, made stricter so that random
+//!   starts score low), and
+//! - the sizes' regularity: 1 − |Bowley skewness| and 1 − MADM/median of the bytes each
+//!   connection sent.
 //!
 //! A pair beacons from `beacon_score`. Gaps under [`MIN_GAP_MS`] (a burst, a retry loop)
 //! are not a schedule, and a pair whose median gap is that short is not scored.
@@ -24,7 +26,13 @@ struct Samples {
     /// (start, bytes out) of the newest connections, oldest first.
     conns: VecDeque<(i64, u64)>,
     first: FlowId,
+    /// Connections since the pair was last scored.
+    unscored: u32,
 }
+
+/// A pair is scored when it first has enough connections, then every this many: scoring
+/// sorts its samples three times, too much for every flow.
+const RESCORE: u32 = 8;
 
 pub struct Beacon {
     window_ms: i64,
@@ -59,7 +67,9 @@ impl Beacon {
     }
 
     pub fn flow(&mut self, f: &FlowRecord, alerts: &mut Alerts) {
-        if !facts::is_whole(f) || !matches!(f.proto, facts::TCP | facts::UDP) {
+        // Connections that were made: a probe is the scan detector's.
+        if !facts::is_whole(f) || !matches!(f.proto, facts::TCP | facts::UDP) || facts::is_probe(f)
+        {
             return;
         }
         let id = FlowId::of(f);
@@ -69,10 +79,17 @@ impl Beacon {
         let s = self.pairs.get_or_insert_with(k, || Samples {
             conns: VecDeque::new(),
             first: id,
+            unscored: 0,
         });
-        // In start order (records come in end order).
-        let at = s.conns.partition_point(|(t, _)| *t <= now);
-        s.conns.insert(at, (now, facts::bytes_out(f)));
+        s.unscored += 1;
+        // In start order (records come in end order, mostly the same).
+        let c = (now, facts::bytes_out(f));
+        if s.conns.back().is_none_or(|b| b.0 <= now) {
+            s.conns.push_back(c);
+        } else {
+            let at = s.conns.partition_point(|(t, _)| *t <= now);
+            s.conns.insert(at, c);
+        }
         let newest = s.conns.back().map_or(now, |c| c.0);
         while s.conns.len() > self.max_samples
             || s.conns
@@ -87,9 +104,6 @@ impl Beacon {
         if s.conns.len() < self.min {
             return;
         }
-        let Some(score) = score(&s.conns, &mut self.scratch) else {
-            return;
-        };
         let key = AlertKey {
             kind: Kind::Beacon,
             src,
@@ -103,6 +117,14 @@ impl Beacon {
             port: Port::of(&id),
             owner: f.src_owner.as_ref(),
         };
+        let active = alerts.update(&key, &ev);
+        if s.unscored < RESCORE && s.conns.len() != self.min {
+            return;
+        }
+        s.unscored = 0;
+        let Some(score) = score(&s.conns, &mut self.scratch) else {
+            return;
+        };
         let n = s.conns.len();
         let span_s = (newest - s.conns.front().map_or(newest, |c| c.0)) / 1000;
         let median_gap = median_gap_ms(&s.conns, &mut self.scratch);
@@ -114,7 +136,7 @@ impl Beacon {
                 median_gap as f64 / 1000.0,
             )
         };
-        if alerts.update(&key, &ev) {
+        if active {
             alerts.describe(&key, score, detail);
             return;
         }
@@ -161,16 +183,18 @@ pub fn score(conns: &VecDeque<(i64, u64)>, scratch: &mut Vec<f64>) -> Option<f64
             .zip(conns.iter().skip(1))
             .map(|(a, b)| (b.0 - a.0) as f64),
     );
-    let gaps = regularity(scratch, MIN_GAP_MS as f64)?;
+    let gaps = regularity(scratch, MIN_GAP_MS as f64, 2.0)?;
     scratch.clear();
     scratch.extend(conns.iter().map(|c| c.1 as f64));
-    let sizes = regularity(scratch, 0.0).unwrap_or(0.0);
+    let sizes = regularity(scratch, 0.0, 1.0).unwrap_or(0.0);
     Some((gaps + sizes) / 2.0)
 }
 
-/// The mean of 1 − |Bowley skewness| and 1 − MADM/median of `v` (sorted here), each in
-/// 0..1; None when the median is below `min_median` (or not positive).
-fn regularity(v: &mut [f64], min_median: f64) -> Option<f64> {
+/// The mean of 1 − |Bowley skewness| and 1 − `spread` × MADM/median of `v` (sorted here),
+/// each in 0..1; None when the median is below `min_median` (or not positive). Gaps are
+/// judged with `spread` 2: random starts (a Poisson stream's MADM is half its median)
+/// must not pass for a schedule, while ±10% of jitter costs a tenth.
+fn regularity(v: &mut [f64], min_median: f64, spread: f64) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -190,7 +214,7 @@ fn regularity(v: &mut [f64], min_median: f64) -> Option<f64> {
     v.sort_unstable_by(f64::total_cmp);
     let madm = quantile(v, 0.5);
     let skew_score = 1.0 - skew.abs().min(1.0);
-    let madm_score = (1.0 - madm / q2).max(0.0);
+    let madm_score = (1.0 - spread * madm / q2).max(0.0);
     Some((skew_score + madm_score) / 2.0)
 }
 

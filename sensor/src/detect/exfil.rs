@@ -1,6 +1,8 @@
 //! `exfiltration`: an initiator sending far more to one remote than it gets back, within
 //! `exfil_window_ms`. Uploads are what the initiator sends (a download is the responder's
-//! sending, and is not this). Two rules, both needing out ≥ `exfil_ratio` × in:
+//! sending, and is not this), and only flows that sent more than they got count: most
+//! flows are downloads, and tracking every pair for them would cost the stage most of its
+//! time for nothing. Two rules, both needing out ≥ `exfil_ratio` × in over those flows:
 //! - absolute: out ≥ `exfil_bytes` (ntopng's elephant-flow check, at a host's scale);
 //! - baseline: out ≥ `exfil_min_bytes` and ≥ `exfil_baseline_factor` × the initiator's own
 //!   baseline (the mean of its finished windows' totals to each remote), once it has
@@ -81,7 +83,7 @@ impl Exfiltration {
             return;
         }
         let (out, inb) = (facts::bytes_out(f), facts::bytes_in(f));
-        if out == 0 {
+        if out == 0 || out <= inb {
             return;
         }
         let (src, dst) = (f.src.ip(), f.dst.ip());

@@ -29,12 +29,18 @@ pub fn bytes_in(f: &FlowRecord) -> u64 {
     f.dst_bytes.or(f.dst_payload_bytes).unwrap_or(0)
 }
 
-/// The largest IP + TCP header of a packet with no payload (options included): a packet
-/// view has no payload counts, so a side whose bytes stay within this a packet sent none.
-/// A 1-byte payload with timestamps (53 bytes) passes for none: the price of not reading
-/// payload lengths.
-fn header_max(f: &FlowRecord) -> u64 {
-    if f.src.is_ipv4() { 60 } else { 80 }
+/// The most bytes `packets` packets of one side carry with no payload: the first (a SYN,
+/// with the most options: 60 bytes over IPv4, 80 over IPv6) and the rest as ACKs with
+/// timestamps (52 / 72). A packet view has no payload counts, so a side whose bytes stay
+/// within this sent none. An FTP login's `USER`/`PASS` (25 bytes over 7 packets) is
+/// payload by this; a data-less ACK carrying SACK blocks after a loss passes for payload.
+fn header_budget(f: &FlowRecord, packets: u64) -> u64 {
+    let (first, rest) = if f.src.is_ipv4() { (60, 52) } else { (80, 72) };
+    if packets == 0 {
+        0
+    } else {
+        first + (packets - 1) * rest
+    }
 }
 
 /// Whether the initiator sent payload (kernel view: its payload counter; packet view: more
@@ -42,7 +48,7 @@ fn header_max(f: &FlowRecord) -> u64 {
 pub fn src_sent_data(f: &FlowRecord) -> bool {
     match (f.src_payload_bytes, f.src_bytes, f.src_packets) {
         (Some(p), _, _) => p > 0,
-        (None, Some(b), Some(n)) => b > n * header_max(f),
+        (None, Some(b), Some(n)) => b > header_budget(f, n),
         _ => false,
     }
 }
@@ -51,7 +57,7 @@ pub fn src_sent_data(f: &FlowRecord) -> bool {
 pub fn dst_sent_data(f: &FlowRecord) -> bool {
     match (f.dst_payload_bytes, f.dst_bytes, f.dst_packets) {
         (Some(p), _, _) => p > 0,
-        (None, Some(b), Some(n)) => b > n * header_max(f),
+        (None, Some(b), Some(n)) => b > header_budget(f, n),
         _ => false,
     }
 }

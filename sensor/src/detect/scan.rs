@@ -17,6 +17,9 @@ use crate::flow::{FlowRecord, Owner};
 /// window only counts attempts.
 const DISTINCT_MAX: usize = 256;
 
+/// Ports of one host a horizontal sweep may probe it on.
+const SWEEP_PORTS: usize = 4;
+
 /// Attempts kept per window to raise an alert with: the first of each distinct value, so
 /// the alert names every target and port that met the rule.
 const KEPT: usize = DISTINCT_MAX;
@@ -115,7 +118,8 @@ impl PortScan {
         }
         let now = f.first_seen_ms;
         let w = window(&mut self.vertical, (src, dst), now, self.window_ms);
-        if w.add(Distinct::Port(port.proto, port.port), id) >= self.ports {
+        let ports_of_host = w.add(Distinct::Port(port.proto, port.port), id);
+        if ports_of_host >= self.ports {
             let w = self.vertical.remove(&(src, dst)).expect("tracked");
             let detail = Detail::Counted {
                 what: "vertical scan",
@@ -126,6 +130,13 @@ impl PortScan {
                 ),
             };
             raise(alerts, vkey, &w, f.src_owner.as_ref(), detail);
+            return;
+        }
+        // A sweep probes a host on a port or a few (a discovery's echo, 80 and 443); past
+        // that the source is scanning this host's ports, and each port it tries must not
+        // become a horizontal window of its own (a vertical scan of 65,535 ports would
+        // make as many).
+        if ports_of_host > SWEEP_PORTS {
             return;
         }
         let k = (src, port.proto, port.port);

@@ -46,6 +46,19 @@ impl<K: Hash + Eq + Copy, V> Tracked<K, V> {
     /// The value of `k`, made by `new` when `k` is not tracked (forgetting the oldest key
     /// when full).
     pub fn get_or_insert_with(&mut self, k: K, new: impl FnOnce() -> V) -> &mut V {
+        self.compact();
+        if self.map.len() < self.cap {
+            // Room: one lookup, whether the key is there or not.
+            let generation = self.next_gen;
+            let order = &mut self.order;
+            let next_gen = &mut self.next_gen;
+            let (v, _) = self.map.entry(k).or_insert_with(|| {
+                *next_gen += 1;
+                order.push_back((k, generation));
+                (new(), generation)
+            });
+            return v;
+        }
         if !self.map.contains_key(&k) {
             while self.map.len() >= self.cap {
                 let Some((old, generation)) = self.order.pop_front() else {
@@ -60,7 +73,6 @@ impl<K: Hash + Eq + Copy, V> Tracked<K, V> {
             self.next_gen += 1;
             self.order.push_back((k, generation));
             self.map.insert(k, (new(), generation));
-            self.compact();
         }
         &mut self.map.get_mut(&k).expect("present").0
     }

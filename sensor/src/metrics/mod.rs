@@ -720,7 +720,11 @@ mod deploy_files {
         m.ipfix_connects.with_label_values(&[c, "ok"]);
         m.ipfix_queued_records.with_label_values(&[c]);
         let known = m.encode();
-        for file in ["grafana-dashboard.json", "prometheus.yml"] {
+        for file in [
+            "grafana-dashboard.json",
+            "prometheus.yml",
+            "sensor-alerts.rules.yml",
+        ] {
             let text = std::fs::read_to_string(dir.join(file)).unwrap();
             let mut names = 0;
             for (i, _) in text.match_indices("sensor_") {
