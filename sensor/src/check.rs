@@ -794,17 +794,7 @@ fn file_check(path: &Path) -> String {
 
 /// `YYYY-MM-DD` of a Unix time (UTC), from days since the epoch.
 fn date(epoch_s: u64) -> String {
-    let days = (epoch_s / 86_400) as i64;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = crate::export::time::civil_from_days((epoch_s / 86_400) as i64);
     format!("{y:04}-{m:02}-{d:02}")
 }
 

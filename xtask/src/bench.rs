@@ -203,8 +203,50 @@ fn replay(copies: usize) -> Result<()> {
     Ok(())
 }
 
+/// Median seconds of `sensor replay --no-enrich` of `big` with `args_a` and with `args_b`,
+/// 5 rounds interleaved (each round in the other order).
+fn replay_ab(
+    big: &std::path::Path,
+    db: &str,
+    args_a: &[&str],
+    args_b: &[&str],
+) -> Result<(f64, f64)> {
+    let db = PathBuf::from(db);
+    let once = |args: &[&str]| -> Result<f64> {
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+        }
+        let mut c = Command::new("target/release/sensor");
+        c.args(["replay", "--no-enrich", "--db"])
+            .arg(&db)
+            .args(args);
+        let t = Instant::now();
+        let st = c.arg(big).env("SENSOR_LOG", "error").status()?;
+        // 65: some dev capture holds a packet the parser gives up on; anything else fails.
+        if !matches!(st.code(), Some(0 | 65)) {
+            bail!("sensor replay failed ({st})");
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for round in 0..5 {
+        if round % 2 == 0 {
+            a.push(once(args_a)?);
+            b.push(once(args_b)?);
+        } else {
+            b.push(once(args_b)?);
+            a.push(once(args_a)?);
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((med(&mut a), med(&mut b)))
+}
+
 /// `sensor replay` of the big capture with and without `--ipfix` to a UDP sink on loopback
-/// (a thread here drains it), interleaved rounds, medians: the exporter's cost to a replay.
+/// (a thread here drains it): the exporter's cost to a replay.
 fn replay_ipfix(copies: usize) -> Result<()> {
     run(cargo().args(["build", "--release", "-p", "sensor"]))?;
     let big = big_capture(copies)?;
@@ -214,39 +256,12 @@ fn replay_ipfix(copies: usize) -> Result<()> {
         let mut buf = [0u8; 65_536];
         while sink.recv(&mut buf).is_ok() {}
     });
-    let db = PathBuf::from("target/bench/replay-ipfix.db");
-    let once = |ipfix: bool| -> Result<f64> {
-        for ext in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
-        }
-        let mut c = Command::new("target/release/sensor");
-        c.args(["replay", "--no-enrich", "--db"]).arg(&db);
-        if ipfix {
-            c.args(["--ipfix", &url]);
-        }
-        let t = Instant::now();
-        let st = c.arg(&big).env("SENSOR_LOG", "warn").status()?;
-        if !matches!(st.code(), Some(0 | 65)) {
-            bail!("sensor replay failed ({st})");
-        }
-        Ok(t.elapsed().as_secs_f64())
-    };
-    let (mut without, mut with) = (Vec::new(), Vec::new());
-    for round in 0..5 {
-        // Alternating which goes first.
-        if round % 2 == 0 {
-            without.push(once(false)?);
-            with.push(once(true)?);
-        } else {
-            with.push(once(true)?);
-            without.push(once(false)?);
-        }
-    }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (a, b) = (med(&mut without), med(&mut with));
+    let (a, b) = replay_ab(
+        &big,
+        "target/bench/replay-ipfix.db",
+        &[],
+        &["--ipfix", &url],
+    )?;
     println!(
         "replay --ipfix: {}: without {a:.2} s, with --ipfix to a loopback UDP sink {b:.2} s; \
          replay with IPFIX runs at {:.0}% of replay without it (bar: 90%; medians of 5, \
@@ -258,42 +273,11 @@ fn replay_ipfix(copies: usize) -> Result<()> {
 }
 
 /// `sensor replay` of the big capture with the detectors (the default) and with
-/// `--no-detect`, interleaved rounds, medians: the detections stage's cost to a replay.
+/// `--no-detect`: the detections stage's cost to a replay.
 fn replay_detect(copies: usize) -> Result<()> {
     run(cargo().args(["build", "--release", "-p", "sensor"]))?;
     let big = big_capture(copies)?;
-    let db = PathBuf::from("target/bench/replay-detect.db");
-    let once = |detect: bool| -> Result<f64> {
-        for ext in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
-        }
-        let mut c = Command::new("target/release/sensor");
-        c.args(["replay", "--no-enrich", "--db"]).arg(&db);
-        if !detect {
-            c.arg("--no-detect");
-        }
-        let t = Instant::now();
-        let st = c.arg(&big).env("SENSOR_LOG", "error").status()?;
-        if !matches!(st.code(), Some(0 | 65)) {
-            bail!("sensor replay failed ({st})");
-        }
-        Ok(t.elapsed().as_secs_f64())
-    };
-    let (mut without, mut with) = (Vec::new(), Vec::new());
-    for round in 0..5 {
-        if round % 2 == 0 {
-            without.push(once(false)?);
-            with.push(once(true)?);
-        } else {
-            with.push(once(true)?);
-            without.push(once(false)?);
-        }
-    }
-    let med = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (a, b) = (med(&mut without), med(&mut with));
+    let (a, b) = replay_ab(&big, "target/bench/replay-detect.db", &["--no-detect"], &[])?;
     println!(
         "replay with detections: {}: --no-detect {a:.2} s, with the detectors {b:.2} s; replay \
          with detections runs at {:.0}% of replay without (bar: 90%; medians of 5, \

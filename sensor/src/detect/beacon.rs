@@ -26,13 +26,19 @@ struct Samples {
     /// (start, bytes out) of the newest connections, oldest first.
     conns: VecDeque<(i64, u64)>,
     first: FlowId,
-    /// Connections since the pair was last scored.
+    /// Connections since the pair was last scored, and how many it waits for now.
     unscored: u32,
+    rescore: u32,
+    /// An alert was raised for the pair (it may have ended since).
+    alerted: bool,
 }
 
-/// A pair is scored when it first has enough connections, then every this many: scoring
-/// sorts its samples three times, too much for every flow.
+/// A pair is scored when it first has enough connections, then every this many, twice as
+/// many after each score below the bar up to [`RESCORE_MAX`]: scoring sorts its samples,
+/// too much for every flow of every pair (a pair that turns into a beacon later is found
+/// within that many connections).
 const RESCORE: u32 = 8;
+const RESCORE_MAX: u32 = 64;
 
 pub struct Beacon {
     window_ms: i64,
@@ -80,6 +86,8 @@ impl Beacon {
             conns: VecDeque::new(),
             first: id,
             unscored: 0,
+            rescore: RESCORE,
+            alerted: false,
         });
         s.unscored += 1;
         // In start order (records come in end order, mostly the same).
@@ -117,12 +125,16 @@ impl Beacon {
             port: Port::of(&id),
             owner: f.src_owner.as_ref(),
         };
-        let active = alerts.update(&key, &ev);
-        if s.unscored < RESCORE && s.conns.len() != self.min {
+        // Only a pair that raised one looks for its alert (a lookup in another map).
+        let active = s.alerted && alerts.update(&key, &ev);
+        s.alerted = active;
+        if s.unscored < s.rescore && s.conns.len() != self.min {
             return;
         }
         s.unscored = 0;
-        let Some(score) = score(&s.conns, &mut self.scratch) else {
+        let need = if active { 0.0 } else { self.score };
+        let Some(score) = score_at_least(&s.conns, &mut self.scratch, need) else {
+            s.rescore = (s.rescore * 2).min(RESCORE_MAX);
             return;
         };
         let n = s.conns.len();
@@ -141,8 +153,11 @@ impl Beacon {
             return;
         }
         if score < threshold {
+            s.rescore = (s.rescore * 2).min(RESCORE_MAX);
             return;
         }
+        s.alerted = true;
+        s.rescore = RESCORE;
         let first = s.first;
         let owner = f.src_owner.as_ref();
         let evidence = [first, id].into_iter().map(|id| Evidence {
@@ -162,7 +177,8 @@ impl Beacon {
     }
 }
 
-fn median_gap_ms(conns: &VecDeque<(i64, u64)>, scratch: &mut Vec<f64>) -> i64 {
+/// The gaps between the starts of `conns`, into `scratch`.
+fn gaps_into(conns: &VecDeque<(i64, u64)>, scratch: &mut Vec<f64>) {
     scratch.clear();
     scratch.extend(
         conns
@@ -170,20 +186,27 @@ fn median_gap_ms(conns: &VecDeque<(i64, u64)>, scratch: &mut Vec<f64>) -> i64 {
             .zip(conns.iter().skip(1))
             .map(|(a, b)| (b.0 - a.0) as f64),
     );
+}
+
+fn median_gap_ms(conns: &VecDeque<(i64, u64)>, scratch: &mut Vec<f64>) -> i64 {
+    gaps_into(conns, scratch);
     scratch.sort_unstable_by(f64::total_cmp);
     quantile(scratch, 0.5) as i64
 }
 
 /// The score of `conns` (sorted by start), or None when its gaps are a burst.
 pub fn score(conns: &VecDeque<(i64, u64)>, scratch: &mut Vec<f64>) -> Option<f64> {
-    scratch.clear();
-    scratch.extend(
-        conns
-            .iter()
-            .zip(conns.iter().skip(1))
-            .map(|(a, b)| (b.0 - a.0) as f64),
-    );
+    score_at_least(conns, scratch, 0.0)
+}
+
+/// [`score`], or None as soon as the intervals alone show it stays under `need` (the
+/// sizes are not scored then).
+fn score_at_least(conns: &VecDeque<(i64, u64)>, scratch: &mut Vec<f64>, need: f64) -> Option<f64> {
+    gaps_into(conns, scratch);
     let gaps = regularity(scratch, MIN_GAP_MS as f64, 2.0)?;
+    if (gaps + 1.0) / 2.0 < need {
+        return None;
+    }
     scratch.clear();
     scratch.extend(conns.iter().map(|c| c.1 as f64));
     let sizes = regularity(scratch, 0.0, 1.0).unwrap_or(0.0);

@@ -29,6 +29,19 @@ struct Window {
     rule: String,
 }
 
+impl Window {
+    fn new(start_ms: i64) -> Self {
+        Self {
+            start_ms,
+            out: 0,
+            inb: 0,
+            flows: 0,
+            first: Vec::new(),
+            rule: String::new(),
+        }
+    }
+}
+
 /// What an initiator usually sends a remote in a window.
 #[derive(Default)]
 struct Baseline {
@@ -88,24 +101,12 @@ impl Exfiltration {
         }
         let (src, dst) = (f.src.ip(), f.dst.ip());
         let now = f.first_seen_ms;
-        let w = self.pairs.get_or_insert_with((src, dst), || Window {
-            start_ms: now,
-            out: 0,
-            inb: 0,
-            flows: 0,
-            first: Vec::new(),
-            rule: String::new(),
-        });
+        let w = self
+            .pairs
+            .get_or_insert_with((src, dst), || Window::new(now));
         if now - w.start_ms >= self.window_ms {
             let done = w.out;
-            *w = Window {
-                start_ms: now,
-                out: 0,
-                inb: 0,
-                flows: 0,
-                first: Vec::new(),
-                rule: String::new(),
-            };
+            *w = Window::new(now);
             self.baselines
                 .get_or_insert_with(src, Baseline::default)
                 .add(done);

@@ -15,6 +15,34 @@ pub enum TimeError {
     TooLong,
 }
 
+/// The (year, month, day) of `days` since the Unix epoch (Howard Hinnant's
+/// civil_from_days), for writing times as well as reading them.
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m as u32, d as u32)
+}
+
+/// `2026-11-24T10:00:00.123Z` of Unix milliseconds.
+pub fn rfc3339_of_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
 /// Milliseconds since the Unix epoch of `s`, relative durations counted back from `now_ms`.
 pub fn parse_at(s: &str, now_ms: i64) -> Result<i64, TimeError> {
     let s = s.trim();
