@@ -22,10 +22,19 @@ use crate::flow::FlowRecord;
 /// The shortest median gap that is a schedule rather than a burst.
 pub const MIN_GAP_MS: i64 = 1_000;
 
+/// One connection of a pair: 16 bytes, its flow rebuilt from the pair when named.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    pub start_ms: i64,
+    /// Bytes the source sent (saturated: only their regularity matters).
+    pub bytes: u32,
+    /// The source's port, to name the flow.
+    pub src_port: u16,
+}
+
 struct Samples {
-    /// (start, bytes out) of the newest connections, oldest first.
-    conns: VecDeque<(i64, u64)>,
-    first: FlowId,
+    /// The newest connections, oldest first.
+    conns: VecDeque<Conn>,
     /// Connections since the pair was last scored, and how many it waits for now.
     unscored: u32,
     rescore: u32,
@@ -84,30 +93,30 @@ impl Beacon {
         let now = f.first_seen_ms;
         let s = self.pairs.get_or_insert_with(k, || Samples {
             conns: VecDeque::new(),
-            first: id,
             unscored: 0,
             rescore: RESCORE,
             alerted: false,
         });
         s.unscored += 1;
         // In start order (records come in end order, mostly the same).
-        let c = (now, facts::bytes_out(f));
-        if s.conns.back().is_none_or(|b| b.0 <= now) {
+        let c = Conn {
+            start_ms: now,
+            bytes: facts::bytes_out(f).min(u64::from(u32::MAX)) as u32,
+            src_port: f.src.port(),
+        };
+        if s.conns.back().is_none_or(|b| b.start_ms <= now) {
             s.conns.push_back(c);
         } else {
-            let at = s.conns.partition_point(|(t, _)| *t <= now);
+            let at = s.conns.partition_point(|b| b.start_ms <= now);
             s.conns.insert(at, c);
         }
-        let newest = s.conns.back().map_or(now, |c| c.0);
+        let newest = s.conns.back().map_or(now, |c| c.start_ms);
         while s.conns.len() > self.max_samples
             || s.conns
                 .front()
-                .is_some_and(|c| newest - c.0 > self.window_ms)
+                .is_some_and(|c| newest - c.start_ms > self.window_ms)
         {
             s.conns.pop_front();
-        }
-        if s.conns.len() == 1 {
-            s.first = id;
         }
         if s.conns.len() < self.min {
             return;
@@ -138,7 +147,7 @@ impl Beacon {
             return;
         };
         let n = s.conns.len();
-        let span_s = (newest - s.conns.front().map_or(newest, |c| c.0)) / 1000;
+        let span_s = (newest - s.conns.front().map_or(newest, |c| c.start_ms)) / 1000;
         let median_gap = median_gap_ms(&s.conns, &mut self.scratch);
         let (min, threshold, port) = (self.min, self.score, ev.port);
         let detail = move || {
@@ -158,7 +167,12 @@ impl Beacon {
         }
         s.alerted = true;
         s.rescore = RESCORE;
-        let first = s.first;
+        // The oldest connection kept, named by its start and port.
+        let first = s.conns.front().map_or(id, |c| FlowId {
+            start_ms: c.start_ms,
+            src: std::net::SocketAddr::new(src, c.src_port),
+            ..id
+        });
         let owner = f.src_owner.as_ref();
         let evidence = [first, id].into_iter().map(|id| Evidence {
             flow: id,
@@ -173,42 +187,42 @@ impl Beacon {
     pub fn sweep(&mut self, now_ms: i64) {
         let w = self.window_ms;
         self.pairs
-            .retain(|_, s| s.conns.back().is_some_and(|c| now_ms - c.0 <= w));
+            .retain(|_, s| s.conns.back().is_some_and(|c| now_ms - c.start_ms <= w));
     }
 }
 
 /// The gaps between the starts of `conns`, into `scratch`.
-fn gaps_into(conns: &VecDeque<(i64, u64)>, scratch: &mut Vec<f64>) {
+fn gaps_into(conns: &VecDeque<Conn>, scratch: &mut Vec<f64>) {
     scratch.clear();
     scratch.extend(
         conns
             .iter()
             .zip(conns.iter().skip(1))
-            .map(|(a, b)| (b.0 - a.0) as f64),
+            .map(|(a, b)| (b.start_ms - a.start_ms) as f64),
     );
 }
 
-fn median_gap_ms(conns: &VecDeque<(i64, u64)>, scratch: &mut Vec<f64>) -> i64 {
+fn median_gap_ms(conns: &VecDeque<Conn>, scratch: &mut Vec<f64>) -> i64 {
     gaps_into(conns, scratch);
     scratch.sort_unstable_by(f64::total_cmp);
     quantile(scratch, 0.5) as i64
 }
 
 /// The score of `conns` (sorted by start), or None when its gaps are a burst.
-pub fn score(conns: &VecDeque<(i64, u64)>, scratch: &mut Vec<f64>) -> Option<f64> {
+pub fn score(conns: &VecDeque<Conn>, scratch: &mut Vec<f64>) -> Option<f64> {
     score_at_least(conns, scratch, 0.0)
 }
 
 /// [`score`], or None as soon as the intervals alone show it stays under `need` (the
 /// sizes are not scored then).
-fn score_at_least(conns: &VecDeque<(i64, u64)>, scratch: &mut Vec<f64>, need: f64) -> Option<f64> {
+fn score_at_least(conns: &VecDeque<Conn>, scratch: &mut Vec<f64>, need: f64) -> Option<f64> {
     gaps_into(conns, scratch);
     let gaps = regularity(scratch, MIN_GAP_MS as f64, 2.0)?;
     if (gaps + 1.0) / 2.0 < need {
         return None;
     }
     scratch.clear();
-    scratch.extend(conns.iter().map(|c| c.1 as f64));
+    scratch.extend(conns.iter().map(|c| f64::from(c.bytes)));
     let sizes = regularity(scratch, 0.0, 1.0).unwrap_or(0.0);
     Some((gaps + sizes) / 2.0)
 }
@@ -255,12 +269,16 @@ fn quantile(v: &[f64], q: f64) -> f64 {
 mod tests {
     use super::*;
 
-    fn conns(gaps: impl Iterator<Item = i64>, size: impl Fn(usize) -> u64) -> VecDeque<(i64, u64)> {
+    fn conns(gaps: impl Iterator<Item = i64>, size: impl Fn(usize) -> u64) -> VecDeque<Conn> {
         let mut t = 0;
         let mut out = VecDeque::new();
         for (i, g) in gaps.enumerate() {
             t += g;
-            out.push_back((t, size(i)));
+            out.push_back(Conn {
+                start_ms: t,
+                bytes: size(i) as u32,
+                src_port: 0,
+            });
         }
         out
     }
