@@ -16,7 +16,7 @@ use std::{
 
 use sensor::{
     detect::{DetectConfig, Detectors},
-    enrich::threat::ThreatLists,
+    enrich::{geo::GeoDbs, tags::Tagger, threat::ThreatLists},
     flow::{FlowRecord, record::EndReason},
 };
 
@@ -110,7 +110,12 @@ fn main() {
         max_tracked: 250_000,
         ..DetectConfig::default()
     };
-    let mut d = Detectors::new(&cfg, Some(lists()));
+    let tags = Tagger::from_sources(
+        GeoDbs::empty(),
+        lists(),
+        std::time::Duration::from_secs(3600),
+    );
+    let mut d = Detectors::new(&cfg, Some(tags));
     d.alerts.log = false;
     // Warm-up: every source seen (twice over), the state at its working size.
     for f in &stream[..2 * SOURCES as usize] {

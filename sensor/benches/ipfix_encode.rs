@@ -15,7 +15,7 @@ use std::{
 };
 
 use sensor::{
-    enrich::{geo::GeoDbs, threat::ThreatLists},
+    enrich::{geo::GeoDbs, tags::Tagger, threat::ThreatLists},
     flow::{
         FlowRecord,
         record::{Attr, EndReason, Owner},
@@ -23,7 +23,6 @@ use sensor::{
     ipfix::{
         datagrams,
         encode::{DEFAULT_PEN, Encoder, Message},
-        tags::Tagger,
     },
 };
 

@@ -13,7 +13,8 @@ use crate::{
     store::alerts::AlertRow,
 };
 
-/// What a detector found.
+/// What a detector found. Declared in [`Kind::ALL`]'s order: `kind as usize` indexes
+/// per-kind arrays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     PortScan,
@@ -245,7 +246,7 @@ impl Alerts {
     }
 
     pub fn raised(&self, kind: Kind) -> u64 {
-        self.raised[Kind::ALL.iter().position(|k| *k == kind).expect("listed")]
+        self.raised[kind as usize]
     }
 
     pub fn active(&self) -> usize {
@@ -316,10 +317,7 @@ impl Alerts {
             return;
         }
         a.count += uncounted;
-        self.raised[Kind::ALL
-            .iter()
-            .position(|k| *k == key.kind)
-            .expect("listed")] += 1;
+        self.raised[key.kind as usize] += 1;
         if self.log {
             let detail = a.detail.render(&a);
             tracing::warn!(

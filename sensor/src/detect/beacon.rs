@@ -81,10 +81,10 @@ impl Beacon {
         self.pairs.evictions()
     }
 
-    pub fn flow(&mut self, f: &FlowRecord, alerts: &mut Alerts) {
+    /// Takes `f` unless it is a `probe` ([`facts::is_probe`]).
+    pub fn flow(&mut self, f: &FlowRecord, probe: bool, alerts: &mut Alerts) {
         // Connections that were made: a probe is the scan detector's.
-        if !facts::is_whole(f) || !matches!(f.proto, facts::TCP | facts::UDP) || facts::is_probe(f)
-        {
+        if !facts::is_whole(f) || !matches!(f.proto, facts::TCP | facts::UDP) || probe {
             return;
         }
         let id = FlowId::of(f);

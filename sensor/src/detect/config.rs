@@ -65,10 +65,6 @@ pub struct DetectConfig {
     pub beacon_score: f64,
     /// Connections kept per pair (the newest).
     pub beacon_max_samples: usize,
-
-    /// `threat_contact`: a flow to or from an address on a threat list (the enrichment's
-    /// `threat_dir`). Addresses looked up are remembered, up to this many.
-    pub threat_cache_addresses: usize,
 }
 
 impl Default for DetectConfig {
@@ -98,7 +94,6 @@ impl Default for DetectConfig {
             beacon_min_connections: 20,
             beacon_score: 0.8,
             beacon_max_samples: 64,
-            threat_cache_addresses: 65_536,
         }
     }
 }

@@ -27,7 +27,7 @@ pub use alert::Kind;
 pub use config::DetectConfig;
 pub use stage::{DetectQueue, DetectStage};
 
-use crate::{enrich::threat::ThreatLists, flow::FlowRecord, store::alerts::AlertRow};
+use crate::{enrich::tags::Tagger, flow::FlowRecord, store::alerts::AlertRow};
 
 /// Flow time between sweeps of expired windows and alerts.
 const SWEEP_MS: i64 = 10_000;
@@ -51,7 +51,8 @@ pub struct Detectors {
 pub struct DetectStats {
     pub records: u64,
     /// Keys tracked and keys forgotten to make room, per detector: port_scan,
-    /// brute_force, exfiltration, beacon, threat_contact (its cache of looked-up addresses).
+    /// brute_force, exfiltration, beacon, threat_contact (0: it keeps no state of its own,
+    /// the tagger's bounded cache aside).
     pub tracked: [u64; 5],
     pub evictions: [u64; 5],
     pub active_alerts: u64,
@@ -60,16 +61,14 @@ pub struct DetectStats {
 }
 
 impl Detectors {
-    /// The detectors of `cfg`; `threat_contact` only with `lists`.
-    pub fn new(cfg: &DetectConfig, lists: Option<ThreatLists>) -> Self {
+    /// The detectors of `cfg`; `threat_contact` only with `tags` that can tag.
+    pub fn new(cfg: &DetectConfig, tags: Option<Tagger>) -> Self {
         Self {
             scan: scan::PortScan::new(cfg),
             brute: brute::BruteForce::new(cfg),
             exfil: exfil::Exfiltration::new(cfg),
             beacon: beacon::Beacon::new(cfg),
-            threat: lists
-                .filter(|l| !l.is_empty())
-                .map(|l| threat::ThreatContact::new(cfg, l)),
+            threat: tags.filter(Tagger::is_on).map(threat::ThreatContact::new),
             alerts: alert::Alerts::new(cfg.alert_idle_ms, cfg.evidence_flows),
             clock_ms: i64::MIN,
             next_sweep_ms: i64::MIN,
@@ -86,10 +85,12 @@ impl Detectors {
         self.records += 1;
         self.clock_ms = self.clock_ms.max(f.first_seen_ms);
         let a = &mut self.alerts;
-        self.scan.flow(f, a);
+        // Asked once: the scan detector counts probes, the beacon detector skips them.
+        let probe = facts::is_probe(f);
+        self.scan.flow(f, probe, a);
         self.brute.flow(f, a);
         self.exfil.flow(f, a);
-        self.beacon.flow(f, a);
+        self.beacon.flow(f, probe, a);
         if let Some(t) = &mut self.threat {
             t.flow(f, a);
         }
@@ -107,6 +108,9 @@ impl Detectors {
         self.exfil.sweep(now);
         self.beacon.sweep(now);
         self.alerts.expire(now);
+        if let Some(t) = &mut self.threat {
+            t.reload_if_due();
+        }
     }
 
     /// Rows of the alerts raised or updated since the last call.
@@ -115,7 +119,6 @@ impl Detectors {
     }
 
     pub fn stats(&self) -> DetectStats {
-        let threat = self.threat.as_ref().map_or(0, |t| t.tracked()) as u64;
         DetectStats {
             records: self.records,
             tracked: [
@@ -123,7 +126,7 @@ impl Detectors {
                 self.brute.tracked() as u64,
                 self.exfil.tracked() as u64,
                 self.beacon.tracked() as u64,
-                threat,
+                0,
             ],
             evictions: [
                 self.scan.evictions(),

@@ -1,5 +1,5 @@
 //! `port_scan`, after Zeek's scan policy: one source's failed or unanswered attempts
-//! ([`facts::is_probe`]) to `scan_ports` distinct ports of one host (vertical) or to one
+//! ([`super::facts::is_probe`]) to `scan_ports` distinct ports of one host (vertical) or to one
 //! port of `scan_hosts` distinct hosts (horizontal), within `scan_window_ms`. A vertical
 //! alert is about one target host; a horizontal one about the source (its targets and
 //! ports listed), so a sweep over many ports of many hosts is one alert, not one a port.
@@ -8,7 +8,6 @@ use std::net::IpAddr;
 use super::{
     alert::{AlertKey, Alerts, Detail, Evidence, FlowId, Kind, Port},
     config::DetectConfig,
-    facts,
     tracked::Tracked,
 };
 use crate::flow::{FlowRecord, Owner};
@@ -92,8 +91,9 @@ impl PortScan {
         self.vertical.evictions() + self.horizontal.evictions()
     }
 
-    pub fn flow(&mut self, f: &FlowRecord, alerts: &mut Alerts) {
-        if !facts::is_probe(f) {
+    /// Counts `f` when it is a `probe` ([`super::facts::is_probe`]).
+    pub fn flow(&mut self, f: &FlowRecord, probe: bool, alerts: &mut Alerts) {
+        if !probe {
             return;
         }
         let id = FlowId::of(f);

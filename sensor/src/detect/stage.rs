@@ -17,7 +17,7 @@ use std::{
 
 use super::{DetectConfig, DetectStats, Detectors, Kind};
 use crate::{
-    enrich::threat::ThreatLists,
+    enrich::tags::Tagger,
     flow::FlowRecord,
     metrics::{Metrics, add_delta},
     store::WriterHandle,
@@ -84,11 +84,11 @@ pub struct DetectStage {
 }
 
 impl DetectStage {
-    /// Starts the detectors of `cfg` (`threat_contact` with `lists`), their alerts going
+    /// Starts the detectors of `cfg` (`threat_contact` with `tags`), their alerts going
     /// to `store`.
     pub fn start(
         cfg: &DetectConfig,
-        lists: Option<ThreatLists>,
+        tags: Option<Tagger>,
         store: WriterHandle,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -99,7 +99,7 @@ impl DetectStage {
             tx,
             dropped: Arc::clone(&dropped),
         };
-        let detectors = Detectors::new(cfg, lists);
+        let detectors = Detectors::new(cfg, tags);
         let handle = std::thread::Builder::new()
             .name("sensor-detect".into())
             .spawn(move || run(detectors, rx, store, &metrics, &dropped))

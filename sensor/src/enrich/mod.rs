@@ -15,6 +15,7 @@ pub mod pool;
 pub mod queue;
 pub mod rdns;
 pub mod scope;
+pub mod tags;
 pub mod threat;
 
 /// Wall-clock Unix milliseconds (0 before the epoch): the times `ip_info` keeps.

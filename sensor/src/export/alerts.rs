@@ -84,33 +84,33 @@ pub fn alerts(
     Ok(rows.len())
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\r', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
+/// One alert as a CSV line, fields quoted as the flow export quotes them.
 fn csv_line(r: &StoredAlert) -> String {
-    let opt = |v: Option<String>| v.map(|s| csv_field(&s)).unwrap_or_default();
-    [
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    let fields = [
         r.id.to_string(),
-        csv_field(&r.kind),
+        r.kind.clone(),
         r.first_seen_ms.to_string(),
         r.last_seen_ms.to_string(),
-        csv_field(&r.src_ip),
-        csv_field(&r.targets),
-        csv_field(&r.ports),
+        r.src_ip.clone(),
+        r.targets.clone(),
+        r.ports.clone(),
         r.count.to_string(),
         format!("{:.3}", r.score),
         r.pid.map(|p| p.to_string()).unwrap_or_default(),
-        opt(r.comm.clone()),
-        opt(r.unit.clone()),
-        csv_field(&r.detail),
-        csv_field(&r.evidence),
-    ]
-    .join(",")
+        opt(&r.comm),
+        opt(&r.unit),
+        r.detail.clone(),
+        r.evidence.clone(),
+    ];
+    let mut line = Vec::new();
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            line.push(b',');
+        }
+        super::csv::push_text(&mut line, f.as_bytes());
+    }
+    String::from_utf8(line).expect("UTF-8 in, UTF-8 out")
 }
 
 fn utc(ms: i64) -> String {

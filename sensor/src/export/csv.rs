@@ -128,8 +128,8 @@ impl<W: Write> CsvWriter<W> {
     }
 }
 
-/// Appends `text` as one CSV field.
-fn push_text(line: &mut Vec<u8>, text: &[u8]) {
+/// Appends `text` as one CSV field (also `sensor alerts`' CSV).
+pub(crate) fn push_text(line: &mut Vec<u8>, text: &[u8]) {
     if text
         .iter()
         .any(|&b| matches!(b, b',' | b'"' | b'\r' | b'\n'))

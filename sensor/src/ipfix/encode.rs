@@ -9,7 +9,7 @@
 //! in earlier messages of the observation domain (RFC 7011 §3.1), wrapping at 2^32.
 use std::net::IpAddr;
 
-use super::tags::{Tagger, Tags};
+use crate::enrich::tags::{Tagger, Tags};
 use crate::flow::record::{EndReason, FlowRecord, Owner};
 
 /// The IPFIX version number in the message header.
@@ -550,6 +550,7 @@ mod tests {
             country: "US".into(),
             asn: 15169,
             threat: "firehol_level1,spamhaus_drop".into(),
+            ..Tags::default()
         };
         put_flow(&mut rec, &f, Some((&Tags::default(), &dst)));
         assert_eq!(

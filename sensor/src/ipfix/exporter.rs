@@ -27,8 +27,9 @@ use std::{
 use prometheus::{IntCounter, IntGauge};
 
 use super::config::IpfixConfig;
+use super::datagrams;
 use super::encode::{Encoder, ExporterCounts, Message};
-use super::{datagrams, tags::Tagger};
+use crate::enrich::tags::Tagger;
 use crate::{flow::FlowRecord, gate::Gate, metrics::Metrics};
 
 /// Where to send: `udp://HOST:PORT` or `tcp://HOST:PORT`.

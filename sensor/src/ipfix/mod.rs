@@ -3,7 +3,6 @@ pub mod config;
 pub mod datagrams;
 pub mod encode;
 pub mod exporter;
-pub mod tags;
 
 use std::thread::JoinHandle;
 
@@ -56,7 +55,7 @@ impl Exporters {
         for url in &cfg.collectors {
             let c = exporter::Collector::parse(url)?;
             tracing::info!(collector = %c.url, addr = %c.addr, "exporting IPFIX");
-            let tags = tags::Tagger::open(enrich).map_err(|e| IpfixError::Tags {
+            let tags = crate::enrich::tags::Tagger::open(enrich).map_err(|e| IpfixError::Tags {
                 url: c.url.clone(),
                 detail: e.to_string(),
             })?;

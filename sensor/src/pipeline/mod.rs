@@ -24,7 +24,7 @@ pub use sinks::Sinks;
 use crate::{
     config::{EnrichConfig, IpfixConfig},
     detect::{DetectConfig, DetectStage, DetectStats},
-    enrich::threat::ThreatLists,
+    enrich::tags::Tagger,
     enrich::{EnrichError, Prepared, pool::Pool},
     ipfix::{Exporters, IpfixError},
     metrics::Metrics,
@@ -49,10 +49,10 @@ pub struct Pipeline {
 }
 
 /// What the detections stage needs to start: its settings and, for `threat_contact`, the
-/// threat lists (opened beforehand, like enrichment's sources).
+/// threat lists as tags (opened beforehand, like enrichment's sources).
 pub struct DetectSetup {
     pub cfg: DetectConfig,
-    pub lists: Option<ThreatLists>,
+    pub tags: Option<Tagger>,
 }
 
 impl DetectSetup {
@@ -62,14 +62,18 @@ impl DetectSetup {
         if !cfg.detect.enabled {
             return Ok(None);
         }
-        let lists = if cfg.enrich.enabled && cfg.enrich.threat_dir.is_some() {
-            Some(crate::enrich::open_threat(&cfg.enrich)?)
+        let tags = if cfg.enrich.enabled && cfg.enrich.threat_dir.is_some() {
+            Some(Tagger::from_sources(
+                crate::enrich::geo::GeoDbs::empty(),
+                crate::enrich::open_threat(&cfg.enrich)?,
+                Duration::from_millis(cfg.enrich.reload_check_ms),
+            ))
         } else {
             None
         };
         Ok(Some(Self {
             cfg: cfg.detect.clone(),
-            lists,
+            tags,
         }))
     }
 }
@@ -94,7 +98,7 @@ impl Pipeline {
         let store = writer.handle().expect("writer open");
         let ipfix = Exporters::start(ipfix, enrich_cfg, metrics)?;
         let detect =
-            detect.map(|d| DetectStage::start(&d.cfg, d.lists, store.clone(), Arc::clone(metrics)));
+            detect.map(|d| DetectStage::start(&d.cfg, d.tags, store.clone(), Arc::clone(metrics)));
         let (queue, enrich) = match enrich {
             Some(e) => {
                 let queue = e.queue.clone();

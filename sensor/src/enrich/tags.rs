@@ -1,13 +1,14 @@
-//! What a record says of each address beyond the flow itself: its country and autonomous
-//! system (from the MaxMind databases) and the threat lists that hold it. Only the
-//! enrichment sources that answer in memory are asked, on the exporter's own thread: reverse
-//! DNS and Team Cymru answer later, over the network, and go to `ip_info` alone. Addresses
-//! that are not public are never looked up (as for enrichment).
+//! What a sink says of each address beyond the flow itself, on its own thread: its country
+//! and autonomous system (from the MaxMind databases) and the threat lists that hold it
+//! (the IPFIX exporters' tags, the detectors' threat contacts). Only the enrichment sources
+//! that answer in memory are asked: reverse DNS and Team Cymru answer later, over the
+//! network, and go to `ip_info` alone. Addresses that are not public are never looked up
+//! (as for enrichment).
 //!
-//! Each exporter thread keeps its own copy of the sources and a bounded cache of answers
-//! (cleared when full: an exporter sees a working set of remote addresses again and again),
-//! and looks for changed database and list files every `reload_check_ms`, as the
-//! enrichment worker does.
+//! Each sink thread keeps its own copy of the sources and a bounded cache of answers
+//! (cleared when full: a sink sees a working set of remote addresses again and again), and
+//! looks for changed database and list files every `reload_check_ms`, as the enrichment
+//! worker does.
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -15,12 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{
-    config::EnrichConfig,
-    enrich::{
-        EnrichError, geo::GeoDbs, open_geo, open_threat, scope::is_public, threat::ThreatLists,
-    },
+use super::{
+    EnrichError, geo::GeoDbs, open_geo, open_threat, scope::is_public, threat::ThreatLists,
 };
+use crate::config::EnrichConfig;
 
 /// One address's tags; empty (and 0) where nothing is known.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,6 +30,8 @@ pub struct Tags {
     pub asn: u32,
     /// The names of the threat lists holding the address, sorted, comma-separated.
     pub threat: String,
+    /// The same with each list's matching entry: `firehol_level1 (1.19.0.0/16)`.
+    pub threat_entries: String,
 }
 
 /// Where the tags come from: the local enrichment sources, opened once per exporter.
@@ -103,17 +104,20 @@ impl Tagger {
             return Arc::clone(t);
         }
         let (geo, asn) = src.geo.lookup(ip);
-        let mut threat = String::new();
+        let (mut threat, mut threat_entries) = (String::new(), String::new());
         for hit in src.threat.lookup(ip) {
             if !threat.is_empty() {
                 threat.push(',');
+                threat_entries.push_str(", ");
             }
             threat.push_str(&hit.list);
+            threat_entries.push_str(&format!("{} ({})", hit.list, hit.entry));
         }
         let tags = Arc::new(Tags {
             country: geo.and_then(|g| g.country).unwrap_or_default(),
             asn: asn.map_or(0, |a| a.asn),
             threat,
+            threat_entries,
         });
         if self.cache.len() >= CACHE_ADDRESSES {
             self.cache.clear();
@@ -136,12 +140,12 @@ impl Tagger {
         for (path, r) in src.geo.reload_changed() {
             changed = true;
             if let Err(e) = r {
-                tracing::warn!(path = %path.display(), "ipfix tags: keeping the old database: {e}");
+                tracing::warn!(path = %path.display(), "tags: keeping the old database: {e}");
             }
         }
         match src.threat.reload_if_changed() {
             Ok(c) => changed |= c,
-            Err(e) => tracing::warn!("ipfix tags: keeping the old threat lists: {e}"),
+            Err(e) => tracing::warn!("tags: keeping the old threat lists: {e}"),
         }
         if changed {
             self.cache.clear();
