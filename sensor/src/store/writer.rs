@@ -386,24 +386,28 @@ fn run(
         };
         let due = deadline.is_some_and(|d| Instant::now() >= d);
         if !infos.is_empty() && (infos.len() >= cfg.batch_rows || due || closed || answers_came) {
-            if st.failing.is_some() {
-                stats
-                    .ip_rows_dropped
-                    .fetch_add(infos.len() as u64, Ordering::Relaxed);
-            } else {
-                write_infos(&mut st.conn, &st.path, &infos, stats);
-            }
+            let (written, dropped) = (&stats.ip_rows_written, &stats.ip_rows_dropped);
+            write_side_rows(
+                &mut st,
+                "writing enrichment answers",
+                &infos,
+                written,
+                dropped,
+                super::ip_info::upsert,
+            );
             infos.clear();
         }
         // Alerts as they come too: they are few, and a log line has announced each.
         if !alerts.is_empty() {
-            if st.failing.is_some() {
-                stats
-                    .alert_rows_dropped
-                    .fetch_add(alerts.len() as u64, Ordering::Relaxed);
-            } else {
-                write_alerts(&mut st.conn, &st.path, &alerts, stats);
-            }
+            let (written, dropped) = (&stats.alert_rows_written, &stats.alert_rows_dropped);
+            write_side_rows(
+                &mut st,
+                "writing alerts",
+                &alerts,
+                written,
+                dropped,
+                super::alerts::upsert,
+            );
             alerts.clear();
         }
         bound_held(&mut st, &cfg, stats);
@@ -595,51 +599,37 @@ fn prune(st: &mut State, cfg: &WriterConfig) {
     }
 }
 
-fn write_infos(
-    conn: &mut Connection,
-    path: &std::path::Path,
-    infos: &[IpUpdate],
-    stats: &StoreStats,
+/// Writes rows beside the flows (enrichment answers, alerts) in one transaction with
+/// `upsert`, counting them `written` or `dropped`: dropped while flow writes are failing
+/// (the flows are held and retried, these are not: they are rewritten when next
+/// answered or updated), or when their own transaction fails.
+fn write_side_rows<T>(
+    st: &mut State,
+    what: &'static str,
+    rows: &[T],
+    written: &AtomicU64,
+    dropped: &AtomicU64,
+    upsert: impl FnOnce(&rusqlite::Transaction<'_>, &[T]) -> rusqlite::Result<()>,
 ) {
-    let result = conn.transaction().and_then(|tx| {
-        super::ip_info::upsert(&tx, infos)?;
+    let n = rows.len() as u64;
+    if st.failing.is_some() {
+        dropped.fetch_add(n, Ordering::Relaxed);
+        return;
+    }
+    let result = st.conn.transaction().and_then(|tx| {
+        upsert(&tx, rows)?;
         tx.commit()
     });
     match result {
         Ok(()) => {
-            stats
-                .ip_rows_written
-                .fetch_add(infos.len() as u64, Ordering::Relaxed);
+            written.fetch_add(n, Ordering::Relaxed);
         }
         Err(e) => {
-            stats
-                .ip_rows_dropped
-                .fetch_add(infos.len() as u64, Ordering::Relaxed);
-            let err = StoreError::sqlite(path, "writing enrichment answers", e);
-            tracing::error!(rows = infos.len(), "{err}");
+            dropped.fetch_add(n, Ordering::Relaxed);
+            let err = StoreError::sqlite(&st.path, what, e);
+            tracing::error!(rows = n, "{err}");
         }
     }
-}
-
-fn write_alerts(
-    conn: &mut Connection,
-    path: &std::path::Path,
-    rows: &[AlertRow],
-    stats: &StoreStats,
-) {
-    let result = conn.transaction().and_then(|tx| {
-        super::alerts::upsert(&tx, rows)?;
-        tx.commit()
-    });
-    let n = rows.len() as u64;
-    match result {
-        Ok(()) => stats.alert_rows_written.fetch_add(n, Ordering::Relaxed),
-        Err(e) => {
-            let err = StoreError::sqlite(path, "writing alerts", e);
-            tracing::error!(rows = n, "{err}");
-            stats.alert_rows_dropped.fetch_add(n, Ordering::Relaxed)
-        }
-    };
 }
 
 /// An address as text without a heap allocation per row (the insert loop runs 10⁵–10⁶
