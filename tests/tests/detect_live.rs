@@ -363,22 +363,7 @@ impl Run {
 
     /// Every alert row, as `sensor alerts --format ndjson` prints them.
     fn alerts(&self) -> Vec<Value> {
-        let out = Command::new(sensor_bin())
-            .args(["alerts", "--db"])
-            .arg(&self.db)
-            .args(["--format", "ndjson"])
-            .output()
-            .expect("run sensor alerts");
-        assert!(
-            out.status.success(),
-            "sensor alerts: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-            .collect()
+        common::alerts(&self.db, &[])
     }
 
     /// What to read when an assertion fails: the alerts table and the first flows.

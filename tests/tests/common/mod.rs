@@ -290,3 +290,24 @@ pub fn metric_required(text: &str, series: &str) -> f64 {
         })
         .unwrap_or_else(|| panic!("metric {series} not exported"))
 }
+
+/// Every alert row of `db` (`sensor alerts --format ndjson ARGS`), one JSON object each.
+pub fn alerts(db: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = Command::new(sensor_bin())
+        .args(["alerts", "--db"])
+        .arg(db)
+        .args(["--format", "ndjson"])
+        .args(args)
+        .output()
+        .expect("run sensor alerts");
+    assert!(
+        out.status.success(),
+        "sensor alerts: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
