@@ -156,6 +156,20 @@ impl PacketRing {
             &v3,
             "PACKET_VERSION (TPACKET_V3)",
         )?;
+        if incoming_only {
+            // The outgoing copies never reach this socket: the kernel does not even clone
+            // them for it (Linux 4.20). Where it cannot, the filter drops them (below).
+            let on: libc::c_int = 1;
+            if let Err(e) = set(
+                raw,
+                libc::SOL_PACKET,
+                libc::PACKET_IGNORE_OUTGOING,
+                &on,
+                "PACKET_IGNORE_OUTGOING",
+            ) {
+                tracing::debug!(error = %e, "outgoing copies dropped by the filter instead");
+            }
+        }
         let code = filter::program(link, incoming_only);
         let prog = libc::sock_fprog {
             len: code.len() as u16,
