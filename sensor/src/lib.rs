@@ -14,6 +14,7 @@ pub mod ipfix;
 pub mod kernel;
 pub mod log_throttle;
 pub mod metrics;
+pub mod pace;
 pub mod pipeline;
 pub mod replay;
 pub mod run;

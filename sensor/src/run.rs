@@ -661,7 +661,8 @@ fn ringbuf_totals(probe: Option<&Probe>, last_drops: u64) -> (u64, u64) {
 
 /// How often the ring buffer is read without a wake-up. A closed connection's record waits
 /// at most this long (a burst that fills a quarter of the ring wakes the reader at once),
-/// so close to row takes at most `RING_POLL` + `flush_ms` + the write.
+/// so close to row takes at most `RING_POLL` + `flush_ms` + the writer's tick
+/// ([`crate::pace::TICK`]) + the write.
 pub const RING_POLL: Duration = Duration::from_millis(50);
 
 /// Reads every event waiting in the ring buffer. Returns how many were too short to be an

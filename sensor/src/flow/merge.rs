@@ -451,8 +451,9 @@ pub fn spawn(
                 }
             };
             let mut last_sweep = Instant::now();
+            let mut pace = crate::pace::Paced::new(crate::pace::TICK);
             loop {
-                match rx.recv_timeout(SWEEP) {
+                match pace.recv(&rx, SWEEP) {
                     Ok(input) => m.input(input, Instant::now(), &mut out),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => break,

@@ -4,6 +4,8 @@
 //! [`Writer::try_send`]. Full-queue policy: the newest flow is dropped and counted in
 //! [`StoreStats::queue_dropped`]; the queue bound (`store_queue_rows`) is what a disk stall
 //! may cost in memory. The thread ends when every sender is gone, after writing what it holds.
+//! While flows keep coming the thread looks at its queue once a tick ([`crate::pace`]), so
+//! the stages that send to it do not wake it once a flow.
 //!
 //! When a write fails (disk full, read-only file system, a lock held too long) the flows
 //! are held in memory, up to `held_rows`, and written again every second; capture never
@@ -331,6 +333,7 @@ fn run(
     let mut alerts: Vec<AlertRow> = Vec::new();
     let mut deadline: Option<Instant> = None;
     let heartbeat = cfg.metrics.as_ref().map(|m| m.heartbeat("store"));
+    let mut pace = crate::pace::Paced::new(crate::pace::TICK);
     loop {
         if let Some(h) = &heartbeat {
             h.beat();
@@ -366,7 +369,7 @@ fn run(
         // Enrichment answers are written as they come (a pool batch is one transaction):
         // the in-memory sources' answers must not wait for a flush that slow sources set.
         let mut answers_came = false;
-        let closed = match rx.recv_timeout(timeout) {
+        let closed = match pace.recv(&rx, timeout) {
             Ok(row) => {
                 let flows = matches!(row, Row::Flow(_) | Row::Flows(_));
                 answers_came = !flows;
