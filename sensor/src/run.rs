@@ -168,8 +168,10 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         WriterConfig {
             metrics: Some(Arc::clone(&metrics)),
             units: kernel::cgroup::find_cgroup2_root().map(|root| {
-                flow::unit::UnitResolver::new(root)
-                    .with_counter(metrics.attr_unresolved_cgroups.clone())
+                flow::unit::SharedUnits::new(
+                    flow::unit::UnitResolver::new(root)
+                        .with_counter(metrics.attr_unresolved_cgroups.clone()),
+                )
             }),
             ..cfg.writer()
         },

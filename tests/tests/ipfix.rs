@@ -17,10 +17,10 @@ use std::{
 
 use common::{
     collectors::{
-        Flow, Key, Nfcapd, free_udp_port, ms_of, nfdump_flows, sent_and_dropped, sqlite_flows,
-        wait_bound,
+        Flow, Key, Nfcapd, UdpSink, free_udp_port, ms_of, nfdump_flows, sent_and_dropped,
+        sqlite_flows, wait_bound,
     },
-    ipfix_decode::decode,
+    ipfix_decode::{decode, write_pcap},
     metric_required,
     services::shared_data,
     temp_dir,
@@ -210,82 +210,6 @@ fn every_flow_sent_or_counted(m: &str, url: &str, db: &Path, log: &str) -> (usiz
         "every flow sent or counted\n{log}"
     );
     (sent, dropped)
-}
-
-/// A UDP "collector" that keeps every datagram, read on a thread of its own.
-struct UdpSink {
-    port: u16,
-    got: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
-}
-
-impl UdpSink {
-    fn start() -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let port = sock.local_addr().expect("addr").port();
-        // A replay sends in bursts: make room for them (as root the limit does not apply).
-        let size: libc::c_int = 16 << 20;
-        // SAFETY: setsockopt on our own socket with a c_int option value.
-        unsafe {
-            use std::os::fd::AsRawFd as _;
-            for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-                libc::setsockopt(
-                    sock.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&raw const size).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-        }
-        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let keep = std::sync::Arc::clone(&got);
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65_536];
-            while let Ok(n) = sock.recv(&mut buf) {
-                keep.lock().unwrap().push(buf[..n].to_vec());
-            }
-        });
-        Self { port, got }
-    }
-
-    fn take(&self) -> Vec<Vec<u8>> {
-        std::mem::take(&mut *self.got.lock().unwrap())
-    }
-}
-
-/// Writes `messages` as UDP datagrams from 127.0.0.1:40000 to 127.0.0.1:4739 in a pcap
-/// (link type raw IP), for tshark to decode.
-fn write_pcap(path: &Path, messages: &[Vec<u8>]) {
-    let mut out = Vec::new();
-    for v in [
-        0xa1b2_c3d4u32.to_le_bytes().as_slice(),
-        &2u16.to_le_bytes(),
-        &4u16.to_le_bytes(),
-    ] {
-        out.extend_from_slice(v);
-    }
-    for v in [0u32, 0, 65_535, 101] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    for (i, m) in messages.iter().enumerate() {
-        let udp_len = 8 + m.len();
-        let ip_len = 20 + udp_len;
-        let mut frame = Vec::with_capacity(ip_len);
-        frame.extend_from_slice(&[0x45, 0]);
-        frame.extend_from_slice(&(ip_len as u16).to_be_bytes());
-        frame.extend_from_slice(&(i as u16).to_be_bytes());
-        frame.extend_from_slice(&[0, 0, 64, 17, 0, 0, 127, 0, 0, 1, 127, 0, 0, 1]);
-        frame.extend_from_slice(&40_000u16.to_be_bytes());
-        frame.extend_from_slice(&4739u16.to_be_bytes());
-        frame.extend_from_slice(&(udp_len as u16).to_be_bytes());
-        frame.extend_from_slice(&[0, 0]);
-        frame.extend_from_slice(m);
-        for v in [1_000 + i as u32, 0, frame.len() as u32, frame.len() as u32] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-        out.extend_from_slice(&frame);
-    }
-    std::fs::write(path, out).expect("write pcap");
 }
 
 /// tshark decodes every message of a replay of all dev captures: no malformed packet, no

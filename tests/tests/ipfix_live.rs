@@ -15,9 +15,13 @@ use std::{
 
 use common::{
     Sensor,
-    collectors::{Flow, Nfcapd, nfdump_flows, sent_and_dropped, sqlite_flows},
+    collectors::{Flow, Nfcapd, UdpSink, nfdump_flows, sent_and_dropped, sqlite_flows},
+    ipfix_decode::{Record, be32, decode, wireshark_records, write_pcap},
     is_root, metric_required, skip, temp_dir,
 };
+
+/// The sensor's enterprise number (the default).
+const PEN: u32 = 32473;
 
 /// One test at a time: both capture on lo and count what crosses it.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -253,4 +257,148 @@ fn udp_collector_restarted_learns_the_templates_within_the_refresh_period() {
     let m = std::fs::read_to_string(&prom).expect("final metrics");
     let (sent, _) = sent_and_dropped(&m, &url);
     assert!(sent >= 20, "{sent}");
+}
+
+/// Each end's (pid, comm, uid, unit) as the exporter writes them: 0, "", 4294967295 and ""
+/// where the database has none (README, "The sensor's own elements").
+type Ends = [(u32, String, u32, String); 2];
+
+fn ends_of_rows(db: &Path, port: u16) -> BTreeMap<u16, Ends> {
+    let conn = rusqlite::Connection::open(db).expect("open db");
+    let mut st = conn
+        .prepare(
+            "SELECT src_port, src_pid, src_comm, src_uid, src_unit, \
+             dst_pid, dst_comm, dst_uid, dst_unit FROM flows WHERE proto = 6 AND dst_port = ?1",
+        )
+        .unwrap();
+    st.query_map([port], |r| {
+        let end = |i: usize| -> rusqlite::Result<(u32, String, u32, String)> {
+            Ok((
+                r.get::<_, Option<u32>>(i)?.unwrap_or(0),
+                r.get::<_, Option<String>>(i + 1)?.unwrap_or_default(),
+                r.get::<_, Option<u32>>(i + 2)?.unwrap_or(u32::MAX),
+                r.get::<_, Option<String>>(i + 3)?.unwrap_or_default(),
+            ))
+        };
+        Ok((r.get(0)?, [end(1)?, end(5)?]))
+    })
+    .unwrap()
+    .map(|r| r.unwrap())
+    .collect()
+}
+
+fn ends_of_record(r: &Record) -> Ends {
+    let text = |id| String::from_utf8(r[&(PEN, id)].clone()).expect("utf-8");
+    let number = |id| be32(&r[&(PEN, id)], 0);
+    [
+        (number(1), text(2), number(3), text(4)),
+        (number(5), text(6), number(7), text(8)),
+    ]
+}
+
+/// A live run's records name each end's process, user and unit as its database rows do,
+/// for a client that is another program (python3) and a server that is this test; and
+/// tshark, with the sensor's Wireshark description, reads the same values by name.
+#[test]
+fn records_name_each_ends_process_as_the_database_does() {
+    let name = "records_name_each_ends_process_as_the_database_does";
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !is_root() {
+        skip(name, "needs root to capture on lo and load the hooks");
+        return;
+    }
+    let dir = temp_dir("ipfix-owners");
+    let sink = UdpSink::start();
+    let url = format!("udp://127.0.0.1:{}", sink.port);
+    let (sensor, db, prom) = start_sensor(
+        &dir,
+        &format!("[ipfix]\ncollectors = [\"{url}\"]\nflush_ms = 100\n"),
+    );
+    const N: usize = 5;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        for _ in 0..N {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).expect("read");
+            s.write_all(b"ok").expect("write");
+        }
+    });
+    let client = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import socket\nfor _ in range({N}):\n    \
+             s = socket.create_connection(('127.0.0.1', {port}))\n    \
+             s.sendall(b'x'); s.shutdown(socket.SHUT_WR); s.recv(2); s.close()\n"
+        ))
+        .spawn()
+        .expect("python3");
+    let client_pid = client.id();
+    let out = client.wait_with_output().expect("python3");
+    assert!(out.status.success(), "client failed");
+    server.join().expect("server");
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, log) = sensor.stop();
+    assert!(status.success(), "{}", log.join("\n"));
+    std::thread::sleep(Duration::from_millis(300));
+
+    let m = std::fs::read_to_string(&prom).expect("final metrics");
+    let (sent, dropped) = sent_and_dropped(&m, &url);
+    assert_eq!(dropped, 0, "{url}: drops");
+    let messages = sink.take();
+    let records = decode(&messages);
+    assert_eq!(records.len(), sent, "every record sent reached the sink");
+
+    let rows = ends_of_rows(&db, port);
+    assert_eq!(rows.len(), N, "one row a connection: {rows:#?}");
+    // The database itself is right: the client is python3, the server this test.
+    for ends in rows.values() {
+        assert_eq!((ends[0].0, ends[0].1.as_str()), (client_pid, "python3"));
+        assert_eq!(ends[1].0, std::process::id(), "{ends:?}");
+        assert_eq!((ends[0].2, ends[1].2), (0, 0), "root's connections");
+        assert!(
+            !ends[0].3.is_empty(),
+            "the client's unit or cgroup: {ends:?}"
+        );
+    }
+    let dport = |r: &Record| u16::from_be_bytes(r[&(0, 11)][..2].try_into().unwrap());
+    let sport = |r: &Record| u16::from_be_bytes(r[&(0, 7)][..2].try_into().unwrap());
+    let exported: BTreeMap<u16, Ends> = records
+        .iter()
+        .filter(|r| r[&(0, 4)] == [6] && dport(r) == port)
+        .map(|r| (sport(r), ends_of_record(r)))
+        .collect();
+    assert_eq!(exported, rows, "the records' ends are the rows'");
+
+    // tshark reads every record's owners as the decoder does.
+    let pcap = dir.join("ipfix.pcap");
+    write_pcap(&pcap, &messages);
+    let fields = [
+        "sensor.src_pid",
+        "sensor.src_comm",
+        "sensor.src_uid",
+        "sensor.src_unit",
+        "sensor.dst_pid",
+        "sensor.dst_comm",
+        "sensor.dst_uid",
+        "sensor.dst_unit",
+    ];
+    let read = wireshark_records(&pcap, &fields);
+    let want: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            ends_of_record(r)
+                .iter()
+                .flat_map(|(pid, comm, uid, unit)| {
+                    [pid.to_string(), comm.clone(), uid.to_string(), unit.clone()]
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(read, want, "{fields:?}");
+    assert!(
+        read.iter().any(|r| r[1] == "python3"),
+        "tshark names the client"
+    );
 }

@@ -7,19 +7,11 @@
 //! Needs no privileges; needs nfdump (`cargo xtask setup` installs it).
 mod common;
 
-use std::{
-    collections::HashMap,
-    net::UdpSocket,
-    os::fd::AsRawFd as _,
-    path::PathBuf,
-    process::Command,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashMap, path::PathBuf, process::Command, time::Duration};
 
 use common::{
-    collectors::{Nfcapd, ms_of, sent_and_dropped},
-    ipfix_decode::{Record, be32, decode},
+    collectors::{Nfcapd, UdpSink, ms_of, sent_and_dropped},
+    ipfix_decode::{Record, be32, decode, wireshark_records, write_pcap},
     services::shared_data,
     temp_dir,
 };
@@ -48,47 +40,6 @@ fn captures() -> Vec<PathBuf> {
     .iter()
     .map(|n| d.join(n))
     .collect()
-}
-
-/// A collector of our own: every datagram to a loopback UDP socket, kept for decoding.
-struct Sink {
-    port: u16,
-    got: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-impl Sink {
-    fn start() -> Self {
-        let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        // A replay sends as fast as it reads: room for all of it.
-        let size: libc::c_int = 32 << 20;
-        // SAFETY: a valid socket and a c_int option value.
-        unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&size as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        s.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let port = s.local_addr().unwrap().port();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let keep = Arc::clone(&got);
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 65_536];
-            loop {
-                match s.recv(&mut buf) {
-                    Ok(n) => keep.lock().unwrap().push(buf[..n].to_vec()),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-                    Err(e) => panic!("sink: {e}"),
-                }
-            }
-        });
-        Self { port, got }
-    }
 }
 
 fn text(r: &Record, id: u16) -> String {
@@ -135,7 +86,7 @@ fn records_carry_each_ends_as_country_and_threat_lists_as_ip_info_does() {
     let nf = dir.join("nf");
     std::fs::create_dir_all(&nf).unwrap();
     let nfcapd = Nfcapd::start("127.0.0.1", &nf);
-    let sink = Sink::start();
+    let sink = UdpSink::start();
     let mmdb = shared_data().join("mmdb");
     let cfg = dir.join("sensor.toml");
     std::fs::write(
@@ -176,7 +127,8 @@ fn records_carry_each_ends_as_country_and_threat_lists_as_ip_info_does() {
     let want = |ip: &str| info.get(ip).cloned().unwrap_or_default();
 
     // Our own collector: every record decoded, each end's tags those of ip_info.
-    let records = decode(&sink.got.lock().unwrap());
+    let messages = sink.take();
+    let records = decode(&messages);
     let (sent, dropped) = sent_and_dropped(&m, &u_sink);
     assert_eq!(dropped, 0, "{u_sink}");
     assert_eq!(records.len(), sent, "every record sent reached the sink");
@@ -215,6 +167,36 @@ fn records_carry_each_ends_as_country_and_threat_lists_as_ip_info_does() {
         "ends with a country: {with_country}"
     );
     assert!(with_threat > 0, "no end on a threat list");
+
+    // Wireshark, with the sensor's description loaded, reads the same values by name.
+    let pcap = dir.join("ipfix.pcap");
+    write_pcap(&pcap, &messages);
+    let names = [
+        ("sensor.src_country", SRC_COUNTRY),
+        ("sensor.dst_country", DST_COUNTRY),
+        ("sensor.src_threat_lists", SRC_THREAT),
+        ("sensor.dst_threat_lists", DST_THREAT),
+    ];
+    let fields: Vec<&str> = names.iter().map(|n| n.0).collect();
+    let read = wireshark_records(&pcap, &fields);
+    let decoded: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| names.iter().map(|n| text(r, n.1)).collect())
+        .collect();
+    assert_eq!(read.len(), decoded.len(), "tshark's flow records");
+    for (i, (got, decoded)) in read.iter().zip(&decoded).enumerate() {
+        assert_eq!(got, decoded, "record {i}: {fields:?}");
+    }
+    // The options records: the last, sent as the exporter stopped, counts every record.
+    let counts = wireshark_records(
+        &pcap,
+        &["sensor.exported_records", "sensor.dropped_records"],
+    );
+    assert_eq!(
+        counts.last().map(|c| c.as_slice()),
+        Some([sent.to_string(), "0".to_string()].as_slice()),
+        "{counts:?}"
+    );
 
     // nfdump reads the AS numbers from the standard elements.
     let (sent, dropped) = sent_and_dropped(&m, &u_nf);

@@ -73,6 +73,7 @@ fn deb_installs_checks_removes_and_purges() {
         "/usr/bin/sensor",
         "/lib/systemd/system/sensor.service",
         "/etc/sensor/sensor.toml",
+        "/usr/share/sensor/wireshark/sensor-ipfix.lua",
     ] {
         assert!(Path::new(p).exists(), "{p} installed");
     }

@@ -16,6 +16,8 @@ use crate::{
 
 const UNIT: &str = "deploy/sensor.service";
 const CONFIG: &str = "deploy/sensor.toml";
+/// Wireshark's description of the sensor's IPFIX elements, for collectors' operators.
+const WIRESHARK: &str = "deploy/wireshark/sensor-ipfix.lua";
 
 /// The unit with `ExecStart`/`ExecReload` pointing at `bin`.
 fn unit_for(bin: &str) -> Result<String> {
@@ -48,7 +50,8 @@ fn write(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
 
 /// Lays out the installed files under `root`: `{prefix}/bin/sensor`, the unit in
 /// `unit_dir`, `/etc/sensor/sensor.toml` (unless one is there: it is the operator's), the
-/// licence and README in `{prefix}/share/doc/sensor`.
+/// licence and README in `{prefix}/share/doc/sensor`, the Wireshark description in
+/// `{prefix}/share/sensor/wireshark`.
 fn stage(root: &Path, prefix: &str, unit_dir: &str, binary: &Path) -> Result<()> {
     let rel = |p: &str| root.join(p.trim_start_matches('/'));
     let bin = format!("{prefix}/bin/sensor");
@@ -66,6 +69,11 @@ fn stage(root: &Path, prefix: &str, unit_dir: &str, binary: &Path) -> Result<()>
     write(
         &rel(&format!("{doc}/README.md")),
         &std::fs::read("README.md")?,
+        0o644,
+    )?;
+    write(
+        &rel(&format!("{prefix}/share/sensor/wireshark/sensor-ipfix.lua")),
+        &std::fs::read(WIRESHARK).with_context(|| format!("reading {WIRESHARK}"))?,
         0o644,
     )?;
     write(

@@ -18,7 +18,7 @@ use std::{
 use super::{DetectConfig, DetectStats, Detectors, Kind};
 use crate::{
     enrich::tags::Tagger,
-    flow::FlowRecord,
+    flow::{FlowRecord, unit::SharedUnits},
     metrics::{Metrics, add_delta},
     store::WriterHandle,
 };
@@ -85,10 +85,11 @@ pub struct DetectStage {
 
 impl DetectStage {
     /// Starts the detectors of `cfg` (`threat_contact` with `tags`), their alerts going
-    /// to `store`.
+    /// to `store`; owners' units named with `units` (live runs), for the alerts' evidence.
     pub fn start(
         cfg: &DetectConfig,
         tags: Option<Tagger>,
+        units: Option<SharedUnits>,
         store: WriterHandle,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -102,7 +103,7 @@ impl DetectStage {
         let detectors = Detectors::new(cfg, tags);
         let handle = std::thread::Builder::new()
             .name("sensor-detect".into())
-            .spawn(move || run(detectors, rx, store, &metrics, &dropped))
+            .spawn(move || run(detectors, rx, units, store, &metrics, &dropped))
             .expect("spawning the detect thread");
         Self {
             queue: Some(queue),
@@ -128,6 +129,7 @@ impl DetectStage {
 fn run(
     mut d: Detectors,
     rx: Receiver<Item>,
+    units: Option<SharedUnits>,
     store: WriterHandle,
     metrics: &Metrics,
     dropped: &AtomicU64,
@@ -139,7 +141,7 @@ fn run(
         let mut closed = false;
         loop {
             match rx.try_recv() {
-                Ok(item) => take(&mut d, item),
+                Ok(item) => take(&mut d, item, units.as_ref()),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     closed = true;
@@ -163,10 +165,20 @@ fn run(
     }
 }
 
-fn take(d: &mut Detectors, item: Item) {
+fn take(d: &mut Detectors, item: Item, units: Option<&SharedUnits>) {
     match item {
-        Item::One(f) => d.flow(&f),
-        Item::Many(fs) => fs.iter().for_each(|f| d.flow(f)),
+        Item::One(mut f) => {
+            if let Some(u) = units {
+                u.fill(std::slice::from_mut(&mut *f));
+            }
+            d.flow(&f)
+        }
+        Item::Many(mut fs) => {
+            if let Some(u) = units {
+                u.fill(&mut fs);
+            }
+            fs.iter().for_each(|f| d.flow(f))
+        }
     }
 }
 

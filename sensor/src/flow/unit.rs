@@ -167,6 +167,34 @@ impl UnitResolver {
     }
 }
 
+/// One resolver for every sink that writes units (the store, each IPFIX exporter, the
+/// detectors), so they name an owner alike and walk the tree once between them. Each fills
+/// on its own thread, a batch under one lock: a walk (on a miss, at most once per
+/// [`RESCAN_EVERY`]) holds back only those workers, never capture or the ring reader.
+#[derive(Debug, Clone)]
+pub struct SharedUnits(std::sync::Arc<std::sync::Mutex<UnitResolver>>);
+
+impl SharedUnits {
+    pub fn new(resolver: UnitResolver) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(resolver)))
+    }
+
+    /// [`UnitResolver::fill_units`] for every flow of `flows`.
+    pub fn fill(&self, flows: &mut [FlowRecord]) {
+        let needs = |f: &FlowRecord| {
+            [&f.src_owner, &f.dst_owner]
+                .into_iter()
+                .flatten()
+                .any(|o| o.unit.is_none() && o.cgroup_id.is_some())
+        };
+        if !flows.iter().any(needs) {
+            return;
+        }
+        let mut r = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        flows.iter_mut().for_each(|f| r.fill_units(f));
+    }
+}
+
 /// Every cgroup directory below `root` (itself included, as `/`) by inode number. The
 /// inode comes from the directory entry (kernfs reports the same number as `stat`), so a
 /// walk reads directories and stats nothing.

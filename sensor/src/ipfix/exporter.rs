@@ -30,6 +30,7 @@ use super::config::IpfixConfig;
 use super::datagrams;
 use super::encode::{Encoder, ExporterCounts, Message};
 use crate::enrich::tags::Tagger;
+use crate::flow::unit::SharedUnits;
 use crate::{flow::FlowRecord, gate::Gate, metrics::Metrics};
 
 /// Where to send: `udp://HOST:PORT` or `tcp://HOST:PORT`.
@@ -176,6 +177,7 @@ pub fn spawn(
     collector: Collector,
     cfg: &IpfixConfig,
     tags: Tagger,
+    units: Option<SharedUnits>,
     metrics: &Metrics,
 ) -> Result<Exporter, IpfixError> {
     let counters = Counters::new(metrics, &collector.url);
@@ -207,6 +209,7 @@ pub fn spawn(
                 transport,
                 counters,
                 tags,
+                units,
                 init_ms: unix_ms(),
                 exported: 0,
                 dropped: 0,
@@ -274,6 +277,8 @@ struct Stage {
     transport: Transport,
     counters: Counters,
     tags: Tagger,
+    /// Owners' units from their cgroup ids, as the store names them (live runs).
+    units: Option<SharedUnits>,
     init_ms: u64,
     exported: u64,
     dropped: u64,
@@ -370,6 +375,9 @@ impl Stage {
             return;
         }
         self.refresh_templates();
+        if let Some(u) = &self.units {
+            u.fill(batch);
+        }
         let (msgs, too_big) = self.encoder.flows(now_s(), batch.iter(), &mut self.tags);
         self.counters.dropped_too_big.inc_by(too_big);
         self.dropped += too_big;
@@ -553,7 +561,14 @@ mod tests {
         let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
         let url = format!("udp://{}", sink.local_addr().unwrap());
         let m = Metrics::new();
-        let ex = spawn(Collector::parse(&url).unwrap(), &cfg(), Tagger::off(), &m).unwrap();
+        let ex = spawn(
+            Collector::parse(&url).unwrap(),
+            &cfg(),
+            Tagger::off(),
+            None,
+            &m,
+        )
+        .unwrap();
         let f = FlowRecord::new(
             17,
             "10.0.0.1:5000".parse().unwrap(),

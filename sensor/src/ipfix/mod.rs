@@ -6,7 +6,11 @@ pub mod exporter;
 
 use std::thread::JoinHandle;
 
-use crate::{config::EnrichConfig, flow::FlowRecord, metrics::Metrics};
+use crate::{
+    config::EnrichConfig,
+    flow::{FlowRecord, unit::SharedUnits},
+    metrics::Metrics,
+};
 use config::IpfixConfig;
 
 pub use exporter::IpfixError;
@@ -45,10 +49,11 @@ pub struct Exporters {
 impl Exporters {
     /// One exporter per configured collector; none when there are none. Each tags records
     /// from its own copy of the local enrichment sources `enrich` names (none when
-    /// enrichment is off).
+    /// enrichment is off), and names owners' units with `units` (live runs).
     pub fn start(
         cfg: &IpfixConfig,
         enrich: &EnrichConfig,
+        units: Option<SharedUnits>,
         metrics: &Metrics,
     ) -> Result<Self, IpfixError> {
         let mut out = Self::default();
@@ -59,7 +64,7 @@ impl Exporters {
                 url: c.url.clone(),
                 detail: e.to_string(),
             })?;
-            let e = exporter::spawn(c, cfg, tags, metrics)?;
+            let e = exporter::spawn(c, cfg, tags, units.clone(), metrics)?;
             out.tee.0.push(e.sender);
             out.threads.push(e.thread);
         }

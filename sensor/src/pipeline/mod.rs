@@ -94,11 +94,13 @@ impl Pipeline {
         detect: Option<DetectSetup>,
         metrics: &Arc<Metrics>,
     ) -> Result<Self, PipelineError> {
+        // The writer, the exporters and the detectors name units alike, from one resolver.
+        let units = writer.units.clone();
         let writer = Writer::spawn(conn, db, writer);
         let store = writer.handle().expect("writer open");
-        let ipfix = Exporters::start(ipfix, enrich_cfg, metrics)?;
-        let detect =
-            detect.map(|d| DetectStage::start(&d.cfg, d.tags, store.clone(), Arc::clone(metrics)));
+        let ipfix = Exporters::start(ipfix, enrich_cfg, units.clone(), metrics)?;
+        let detect = detect
+            .map(|d| DetectStage::start(&d.cfg, d.tags, units, store.clone(), Arc::clone(metrics)));
         let (queue, enrich) = match enrich {
             Some(e) => {
                 let queue = e.queue.clone();

@@ -81,8 +81,8 @@ pub struct WriterConfig {
     /// Names each owner's unit from its cgroup id as its flow is taken off the queue: every
     /// finished record passes here, merged or not, and on this thread a walk of the cgroup
     /// tree delays no capture or ring-buffer reading (`sensor run`; None for replay, whose
-    /// records have no cgroup ids).
-    pub units: Option<crate::flow::unit::UnitResolver>,
+    /// records have no cgroup ids). Shared with the other sinks that write units.
+    pub units: Option<crate::flow::unit::SharedUnits>,
 }
 
 impl WriterConfig {
@@ -319,7 +319,7 @@ fn run(
     mut cfg: WriterConfig,
     stats: &StoreStats,
 ) {
-    let mut units = cfg.units.take();
+    let units = cfg.units.take();
     let mut st = State {
         conn,
         path,
@@ -351,15 +351,15 @@ fn run(
         let mut take = |row: Row, held: &mut std::collections::VecDeque<FlowRecord>| match row {
             Row::Flow(mut f) => {
                 gate.taken(1);
-                if let Some(u) = units.as_mut() {
-                    u.fill_units(&mut f);
+                if let Some(u) = &units {
+                    u.fill(std::slice::from_mut(&mut f));
                 }
                 held.push_back(f);
             }
             Row::Flows(mut fs) => {
                 gate.taken(fs.len());
-                if let Some(u) = units.as_mut() {
-                    fs.iter_mut().for_each(|f| u.fill_units(f));
+                if let Some(u) = &units {
+                    u.fill(&mut fs);
                 }
                 held.extend(fs);
             }
@@ -1125,7 +1125,9 @@ mod tests {
             conn,
             path.clone(),
             WriterConfig {
-                units: Some(crate::flow::unit::UnitResolver::new(cgroups)),
+                units: Some(crate::flow::unit::SharedUnits::new(
+                    crate::flow::unit::UnitResolver::new(cgroups),
+                )),
                 ..WriterConfig::new(100, Duration::from_secs(60), 10_000)
             },
         );

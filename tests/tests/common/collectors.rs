@@ -189,3 +189,44 @@ pub fn sent_and_dropped(m: &str, url: &str) -> (usize, usize) {
         .sum();
     (sent, dropped as usize)
 }
+
+/// A UDP "collector" that keeps every datagram, read on a thread of its own.
+pub struct UdpSink {
+    pub port: u16,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl UdpSink {
+    pub fn start() -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let port = sock.local_addr().expect("addr").port();
+        // A replay sends in bursts: make room for them (as root the limit does not apply).
+        let size: libc::c_int = 32 << 20;
+        // SAFETY: setsockopt on our own socket with a c_int option value.
+        unsafe {
+            use std::os::fd::AsRawFd as _;
+            for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&raw const size).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = std::sync::Arc::clone(&got);
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            while let Ok(n) = sock.recv(&mut buf) {
+                keep.lock().unwrap().push(buf[..n].to_vec());
+            }
+        });
+        Self { port, got }
+    }
+
+    pub fn take(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut *self.got.lock().unwrap())
+    }
+}
