@@ -10,9 +10,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cargo, run};
-
-const ROUNDS: usize = 3;
+use crate::{
+    cargo,
+    measure::{ROUNDS, http_get, median_secs},
+    run,
+};
 
 fn captures(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
@@ -84,17 +86,6 @@ fn big_capture(copies: usize) -> Result<PathBuf> {
         .args(&parts))?;
     std::fs::remove_dir_all(out_dir.join("parts"))?;
     Ok(big)
-}
-
-pub fn median_secs(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    let mut v = Vec::new();
-    for _ in 0..ROUNDS {
-        let t = Instant::now();
-        f()?;
-        v.push(t.elapsed().as_secs_f64());
-    }
-    v.sort_by(f64::total_cmp);
-    Ok(v[v.len() / 2])
 }
 
 /// The benchmarks `--only` can name.
@@ -286,19 +277,6 @@ fn replay_detect(copies: usize) -> Result<()> {
         100.0 * a / b
     );
     Ok(())
-}
-
-/// HTTP/1.0 GET of `path` on `addr`; the body.
-pub(crate) fn http_get(addr: &str, path: &str) -> Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    Ok(raw
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string())
 }
 
 /// The `q` quantile's bucket bound of a Prometheus histogram in `text`, and the count.

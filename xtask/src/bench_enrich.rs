@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{bench::median_secs, cargo, run};
+use crate::{cargo, measure::median_secs, run};
 
 const DATA: &str = "../shared/data";
 

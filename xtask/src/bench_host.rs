@@ -40,7 +40,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::{bench::http_get, cargo, run};
+use crate::{cargo, measure::http_get, run};
 
 const DIR: &str = "target/bench/host-cost";
 const SENSOR: &str = "target/release/sensor";

@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{bench::median_secs, cargo, run};
+use crate::{cargo, measure::median_secs, run};
 
 const SENSOR: &str = "target/release/sensor";
 /// Bump when the generated rows change, so cached databases are made again.

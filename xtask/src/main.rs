@@ -9,6 +9,7 @@ mod bench_enrich;
 mod bench_host;
 mod bench_query;
 mod bench_store;
+mod measure;
 mod package;
 mod setup;
 

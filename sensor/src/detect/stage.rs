@@ -93,6 +93,12 @@ impl DetectStage {
         store: WriterHandle,
         metrics: Arc<Metrics>,
     ) -> Self {
+        // Every kind's series exists from the start, at zero.
+        for kind in Kind::ALL {
+            metrics.detect_alerts.with_label_values(&[kind.as_str()]);
+            metrics.detect_evictions.with_label_values(&[kind.as_str()]);
+            metrics.detect_tracked.with_label_values(&[kind.as_str()]);
+        }
         // Items of up to BATCH records: `queue_records` bounds records either way.
         let (tx, rx) = sync_channel(cfg.queue_records.max(1));
         let dropped = Arc::new(AtomicU64::new(0));

@@ -16,7 +16,7 @@ use super::{
     EnrichError, Source,
     cascade::{IpInfo, Progress, Sources},
 };
-use crate::{config::EnrichConfig, metrics::Metrics};
+use crate::{enrich::config::EnrichConfig, metrics::Metrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {

@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod breaker;
 pub mod cascade;
+pub mod config;
 pub mod cymru;
 pub mod geo;
 pub mod pool;
@@ -58,7 +59,7 @@ impl EnrichError {
 /// The MaxMind databases `cfg` names (each must open), else those found in geoipupdate's
 /// directories (taken where usable: such a directory may hold other MaxMind products, e.g.
 /// Anonymous-IP); none found is no error.
-pub fn open_geo(cfg: &crate::config::EnrichConfig) -> Result<geo::GeoDbs, EnrichError> {
+pub fn open_geo(cfg: &config::EnrichConfig) -> Result<geo::GeoDbs, EnrichError> {
     if !cfg.mmdb_paths.is_empty() {
         return Ok(geo::GeoDbs::open(&cfg.mmdb_paths)?);
     }
@@ -82,7 +83,7 @@ pub fn open_geo(cfg: &crate::config::EnrichConfig) -> Result<geo::GeoDbs, Enrich
 }
 
 /// The threat lists in `cfg.threat_dir` (none without one); an unreadable list is an error.
-pub fn open_threat(cfg: &crate::config::EnrichConfig) -> Result<threat::ThreatLists, EnrichError> {
+pub fn open_threat(cfg: &config::EnrichConfig) -> Result<threat::ThreatLists, EnrichError> {
     Ok(match &cfg.threat_dir {
         Some(dir) => threat::ThreatLists::load(dir)?,
         None => threat::ThreatLists::empty(),
@@ -94,7 +95,7 @@ impl cascade::Sources {
     /// directories), threat lists, the resolver and the Cymru client. A database or list
     /// that is named but unreadable is an error here, at start, rather than a silent gap.
     pub fn from_config(
-        cfg: &crate::config::EnrichConfig,
+        cfg: &config::EnrichConfig,
         metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     ) -> Result<Self, EnrichError> {
         use std::time::Duration;
@@ -158,7 +159,7 @@ pub struct Prepared {
 impl Prepared {
     /// Opens the sources; None when enrichment is off.
     pub fn new(
-        cfg: &crate::config::EnrichConfig,
+        cfg: &config::EnrichConfig,
         db_path: &std::path::Path,
         metrics: std::sync::Arc<crate::metrics::Metrics>,
     ) -> Result<Option<Self>, EnrichError> {

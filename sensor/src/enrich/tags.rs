@@ -16,10 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::config::EnrichConfig;
 use super::{
     EnrichError, geo::GeoDbs, open_geo, open_threat, scope::is_public, threat::ThreatLists,
 };
-use crate::config::EnrichConfig;
 
 /// One address's tags; empty (and 0) where nothing is known.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

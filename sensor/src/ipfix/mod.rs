@@ -7,7 +7,7 @@ pub mod exporter;
 use std::thread::JoinHandle;
 
 use crate::{
-    config::EnrichConfig,
+    enrich::config::EnrichConfig,
     flow::{FlowRecord, unit::SharedUnits},
     metrics::Metrics,
 };

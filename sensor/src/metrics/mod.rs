@@ -546,12 +546,8 @@ impl Metrics {
                 .collect(),
             registry: r,
         };
-        // Every labelled series exists from the start, at zero.
-        for kind in crate::detect::Kind::ALL {
-            m.detect_alerts.with_label_values(&[kind.as_str()]);
-            m.detect_evictions.with_label_values(&[kind.as_str()]);
-            m.detect_tracked.with_label_values(&[kind.as_str()]);
-        }
+        // Every labelled series exists from the start, at zero (the detectors' per-kind
+        // ones from the detections stage's start: metrics know no stage above them).
         for reason in ["queue", "kernel"] {
             m.capture_dropped.with_label_values(&[reason]);
         }
@@ -719,6 +715,10 @@ mod deploy_files {
         m.ipfix_messages.with_label_values(&[c, "data"]);
         m.ipfix_connects.with_label_values(&[c, "ok"]);
         m.ipfix_queued_records.with_label_values(&[c]);
+        // The detectors' per-kind series exist once the stage starts.
+        m.detect_alerts.with_label_values(&["port_scan"]);
+        m.detect_evictions.with_label_values(&["port_scan"]);
+        m.detect_tracked.with_label_values(&["port_scan"]);
         let known = m.encode();
         for file in [
             "grafana-dashboard.json",
