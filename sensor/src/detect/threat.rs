@@ -30,10 +30,9 @@ impl ThreatContact {
             (f.dst.ip(), f.src.ip(), f.src_owner.as_ref()),
             (f.src.ip(), f.dst.ip(), f.dst_owner.as_ref()),
         ] {
-            let tags = self.tags.tags(listed);
-            if tags.threat.is_empty() {
+            let Some(tags) = self.tags.listed(listed) else {
                 continue;
-            }
+            };
             let key = AlertKey {
                 kind: Kind::ThreatContact,
                 src: other,

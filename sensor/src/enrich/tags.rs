@@ -10,11 +10,12 @@
 //! looks for changed database and list files every `reload_check_ms`, as the enrichment
 //! worker does.
 use std::{
-    collections::HashMap,
     net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
+
+use foldhash::{HashMap, HashMapExt as _};
 
 use super::config::EnrichConfig;
 use super::{
@@ -90,6 +91,18 @@ impl Tagger {
     /// Whether any source can tag an address: else records go without the tag fields.
     pub fn is_on(&self) -> bool {
         self.sources.is_some()
+    }
+
+    /// The tags of `ip` when a threat list holds it; None (with no count of references
+    /// taken) for the many that are not: the detectors ask of every flow's two ends.
+    pub fn listed(&mut self, ip: IpAddr) -> Option<Arc<Tags>> {
+        if self.sources.is_none() || !is_public(ip) {
+            return None;
+        }
+        if let Some(t) = self.cache.get(&ip) {
+            return (!t.threat.is_empty()).then(|| Arc::clone(t));
+        }
+        Some(self.tags(ip)).filter(|t| !t.threat.is_empty())
     }
 
     /// The tags of `ip`.
