@@ -708,3 +708,94 @@ fn a_200_mb_download_is_no_alert() {
     );
     eprintln!("{test}: {:.1} s", t0.elapsed().as_secs_f64());
 }
+
+/// Web servers on four ports of the target: every path answers 200 with as many bytes as
+/// its last component says (`/page/12000`), `/missing` 404.
+const WEB: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/missing":
+            self.send_error(404); return
+        n = int(self.path.rsplit("/", 1)[-1])
+        self.send_response(200)
+        self.send_header("Content-Length", str(n))
+        self.end_headers()
+        self.wfile.write(b"x" * n)
+    def log_message(self, *a): pass
+servers = [http.server.ThreadingHTTPServer((sys.argv[1], p), H) for p in (80, 443, 8080, 8443)]
+import threading
+for s in servers[1:]:
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+print("ready", flush=True)
+servers[0].serve_forever()
+"#;
+
+/// A browser's day in small: 40 page loads with a pause to read each (0.05 to 0.4 s,
+/// irregular), each a page and 8 resources fetched over connections of their own from the
+/// four servers, sizes of a few to some hundred kilobytes, a missing resource now and then
+/// and, twice, a mirror that is down (a refused connection).
+const BROWSE: &str = r#"
+import http.client, random, socket, sys, time
+host = sys.argv[1]
+rnd = random.Random(7)
+ports = (80, 443, 8080, 8443)
+fetched = refused = 0
+for page in range(40):
+    paths = ["/page/%d" % rnd.randint(2000, 60000)] + \
+        ["/res/%d" % rnd.choice((300, 1500, 9000, 40000, 250000)) for _ in range(8)]
+    if page % 7 == 3:
+        paths[4] = "/missing"
+    for i, path in enumerate(paths):
+        c = http.client.HTTPConnection(host, ports[(page + i) % 4], timeout=10)
+        c.request("GET", path)
+        r = c.getresponse()
+        r.read()
+        c.close()
+        fetched += 1
+    if page in (11, 29):
+        try:
+            socket.create_connection((host, 81), timeout=2).close()
+        except OSError:
+            refused += 1
+    time.sleep(rnd.uniform(0.05, 0.4))
+print("fetched", fetched, "refused", refused)
+"#;
+
+#[test]
+fn browsing_is_no_alert() {
+    let test = "browsing_is_no_alert";
+    if !can_run(test, false) {
+        return;
+    }
+    let t0 = Instant::now();
+    let net = Net::new("web");
+    let _web = Bg::start(net.target("python3").args(["-c", WEB, TARGET]), "web");
+    let run = Run::new("web");
+    let sensor = run.start(&net);
+    let mut client = net.scanner("python3");
+    client.args(["-c", BROWSE, TARGET]);
+    let said = output(client, "browser");
+    run.stop(sensor);
+    assert_eq!(said.trim(), "fetched 360 refused 2", "the browsing ran");
+    let rows = run.alerts();
+    assert!(
+        rows.is_empty(),
+        "browsing is no scan, guessing, exfiltration or beacon:\n{}",
+        run.report()
+    );
+    // Not vacuous: every connection is a row the detectors saw.
+    let conn = rusqlite::Connection::open(&run.db).expect("open db");
+    let flows: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM flows WHERE proto = 6 AND src_ip = ?1",
+            [SCANNER],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(
+        flows, 362,
+        "the browser's connections, the refused two included"
+    );
+    eprintln!("{test}: {:.1} s", t0.elapsed().as_secs_f64());
+}
