@@ -361,7 +361,8 @@ impl Metrics {
             ),
             store_pruned_rows: counter_vec(
                 "sensor_store_pruned_rows_total",
-                "Flow rows deleted by retention: reason=age (max age), reason=size (max size).",
+                "Rows deleted by retention: flows by reason=age (max age) or reason=size (max size), \
+                 alerts quiet for longer than the max age by reason=alert_age.",
                 &["reason"],
             ),
             store_write_seconds: reg(
@@ -562,7 +563,7 @@ impl Metrics {
             m.merge_alone.with_label_values(&[view]);
             m.merge_unpaired.with_label_values(&[view]);
         }
-        for reason in ["age", "size"] {
+        for reason in ["age", "size", "alert_age"] {
             m.store_pruned_rows.with_label_values(&[reason]);
         }
         for result in ["folded", "passed"] {

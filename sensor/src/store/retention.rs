@@ -1,6 +1,7 @@
 //! Retention: flows older than a maximum age, and the oldest flows while the database is
 //! over a maximum size, are deleted by the writer thread in small transactions between its
-//! batches, so a prune never holds the write lock for long.
+//! batches, so a prune never holds the write lock for long. Alerts go by age too, once
+//! quiet (their last flow) for longer than the maximum age: their evidence is gone by then.
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -22,6 +23,8 @@ pub struct Retention {
 pub enum Pruned {
     Age,
     Size,
+    /// Alerts, by age.
+    AlertAge,
 }
 
 impl Pruned {
@@ -29,6 +32,7 @@ impl Pruned {
         match self {
             Pruned::Age => "age",
             Pruned::Size => "size",
+            Pruned::AlertAge => "alert_age",
         }
     }
 }
@@ -58,6 +62,16 @@ impl Retention {
             let n = delete_chunk(conn, "WHERE first_seen_ms < ?1", cutoff)?;
             if n > 0 {
                 return Ok(Some((Pruned::Age, n)));
+            }
+            let n = conn.execute(
+                &format!(
+                    "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts \
+                     WHERE last_seen_ms < ?1 LIMIT {CHUNK_ROWS})"
+                ),
+                [cutoff],
+            )? as u64;
+            if n > 0 {
+                return Ok(Some((Pruned::AlertAge, n)));
             }
         }
         if let Some(max) = self.max_bytes
@@ -153,6 +167,38 @@ mod tests {
         }
         assert_eq!(steps, vec![5_000, 5_000, 2_000]);
         assert_eq!(count(&conn), 100);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Alerts quiet for longer than the age go, in chunks; those seen since stay.
+    #[test]
+    fn old_alerts_go_by_their_last_flow() {
+        let (dir, mut conn) = db("alerts");
+        let now = 10_000_000_000i64;
+        let old = now - 3_600_000 - 1;
+        for (i, last) in [(0, old), (1, old), (2, now - 10)] {
+            conn.execute(
+                "INSERT INTO alerts (key, kind, first_seen_ms, last_seen_ms, src_ip, targets, \
+                 ports, count, score, detail, evidence) \
+                 VALUES (?1, 'port_scan', ?2, ?2, '10.0.0.1', '', '', 1, 1.0, '', '[]')",
+                rusqlite::params![format!("k{i}"), last],
+            )
+            .unwrap();
+        }
+        let r = Retention {
+            max_age: Some(Duration::from_secs(3600)),
+            max_bytes: None,
+        };
+        assert_eq!(r.step(&mut conn, now).unwrap(), Some((Pruned::AlertAge, 2)));
+        assert_eq!(r.step(&mut conn, now).unwrap(), None);
+        let left: Vec<String> = conn
+            .prepare("SELECT key FROM alerts")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(left, ["k2"]);
         let _ = std::fs::remove_dir_all(dir);
     }
 
