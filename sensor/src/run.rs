@@ -191,8 +191,13 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.store_queue_rows);
         let sinks = sinks.clone();
         // A record waits for its twin as long as the packet view may take to write a
-        // closed connection (the last ACK's wait) and a sweep or two more.
-        let wait = Duration::from_nanos(cfg.table().last_ack_wait_ns()) + Duration::from_secs(2);
+        // closed connection (the last ACK's wait) and a sweep or two more; with no kernel
+        // view (`--hooks none`) there is no twin to wait for.
+        let wait = if probe.is_none() {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(cfg.table().last_ack_wait_ns()) + Duration::from_secs(2)
+        };
         let thread = merge::spawn(wait, rx, Some(Arc::clone(&metrics)), move |f| {
             sinks.offer(f);
         });
