@@ -22,7 +22,7 @@ use sensor::{
     },
     ipfix::{
         datagrams,
-        encode::{DEFAULT_PEN, Encoder, Message},
+        encode::{DEFAULT_PEN, Encoder, Message, set_sequence},
     },
 };
 
@@ -95,10 +95,24 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The messages as datagrams, several a system call, as the exporter sends them.
-fn send_all(out: &UdpSocket, msgs: &[Message]) {
-    let bytes: Vec<&[u8]> = msgs.iter().map(|m| m.bytes.as_slice()).collect();
-    datagrams::send_all(out, &bytes, |_, _| {});
+/// Messages as the exporter sends them: datagrams, several a system call, numbered as
+/// they go.
+struct Datagrams {
+    bytes: Vec<Vec<u8>>,
+    records: Vec<u32>,
+}
+
+impl Datagrams {
+    fn of(msgs: Vec<Message>) -> Self {
+        let records = msgs.iter().map(|m| m.records).collect();
+        let bytes = msgs.into_iter().map(|m| m.bytes).collect();
+        Self { bytes, records }
+    }
+
+    fn send(&mut self, out: &UdpSocket, sequence: &mut u32) {
+        let (bytes, records) = (&mut self.bytes, &self.records);
+        datagrams::send_all(out, bytes, records, sequence, set_sequence, |_, _| {});
+    }
 }
 
 /// Records a second of each step in one round: (encode+send, send alone, encode alone),
@@ -110,17 +124,19 @@ fn round(flows: &[FlowRecord], out: &UdpSocket, tags: &mut Tagger) -> ([f64; 3],
     let t0 = Instant::now();
     out.send(&e.templates(0).bytes).expect("send");
     let mut kept = Vec::new();
+    let mut sequence = 0;
     for batch in flows.chunks(BATCH) {
         let (msgs, _) = e.flows(0, batch.iter(), tags);
         // A datagram the kernel refuses is counted, not retried, as the exporter does.
-        send_all(out, &msgs);
-        kept.push(msgs);
+        let mut d = Datagrams::of(msgs);
+        d.send(out, &mut sequence);
+        kept.push(d);
     }
     let encode_send = RECORDS as f64 / t0.elapsed().as_secs_f64();
     // The same messages, sent again without encoding.
     let t0 = Instant::now();
-    for msgs in &kept {
-        send_all(out, msgs);
+    for d in &mut kept {
+        d.send(out, &mut sequence);
     }
     let send_only = RECORDS as f64 / t0.elapsed().as_secs_f64();
     // Encoding alone.
@@ -132,7 +148,7 @@ fn round(flows: &[FlowRecord], out: &UdpSocket, tags: &mut Tagger) -> ([f64; 3],
     let encode_only = RECORDS as f64 / t0.elapsed().as_secs_f64();
     (
         [encode_send, send_only, encode_only],
-        kept.iter().map(Vec::len).sum(),
+        kept.iter().map(|d| d.bytes.len()).sum(),
     )
 }
 

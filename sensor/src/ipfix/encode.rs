@@ -298,6 +298,11 @@ pub struct Message {
     pub records: u32,
 }
 
+/// Writes `seq` as the sequence number of `message` (a whole message, header first).
+pub fn set_sequence(message: &mut [u8], seq: u32) {
+    message[8..12].copy_from_slice(&seq.to_be_bytes());
+}
+
 impl Encoder {
     /// `max_bytes`: the largest message (the path MTU less 28 for IPv4/UDP, 48 for IPv6);
     /// `tagged`: records carry each end's AS, country and threat lists.

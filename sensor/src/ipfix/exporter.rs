@@ -211,6 +211,7 @@ pub fn spawn(
                 tags,
                 units,
                 init_ms: unix_ms(),
+                sequence: 0,
                 exported: 0,
                 dropped: 0,
                 messages_since_templates: 0,
@@ -280,6 +281,10 @@ struct Stage {
     /// Owners' units from their cgroup ids, as the store names them (live runs).
     units: Option<SharedUnits>,
     init_ms: u64,
+    /// Data records sent (options records included): the next message's sequence number.
+    /// Messages are numbered as they go, so one that could not be sent leaves no gap
+    /// (RFC 7011 §3.1 counts the records sent); its records count as dropped.
+    sequence: u32,
     exported: u64,
     dropped: u64,
     messages_since_templates: u64,
@@ -326,8 +331,8 @@ impl Stage {
         }
         self.send_flows(&mut batch);
         let counts = self.counts();
-        let m = self.encoder.stats(now_s(), counts);
-        self.send(&m, 0);
+        let mut m = self.encoder.stats(now_s(), counts);
+        self.send(&mut m, 0);
         tracing::info!(
             collector = %self.collector.url,
             exported = self.exported,
@@ -359,14 +364,14 @@ impl Stage {
     }
 
     fn send_templates(&mut self) {
-        let t = self.encoder.templates(now_s());
+        let mut t = self.encoder.templates(now_s());
         let counts = self.counts();
-        let s = self.encoder.stats(now_s(), counts);
+        let mut s = self.encoder.stats(now_s(), counts);
         self.templates_at = Some(Instant::now());
         self.messages_since_templates = 0;
-        if self.write(&t.bytes) {
+        if self.write(&mut t) {
             self.counters.templates.inc();
-            self.write(&s.bytes);
+            self.write(&mut s);
         }
     }
 
@@ -383,16 +388,26 @@ impl Stage {
         self.dropped += too_big;
         batch.clear();
         if let Transport::Udp(sock) = &self.transport {
-            let bytes: Vec<&[u8]> = msgs.iter().map(|m| m.bytes.as_slice()).collect();
-            let mut fates = Vec::with_capacity(msgs.len());
-            datagrams::send_all(sock, &bytes, |i, ok| fates.push((i, ok)));
+            let records: Vec<u32> = msgs.iter().map(|m| m.records).collect();
+            let mut bytes: Vec<Vec<u8>> = msgs.into_iter().map(|m| m.bytes).collect();
+            let mut fates = Vec::with_capacity(bytes.len());
+            let mut sequence = self.sequence;
+            datagrams::send_all(
+                sock,
+                &mut bytes,
+                &records,
+                &mut sequence,
+                super::encode::set_sequence,
+                |i, ok| fates.push((i, ok)),
+            );
+            self.sequence = sequence;
             for (i, ok) in fates {
-                self.account(msgs[i].records, ok);
+                self.account(records[i], ok);
             }
         } else {
-            for m in msgs {
+            for mut m in msgs {
                 let records = m.records;
-                self.send(&m, records);
+                self.send(&mut m, records);
             }
         }
         // Not between the messages just encoded: their sequence numbers are already set,
@@ -405,8 +420,8 @@ impl Stage {
     }
 
     /// Sends one message; counts its records sent or dropped.
-    fn send(&mut self, m: &Message, records: u32) {
-        let ok = self.write(&m.bytes);
+    fn send(&mut self, m: &mut Message, records: u32) {
+        let ok = self.write(m);
         self.account(records, ok);
     }
 
@@ -423,14 +438,17 @@ impl Stage {
         }
     }
 
-    /// Writes one whole message; false when it could not be sent.
-    fn write(&mut self, bytes: &[u8]) -> bool {
-        match &mut self.transport {
+    /// Writes one whole message, numbered now; false when it could not be sent.
+    fn write(&mut self, m: &mut Message) -> bool {
+        // A new connection's templates and counts go first, and count.
+        if matches!(self.transport, Transport::Tcp { .. }) && !self.tcp_connected() {
+            return false;
+        }
+        super::encode::set_sequence(&mut m.bytes, self.sequence);
+        let bytes = m.bytes.as_slice();
+        let ok = match &mut self.transport {
             Transport::Udp(s) => s.send(bytes).is_ok(),
             Transport::Tcp { .. } => {
-                if !self.tcp_connected() {
-                    return false;
-                }
                 let Transport::Tcp {
                     stream,
                     next_try,
@@ -449,7 +467,11 @@ impl Stage {
                 }
                 true
             }
+        };
+        if ok {
+            self.sequence = self.sequence.wrapping_add(m.records);
         }
+        ok
     }
 
     /// Connects when not connected and the backoff allows; sends the templates first.
@@ -478,9 +500,11 @@ impl Stage {
                 *backoff = BACKOFF_MIN;
                 self.counters.connects_ok.inc();
                 tracing::info!(collector = %self.collector.url, "ipfix: connected");
-                let t = self.encoder.templates(now_s());
+                let mut t = self.encoder.templates(now_s());
                 let counts = self.counts();
-                let o = self.encoder.stats(now_s(), counts);
+                let mut o = self.encoder.stats(now_s(), counts);
+                super::encode::set_sequence(&mut t.bytes, self.sequence);
+                super::encode::set_sequence(&mut o.bytes, self.sequence);
                 let Transport::Tcp { stream, .. } = &mut self.transport else {
                     unreachable!("tcp")
                 };
@@ -492,6 +516,7 @@ impl Stage {
                     *stream = None;
                     return false;
                 }
+                self.sequence = self.sequence.wrapping_add(o.records);
                 self.counters.templates.inc();
                 true
             }
