@@ -1,9 +1,10 @@
-//! IPFIX into real collectors (issue 12): `sensor replay --ipfix` of every dev capture to
-//! nfdump's `nfcapd` on IPv4 and IPv6 loopback at once, and what `nfdump` reads back
+//! IPFIX into real collectors (issue 12): `sensor replay --ipfix` of every dev capture,
+//! merged into one file, to nfdump's `nfcapd` on IPv4 and IPv6 loopback at once, and what `nfdump` reads back
 //! compared, record by record, with the rows the same replay wrote to SQLite; the same into
 //! pmacct's `nfacctd`; every message decoded by `tshark` without a warning; and over TCP,
 //! to a collector that is down at the start and restarts mid-stream.
-//! Needs no privileges; needs nfdump, pmacct and tshark (`cargo xtask setup` installs them).
+//! Needs no privileges; needs nfdump, pmacct, tshark and mergecap (`cargo xtask setup`
+//! installs them).
 mod common;
 
 use std::{
@@ -48,6 +49,20 @@ fn dev_captures() -> Vec<PathBuf> {
     out
 }
 
+/// Every dev capture merged into one file (`mergecap -a`: one after another, each link
+/// type an interface of its own), as a fleet's sensor would replay a day's capture.
+fn merged_dev_capture(dir: &Path) -> PathBuf {
+    let out = dir.join("dev-merged.pcapng");
+    let st = Command::new("mergecap")
+        .args(["-a", "-F", "pcapng", "-w"])
+        .arg(&out)
+        .args(dev_captures())
+        .status()
+        .expect("mergecap not installed (wireshark-common): run `cargo xtask setup`");
+    assert!(st.success(), "mergecap: {st}");
+    out
+}
+
 /// Per 5-tuple: packets and bytes each way, added over its records.
 fn sums(flows: &[Flow]) -> BTreeMap<Key, [u64; 4]> {
     let mut m: BTreeMap<_, [u64; 4]> = BTreeMap::new();
@@ -78,7 +93,7 @@ fn replay_to_nfcapd_over_ipv4_and_ipv6_equals_the_database() {
         .arg(&prom)
         .args(["--ipfix", &format!("udp://127.0.0.1:{}", c4.port)])
         .args(["--ipfix", &format!("udp://[::1]:{}", c6.port)])
-        .args(dev_captures())
+        .arg(merged_dev_capture(&dir))
         .output()
         .expect("sensor replay");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -221,7 +236,11 @@ fn tshark_decodes_every_message_without_warnings() {
     let dir = temp_dir("ipfix-tshark");
     let sink = UdpSink::start();
     let url = format!("udp://127.0.0.1:{}", sink.port);
-    let (db, m, _) = replay_to(&dir, std::slice::from_ref(&url), &dev_captures());
+    let (db, m, _) = replay_to(
+        &dir,
+        std::slice::from_ref(&url),
+        &[merged_dev_capture(&dir)],
+    );
     std::thread::sleep(Duration::from_millis(500));
     let messages = sink.take();
     let (sent, dropped) = sent_and_dropped(&m, &url);
@@ -395,7 +414,11 @@ fn replay_to_nfacctd_equals_the_database_forward() {
     let dir = temp_dir("ipfix-nfacctd");
     let c = Nfacctd::start("127.0.0.1", &dir);
     let url = format!("udp://127.0.0.1:{}", c.port);
-    let (db, m, _) = replay_to(&dir, std::slice::from_ref(&url), &dev_captures());
+    let (db, m, _) = replay_to(
+        &dir,
+        std::slice::from_ref(&url),
+        &[merged_dev_capture(&dir)],
+    );
     let (sent, dropped) = sent_and_dropped(&m, &url);
     assert_eq!(dropped, 0);
     let missed = metric_required(&m, "sensor_store_amendments_total{result=\"missed\"}") as usize;

@@ -25,6 +25,7 @@ const BPF_LINKER_DIR: &str = "bpf-linker-0.13.0-llvm22";
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("tshark", "tshark"),
+    ("mergecap", "wireshark-common"),
     ("tcpdump", "tcpdump"),
     ("ping", "iputils-ping"),
     ("ip", "iproute2"),
