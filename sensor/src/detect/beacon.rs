@@ -113,18 +113,18 @@ impl Beacon {
             bytes: facts::bytes_out(f).min(u64::from(u32::MAX)) as u32,
             src_port: f.src.port(),
         };
-        if s.conns.is_empty() {
-            (s.newest_ms, s.oldest_ms, s.sorted) = (now, now, true);
-        } else if now < s.newest_ms {
+        // A pair starts with its first connection, and trimming keeps the newest: never
+        // empty, so the bounds are always those of `conns`.
+        if now < s.newest_ms {
             s.sorted = false;
         }
         s.newest_ms = s.newest_ms.max(now);
         s.oldest_ms = s.oldest_ms.min(now);
         s.conns.push_back(c);
         // The oldest go first: past the window, or past the samples kept.
-        if s.conns.len() > self.max_samples || s.newest_ms - s.oldest_ms > self.window_ms {
+        let newest = s.newest_ms;
+        if s.conns.len() > self.max_samples || newest - s.oldest_ms > self.window_ms {
             s.sort();
-            let newest = s.newest_ms;
             while s.conns.len() > self.max_samples
                 || s.conns
                     .front()
@@ -134,7 +134,6 @@ impl Beacon {
             }
             s.oldest_ms = s.conns.front().map_or(newest, |c| c.start_ms);
         }
-        let newest = s.newest_ms;
         if s.conns.len() < self.min {
             return;
         }
@@ -204,8 +203,7 @@ impl Beacon {
 
     pub fn sweep(&mut self, now_ms: i64) {
         let w = self.window_ms;
-        self.pairs
-            .retain(|_, s| !s.conns.is_empty() && now_ms - s.newest_ms <= w);
+        self.pairs.retain(|_, s| now_ms - s.newest_ms <= w);
     }
 }
 

@@ -171,21 +171,15 @@ fn run(
     }
 }
 
-fn take(d: &mut Detectors, item: Item, units: Option<&SharedUnits>) {
-    match item {
-        Item::One(mut f) => {
-            if let Some(u) = units {
-                u.fill(std::slice::from_mut(&mut *f));
-            }
-            d.flow(&f)
-        }
-        Item::Many(mut fs) => {
-            if let Some(u) = units {
-                u.fill(&mut fs);
-            }
-            fs.iter().for_each(|f| d.flow(f))
-        }
+fn take(d: &mut Detectors, mut item: Item, units: Option<&SharedUnits>) {
+    let flows: &mut [FlowRecord] = match &mut item {
+        Item::One(f) => std::slice::from_mut(&mut **f),
+        Item::Many(fs) => fs,
+    };
+    if let Some(u) = units {
+        u.fill(flows);
     }
+    flows.iter().for_each(|f| d.flow(f));
 }
 
 /// What the counters already hold.

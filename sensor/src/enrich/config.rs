@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-/// Enrichment: which sources answer, how long answers stay good, and the pool's bounds.
+/// The `[enrich]` table.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnrichConfig {

@@ -5,8 +5,9 @@
 //! template for the exporter's own counts.
 //!
 //! Messages are packed up to a byte budget (the path MTU less IP and UDP headers), each
-//! starting with the 16-byte header; the sequence number is the count of data records sent
-//! in earlier messages of the observation domain (RFC 7011 §3.1), wrapping at 2^32.
+//! starting with the 16-byte header. The sequence number, the count of data records sent in
+//! earlier messages of the observation domain (RFC 7011 §3.1, wrapping at 2^32), is written
+//! by the sender as each message goes ([`set_sequence`]): only it knows what was sent.
 use std::net::IpAddr;
 
 use crate::enrich::tags::{Tagger, Tags};
@@ -283,8 +284,6 @@ pub struct ExporterCounts {
 pub struct Encoder {
     domain: u32,
     pen: u32,
-    /// Data records sent in earlier messages: the next message's sequence number.
-    sequence: u32,
     /// Largest message, bytes.
     max_bytes: usize,
     /// Whether the flow templates carry the tag fields ([`flow_fields`]).
@@ -310,14 +309,9 @@ impl Encoder {
         Self {
             domain,
             pen,
-            sequence: 0,
             max_bytes: max_bytes.clamp(512, 65535),
             tagged,
         }
-    }
-
-    pub fn sequence(&self) -> u32 {
-        self.sequence
     }
 
     fn start(&self, export_s: u32) -> Vec<u8> {
@@ -325,15 +319,15 @@ impl Encoder {
         m.extend_from_slice(&VERSION.to_be_bytes());
         m.extend_from_slice(&0u16.to_be_bytes());
         m.extend_from_slice(&export_s.to_be_bytes());
-        m.extend_from_slice(&self.sequence.to_be_bytes());
+        // The sequence number, set as the message is sent.
+        m.extend_from_slice(&0u32.to_be_bytes());
         m.extend_from_slice(&self.domain.to_be_bytes());
         m
     }
 
-    fn finish(&mut self, mut m: Vec<u8>, records: u32) -> Message {
+    fn finish(&self, mut m: Vec<u8>, records: u32) -> Message {
         let len = m.len() as u16;
         m[2..4].copy_from_slice(&len.to_be_bytes());
-        self.sequence = self.sequence.wrapping_add(records);
         Message { bytes: m, records }
     }
 
@@ -517,12 +511,11 @@ mod tests {
             .sum::<usize>();
         assert_eq!(u16_at(t, off), 0x8001);
         assert_eq!(u32_at(t, off + 4), REVERSE_PEN);
-        assert_eq!(m.records, 0);
-        assert_eq!(e.sequence(), 0, "templates are not data records");
+        assert_eq!(m.records, 0, "templates are not data records");
     }
 
     #[test]
-    fn flows_pack_within_the_budget_with_sequence_numbers() {
+    fn flows_pack_within_the_budget() {
         let mut e = Encoder::new(1, DEFAULT_PEN, 512, false);
         let v4 = flow("10.0.0.1:40000", "192.0.2.1:443");
         let v6 = flow("[2001:db8::1]:40000", "[2001:db8::2]:443");
@@ -532,19 +525,20 @@ mod tests {
         let (msgs, too_big) = e.flows(5, &all, &mut Tagger::off());
         assert_eq!(too_big, 0);
         assert!(msgs.len() > 1);
-        let mut seq = 0u32;
         let mut total = 0;
         for m in &msgs {
             assert!(m.bytes.len() <= 512, "{}", m.bytes.len());
-            assert_eq!(u32_at(&m.bytes, 8), seq, "sequence = records before");
-            seq += m.records;
+            assert_eq!(
+                usize::from(u16_at(&m.bytes, 2)),
+                m.bytes.len(),
+                "header length"
+            );
             for (id, _) in sets(&m.bytes) {
                 assert!(id == TEMPLATE_V4 || id == TEMPLATE_V6);
             }
             total += m.records;
         }
         assert_eq!(total, 30);
-        assert_eq!(e.sequence(), 30);
     }
 
     #[test]

@@ -391,16 +391,14 @@ impl Stage {
             let records: Vec<u32> = msgs.iter().map(|m| m.records).collect();
             let mut bytes: Vec<Vec<u8>> = msgs.into_iter().map(|m| m.bytes).collect();
             let mut fates = Vec::with_capacity(bytes.len());
-            let mut sequence = self.sequence;
             datagrams::send_all(
                 sock,
                 &mut bytes,
                 &records,
-                &mut sequence,
+                &mut self.sequence,
                 super::encode::set_sequence,
                 |i, ok| fates.push((i, ok)),
             );
-            self.sequence = sequence;
             for (i, ok) in fates {
                 self.account(records[i], ok);
             }
@@ -410,8 +408,7 @@ impl Stage {
                 self.send(&mut m, records);
             }
         }
-        // Not between the messages just encoded: their sequence numbers are already set,
-        // and templates sent among them would carry a later one (RFC 7011 §3.1).
+        // After the batch, not among its messages: one sendmmsg call sends them all.
         if matches!(self.transport, Transport::Udp(_))
             && self.messages_since_templates >= self.cfg.template_every_messages.max(1)
         {
