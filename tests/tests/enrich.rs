@@ -889,16 +889,11 @@ fn the_pool_stores_geo_and_asn_at_once_while_dns_hangs() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let count = || -> i64 {
-            rusqlite::Connection::open(&db)
-                .and_then(|c| {
-                    c.query_row(
-                        "SELECT count(*) FROM ip_info WHERE country IS NOT NULL OR asn IS NOT NULL",
-                        [],
-                        |r| r.get(0),
-                    )
-                })
-                .unwrap_or(0)
+        let count = || {
+            common::count_now(
+                &db,
+                "SELECT count(*) FROM ip_info WHERE country IS NOT NULL OR asn IS NOT NULL",
+            )
         };
         let mut reached = None;
         let limit = Instant::now() + Duration::from_secs(120);

@@ -407,18 +407,17 @@ fn protocol_number(name: &str) -> Option<u8> {
 }
 
 /// pmacct's nfacctd takes every record: per 5-tuple and start, the same flows as the
-/// database, to the millisecond, with the initiator's packets and bytes.
+/// database, to the millisecond, with the initiator's packets and bytes. Replayed file by
+/// file: the merged file's one burst makes nfacctd 1.7.7 print only part of the records on
+/// some runs (whole replay chunks missing, no receive-buffer drop in the kernel, nothing in
+/// its log), where nfcapd and tshark read every one.
 #[test]
 fn replay_to_nfacctd_equals_the_database_forward() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = temp_dir("ipfix-nfacctd");
     let c = Nfacctd::start("127.0.0.1", &dir);
     let url = format!("udp://127.0.0.1:{}", c.port);
-    let (db, m, _) = replay_to(
-        &dir,
-        std::slice::from_ref(&url),
-        &[merged_dev_capture(&dir)],
-    );
+    let (db, m, _) = replay_to(&dir, std::slice::from_ref(&url), &dev_captures());
     let (sent, dropped) = sent_and_dropped(&m, &url);
     assert_eq!(dropped, 0);
     let missed = metric_required(&m, "sensor_store_amendments_total{result=\"missed\"}") as usize;

@@ -133,16 +133,11 @@ fn veth_capture_matches_tcpdump() {
     // With no kernel view there is no twin to wait for: each connection's row is written
     // within the packet table's close wait, a flush (1 s) and the stages' ticks.
     let closed = Instant::now();
-    let tcp_rows = || -> i64 {
-        rusqlite::Connection::open(&db)
-            .and_then(|c| {
-                c.query_row(
-                    "SELECT count(*) FROM flows WHERE proto = 6 AND end_reason != 'shutdown'",
-                    [],
-                    |r| r.get(0),
-                )
-            })
-            .unwrap_or(0)
+    let tcp_rows = || {
+        common::count_now(
+            &db,
+            "SELECT count(*) FROM flows WHERE proto = 6 AND end_reason != 'shutdown'",
+        )
     };
     while tcp_rows() < 20 && closed.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(50));

@@ -311,3 +311,11 @@ pub fn alerts(db: &Path, args: &[&str]) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect()
 }
+
+/// `sql` (a `SELECT count(*)`) on the database a running sensor writes; 0 while the
+/// database cannot be read yet.
+pub fn count_now(db: &Path, sql: &str) -> i64 {
+    rusqlite::Connection::open(db)
+        .and_then(|c| c.query_row(sql, [], |r| r.get(0)))
+        .unwrap_or(0)
+}
