@@ -315,8 +315,6 @@ pub async fn run(cfg: Config) -> Result<RunSummary, RunError> {
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                // Kernel times stay on the packets' clock across a wall-clock step.
-                tracker.set_clock(BootClock::now());
                 // Addresses come and go: which peers are on this host, re-read.
                 tracker.set_host_addrs(flow::local::host_addrs());
                 dgram.lock().unwrap_or_else(|e| e.into_inner()).expire(Instant::now());
@@ -682,6 +680,8 @@ fn drain(
 ) -> u64 {
     let mut malformed = 0;
     let now = Instant::now();
+    // Kernel times onto the packets' clock as of this read (see `BootClock`).
+    tracker.set_clock(BootClock::now());
     while let Some(item) = ring.next() {
         if item.len() < size_of::<SockEvent>() {
             malformed += 1;

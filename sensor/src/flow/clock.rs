@@ -4,9 +4,11 @@
 use nix::time::{ClockId, clock_gettime};
 
 /// Offset between CLOCK_REALTIME and CLOCK_BOOTTIME, taken when made. NTP slews both clocks
-/// alike, so the offset only changes when the wall clock is stepped; the sensor takes a new
-/// one every second (`TcpTracker::set_clock`), so after a step kernel times follow the
-/// packets' within a second.
+/// alike, so the offset only changes when the wall clock is stepped, and some hosts step it
+/// all the time: a VM whose guest agent follows the host's clock was seen stepping it 5 ms
+/// a second, more than the merge's 1 ms edge slack within a second. The sensor takes a new
+/// offset at every read of the ring buffer (`TcpTracker::set_clock`: two vDSO calls, at
+/// least every 50 ms), so kernel times follow the packets' to within a read's interval.
 #[derive(Debug, Clone, Copy)]
 pub struct BootClock {
     realtime_minus_boot_ns: i128,
