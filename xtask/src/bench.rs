@@ -236,11 +236,16 @@ fn replay_ab(
     Ok((med(&mut a), med(&mut b)))
 }
 
+/// The fewest copies the with/without replays compare: three copies replay in 0.08 s, too
+/// short for a 10% difference to stand out of this machine's noise (80% to 97% in runs
+/// minutes apart); twenty take a third of a second.
+const AB_COPIES: usize = 20;
+
 /// `sensor replay` of the big capture with and without `--ipfix` to a UDP sink on loopback
 /// (a thread here drains it): the exporter's cost to a replay.
 fn replay_ipfix(copies: usize) -> Result<()> {
     run(cargo().args(["build", "--release", "-p", "sensor"]))?;
-    let big = big_capture(copies)?;
+    let big = big_capture(copies.max(AB_COPIES))?;
     let sink = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let url = format!("udp://{}", sink.local_addr()?);
     std::thread::spawn(move || {
@@ -267,7 +272,7 @@ fn replay_ipfix(copies: usize) -> Result<()> {
 /// `--no-detect`: the detections stage's cost to a replay.
 fn replay_detect(copies: usize) -> Result<()> {
     run(cargo().args(["build", "--release", "-p", "sensor"]))?;
-    let big = big_capture(copies)?;
+    let big = big_capture(copies.max(AB_COPIES))?;
     let (a, b) = replay_ab(&big, "target/bench/replay-detect.db", &["--no-detect"], &[])?;
     println!(
         "replay with detections: {}: --no-detect {a:.2} s, with the detectors {b:.2} s; replay \
