@@ -7,11 +7,14 @@
 //!    `sensor run --no-capture` (kernel hooks only, attribution hooks included), with
 //!    `sensor run --no-capture --no-attribution` (the flow hooks alone), with
 //!    `sensor run --no-capture --hooks sock-ops` (the cgroup fallback hook), with
-//!    `sensor run --interface lo`, with
+//!    `sensor run --interface lo`, with `sensor run --interface lo --no-attribution`, with
 //!    `tcpdump -i lo -w /dev/null` and with `nfpcapd -i lo` (Debian `nfdump`, installed
 //!    here when missing). For each: connections a second, the ratio to no monitor, and the
 //!    monitor's own CPU (utime + stime from /proc/PID/stat, its children's included) per
-//!    connection and as a share of one core.
+//!    connection and as a share of one core. Every monitored run is bracketed by runs with
+//!    no monitor, and the bars are judged on these paired ratios, each with a bootstrap
+//!    interval that says whether the run resolved it (this VM's speed wanders by ±15%
+//!    from one run to the next, more than the 3% the bars ask about).
 //! 2. **Live capture throughput.** Two network namespaces joined by a veth pair; `pktgen`
 //!    (tests/src/bin) sends UDP frames from one end, two threads pinned to CPUs 0 and 1, at a
 //!    few offered rates;
@@ -122,11 +125,14 @@ pub fn host_cost() -> Result<()> {
         eprintln!("\nxtask: *** nfpcapd WILL NOT RUN: {why} ***\n");
     }
     let conn = connection_rate(&settings, nfpcapd)?;
+    // Printed at once: a later part that fails must not take this one with it.
+    println!("\n{conn}");
     // Both flow hooks, so the cheaper one is shown in one run.
     let mut programs = String::new();
     for args in [
         &["--no-capture"][..],
         &["--no-capture", "--hooks", "sock-ops"],
+        &["--interface", "lo"],
     ] {
         match kernel_programs(&settings, args) {
             Ok(t) => programs.push_str(&t),
@@ -137,12 +143,13 @@ pub fn host_cost() -> Result<()> {
         }
         programs.push('\n');
     }
+    println!("{programs}");
     let capture = if settings.rates.is_empty() {
         "Live capture: not run (HOST_COST_RATES=none).\n".to_string()
     } else {
         capture_throughput(&settings)?
     };
-    println!("\n{conn}\n{programs}\n{capture}");
+    println!("{capture}");
     Ok(())
 }
 
@@ -493,6 +500,48 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// The 5th and 95th percentiles of `median(a) / median(b)` (of `median(a)` when `b` is
+/// empty) over samples drawn again with replacement, each vector on its own, 4000 draws
+/// from a fixed seed: how far this run's noise leaves the ratio uncertain.
+fn ratio_interval(a: &[f64], b: &[f64]) -> (f64, f64) {
+    if a.len() < 2 || b.len() == 1 {
+        return (f64::NAN, f64::NAN);
+    }
+    // xorshift64*: reproducible, and good enough to draw indexes.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize
+    };
+    let mut draw = |v: &[f64]| {
+        let again: Vec<f64> = (0..v.len()).map(|_| v[next() % v.len()]).collect();
+        median(&again)
+    };
+    let mut ratios: Vec<f64> = (0..4000)
+        .map(|_| {
+            let x = draw(a);
+            if b.is_empty() { x } else { x / draw(b) }
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+    (at(0.05), at(0.95))
+}
+
+/// "0.902 (90% interval 0.851–0.990): not resolved" for a ratio against a bar it should reach.
+fn against_bar(ratio: f64, (lo, hi): (f64, f64), bar: f64) -> String {
+    let verdict = if lo >= bar {
+        "met"
+    } else if hi < bar {
+        "NOT met"
+    } else {
+        "not resolved by this run (the interval holds the bar)"
+    };
+    format!("{ratio:.3} (90% interval {lo:.3}–{hi:.3}; bar {bar}): {verdict}")
+}
+
 fn min_max(v: &[f64]) -> (f64, f64) {
     v.iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
@@ -547,6 +596,10 @@ fn metric(text: &str, series: &str) -> Result<f64> {
 enum ConnMode {
     NoMonitor,
     SensorCapture,
+    /// `--interface lo --no-attribution`: capture and the flow hooks without the
+    /// attribution hooks (first I/O, and the datagram hooks that attach only with capture),
+    /// to show what attribution costs a full sensor.
+    SensorCaptureFlowHooks,
     SensorNoCapture,
     /// `--no-capture --no-attribution`: the flow hooks alone, to show the attribution
     /// hooks' own cost.
@@ -558,9 +611,10 @@ enum ConnMode {
     Nfpcapd,
 }
 
-const CONN_MODES: [ConnMode; 7] = [
+const CONN_MODES: [ConnMode; 8] = [
     ConnMode::NoMonitor,
     ConnMode::SensorCapture,
+    ConnMode::SensorCaptureFlowHooks,
     ConnMode::SensorNoCapture,
     ConnMode::SensorFlowHooks,
     ConnMode::SensorSockOps,
@@ -573,6 +627,7 @@ impl ConnMode {
         match self {
             Self::NoMonitor => "no sensor",
             Self::SensorCapture => "`sensor run` (capture on lo)",
+            Self::SensorCaptureFlowHooks => "`sensor run --no-attribution` (capture on lo)",
             Self::SensorNoCapture => "`sensor run --no-capture`",
             Self::SensorFlowHooks => "`sensor run --no-capture --no-attribution`",
             Self::SensorSockOps => "`sensor run --no-capture --hooks sock-ops`",
@@ -599,6 +654,9 @@ struct ConnSample {
     foreign: Vec<String>,
     /// connrate's own CPU seconds: the kernel's work for the hooks is charged here.
     load_cpu_secs: f64,
+    /// The rate over the mean rate of the runs with no monitor just before and after it
+    /// (NaN for those runs themselves).
+    paired: f64,
 }
 
 /// A free TCP port on 127.0.0.1 for the sensor's metrics.
@@ -644,9 +702,15 @@ fn sensor_drops(text: &str, capture: bool) -> Result<f64> {
 }
 
 /// "N packets dropped by kernel" and the like, from tcpdump's exit summary.
+/// `what` names the plural ("packets ..."); tcpdump writes "1 packet ..." for one.
 fn tcpdump_count(log: &[String], what: &str) -> Result<f64> {
+    let one = what.replacen("packets", "packet", 1);
     log.iter()
-        .find_map(|l| l.strip_suffix(what).and_then(|n| n.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_suffix(what)
+                .or_else(|| l.strip_suffix(one.as_str()))
+                .and_then(|n| n.trim().parse().ok())
+        })
         .with_context(|| format!("tcpdump printed no \"{what}\":\n{}", log.join("\n")))
 }
 
@@ -656,6 +720,7 @@ fn conn_round(mode: ConnMode, s: &Settings) -> Result<ConnSample> {
     let mut monitor = match mode {
         ConnMode::NoMonitor => None,
         ConnMode::SensorCapture
+        | ConnMode::SensorCaptureFlowHooks
         | ConnMode::SensorNoCapture
         | ConnMode::SensorFlowHooks
         | ConnMode::SensorSockOps => {
@@ -663,6 +728,9 @@ fn conn_round(mode: ConnMode, s: &Settings) -> Result<ConnSample> {
             let mut c = sensor_cmd(&db, &metrics_addr);
             match mode {
                 ConnMode::SensorCapture => c.args(["--interface", "lo"]),
+                ConnMode::SensorCaptureFlowHooks => {
+                    c.args(["--interface", "lo", "--no-attribution"])
+                }
                 ConnMode::SensorNoCapture => c.arg("--no-capture"),
                 ConnMode::SensorSockOps => c.args(["--no-capture", "--hooks", "sock-ops"]),
                 _ => c.args(["--no-capture", "--no-attribution"]),
@@ -712,11 +780,16 @@ fn conn_round(mode: ConnMode, s: &Settings) -> Result<ConnSample> {
     let others = others.cores()?;
     let dropped = match mode {
         ConnMode::SensorCapture
+        | ConnMode::SensorCaptureFlowHooks
         | ConnMode::SensorNoCapture
         | ConnMode::SensorFlowHooks
         | ConnMode::SensorSockOps => {
             let text = http_get(&metrics_addr, "/metrics")?;
-            sensor_drops(&text, mode == ConnMode::SensorCapture)?
+            let capture = matches!(
+                mode,
+                ConnMode::SensorCapture | ConnMode::SensorCaptureFlowHooks
+            );
+            sensor_drops(&text, capture)?
         }
         _ => 0.0,
     };
@@ -728,6 +801,7 @@ fn conn_round(mode: ConnMode, s: &Settings) -> Result<ConnSample> {
                 dropped_by_kernel = tcpdump_count(&log, " packets dropped by kernel")?;
             }
             ConnMode::SensorCapture
+            | ConnMode::SensorCaptureFlowHooks
             | ConnMode::SensorNoCapture
             | ConnMode::SensorFlowHooks
             | ConnMode::SensorSockOps
@@ -751,6 +825,7 @@ fn conn_round(mode: ConnMode, s: &Settings) -> Result<ConnSample> {
         stolen,
         foreign,
         load_cpu_secs: field(&out, "CPU")?,
+        paired: f64::NAN,
     })
 }
 
@@ -761,53 +836,92 @@ fn connection_rate(s: &Settings, nfpcapd: Result<(), String>) -> Result<String> 
     }
     let mut samples: HashMap<ConnMode, Vec<ConnSample>> = HashMap::new();
     let mut reruns: HashMap<ConnMode, usize> = HashMap::new();
-    for round in 0..s.rounds {
-        for i in 0..CONN_MODES.len() {
-            // Each round starts one mode later, so no mode always follows the same one.
-            let mode = CONN_MODES[(round + i) % CONN_MODES.len()];
-            if failed.contains_key(&mode) {
-                continue;
-            }
-            let mut tries = 0;
-            let got = loop {
-                tries += 1;
-                match conn_round(mode, s) {
-                    Ok(x) if x.stolen > s.max_steal && tries < MAX_TRIES => {
-                        eprintln!(
-                            "xtask: host-cost round {}/{} {}: {:.0} conn/s with {:.0}% of a \
-                             core stolen by the hypervisor: run again",
-                            round + 1,
-                            s.rounds,
-                            mode.label(),
-                            x.rate,
-                            x.stolen * 100.0
-                        );
-                        *reruns.entry(mode).or_default() += 1;
-                    }
-                    other => break other,
-                }
-            };
-            match got {
-                Ok(x) => {
+    // One run of `mode`, run again while the hypervisor steals too much; None when a mode
+    // that may fail (nfpcapd) could not run.
+    let mut measure = |mode: ConnMode,
+                       round: usize,
+                       failed: &mut HashMap<ConnMode, String>|
+     -> Result<Option<ConnSample>> {
+        let mut tries = 0;
+        let got = loop {
+            tries += 1;
+            match conn_round(mode, s) {
+                Ok(x) if x.stolen > s.max_steal && tries < MAX_TRIES => {
                     eprintln!(
-                        "xtask: host-cost round {}/{} {}: {:.0} conn/s, monitor {:.2} CPU s \
-                         in {:.2} s, rest of the machine {:.0}% of a core",
+                        "xtask: host-cost round {}/{} {}: {:.0} conn/s with {:.0}% of a \
+                         core stolen by the hypervisor: run again",
                         round + 1,
                         s.rounds,
                         mode.label(),
                         x.rate,
-                        x.cpu_secs,
-                        x.wall_secs,
-                        x.others * 100.0
+                        x.stolen * 100.0
                     );
-                    samples.entry(mode).or_default().push(x);
+                    *reruns.entry(mode).or_default() += 1;
                 }
-                Err(e) if mode == ConnMode::Nfpcapd => {
-                    eprintln!("\nxtask: *** nfpcapd CANNOT RUN, left out: {e:#} ***\n");
-                    failed.insert(mode, format!("{e:#}"));
-                }
-                Err(e) => return Err(e.context(format!("connection rate, {}", mode.label()))),
+                other => break other,
             }
+        };
+        match got {
+            Ok(x) => {
+                eprintln!(
+                    "xtask: host-cost round {}/{} {}: {:.0} conn/s, monitor {:.2} CPU s \
+                     in {:.2} s, rest of the machine {:.0}% of a core",
+                    round + 1,
+                    s.rounds,
+                    mode.label(),
+                    x.rate,
+                    x.cpu_secs,
+                    x.wall_secs,
+                    x.others * 100.0
+                );
+                Ok(Some(x))
+            }
+            Err(e) if mode == ConnMode::Nfpcapd => {
+                eprintln!("\nxtask: *** nfpcapd CANNOT RUN, left out: {e:#} ***\n");
+                failed.insert(mode, format!("{e:#}"));
+                Ok(None)
+            }
+            Err(e) => Err(e.context(format!("connection rate, {}", mode.label()))),
+        }
+    };
+    // Every monitored run is bracketed by runs with no monitor, a few seconds apart: its
+    // paired ratio is its rate over the mean of those two, which cancels the machine's
+    // drifts slower than that (this VM's speed wanders by a tenth within a minute).
+    let monitored: Vec<ConnMode> = CONN_MODES
+        .into_iter()
+        .filter(|m| *m != ConnMode::NoMonitor)
+        .collect();
+    let mut before = f64::NAN;
+    let mut waiting: Option<(ConnMode, usize)> = None;
+    for round in 0..s.rounds {
+        for i in 0..monitored.len() {
+            // Each round starts one mode later, so no mode always follows the same one.
+            let mode = monitored[(round + i) % monitored.len()];
+            if failed.contains_key(&mode) {
+                continue;
+            }
+            if let Some(none) = measure(ConnMode::NoMonitor, round, &mut failed)? {
+                let after = none.rate;
+                samples.entry(ConnMode::NoMonitor).or_default().push(none);
+                if let Some((m, at)) = waiting.take() {
+                    let x = &mut samples.get_mut(&m).expect("sampled")[at];
+                    x.paired = x.rate / ((before + after) / 2.0);
+                }
+                before = after;
+            }
+            if let Some(x) = measure(mode, round, &mut failed)? {
+                let v = samples.entry(mode).or_default();
+                v.push(x);
+                waiting = Some((mode, v.len() - 1));
+            }
+        }
+    }
+    if let Some(none) = measure(ConnMode::NoMonitor, s.rounds - 1, &mut failed)? {
+        let after = none.rate;
+        samples.entry(ConnMode::NoMonitor).or_default().push(none);
+        if let Some((m, at)) = waiting.take() {
+            let x = &mut samples.get_mut(&m).expect("sampled")[at];
+            x.paired = x.rate / ((before + after) / 2.0);
         }
     }
     let base = samples.get(&ConnMode::NoMonitor).map_or(f64::NAN, |v| {
@@ -901,6 +1015,45 @@ fn connection_rate(s: &Settings, nfpcapd: Result<(), String>) -> Result<String> 
     for n in notes {
         out.push_str(&format!("\n*** {n}"));
     }
+    let paired_of = |m: ConnMode| -> Vec<f64> {
+        samples.get(&m).map_or(Vec::new(), |v| {
+            v.iter()
+                .map(|x| x.paired)
+                .filter(|r| r.is_finite())
+                .collect()
+        })
+    };
+    // Against no sensor: the median paired ratio. Between two monitors: the ratio of their
+    // median paired ratios.
+    let bar = |a: ConnMode, b: Option<ConnMode>, bar: f64| {
+        let x = paired_of(a);
+        let y = b.map_or(Vec::new(), paired_of);
+        let r = if y.is_empty() {
+            median(&x)
+        } else {
+            median(&x) / median(&y)
+        };
+        against_bar(r, ratio_interval(&x, &y), bar)
+    };
+    out.push_str(&format!(
+        "\nPaired ratios: each monitored run over the mean of the runs with no monitor just \
+         before and after it, medians; the 90% interval is a bootstrap over the runs (what \
+         this run's noise leaves uncertain).\n\n\
+         - kernel hooks alone (`--no-capture`, attribution included) against no sensor: \
+         {}\n\
+         - full sensor against no sensor: {}; tcpdump against no sensor: {}\n\
+         - full sensor against tcpdump: {}\n\
+         - attribution hooks, without capture (`--no-capture` against `--no-capture \
+         --no-attribution`): {}\n\
+         - attribution hooks with capture (`sensor run` against `sensor run \
+         --no-attribution`, the datagram hooks included): {}\n",
+        bar(ConnMode::SensorNoCapture, None, 0.97),
+        bar(ConnMode::SensorCapture, None, 0.97),
+        bar(ConnMode::Tcpdump, None, 0.97),
+        bar(ConnMode::SensorCapture, Some(ConnMode::Tcpdump), 1.0),
+        bar(ConnMode::SensorNoCapture, Some(ConnMode::SensorFlowHooks), 0.97),
+        bar(ConnMode::SensorCapture, Some(ConnMode::SensorCaptureFlowHooks), 0.97),
+    ));
     let all: Vec<&ConnSample> = samples.values().flatten().collect();
     let rerun: usize = reruns.values().sum();
     let kept_stolen = all.iter().filter(|x| x.stolen > s.max_steal).count();
@@ -1431,5 +1584,41 @@ fn rate_label(rate: u64) -> String {
         "max".into()
     } else {
         thousands(rate as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcpdump_counts_one_packet_and_many() {
+        let log: Vec<String> = ["12 packets captured", "1 packet dropped by kernel"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(tcpdump_count(&log, " packets captured").unwrap(), 12.0);
+        assert_eq!(
+            tcpdump_count(&log, " packets dropped by kernel").unwrap(),
+            1.0
+        );
+        assert!(tcpdump_count(&log, " packets received by filter").is_err());
+    }
+
+    #[test]
+    fn the_interval_holds_the_median_and_narrows_with_less_noise() {
+        let noisy = [0.80, 0.95, 1.10, 0.90, 1.05, 0.85, 1.00, 0.97];
+        let (lo, hi) = ratio_interval(&noisy, &[]);
+        let m = median(&noisy);
+        assert!(lo < m && m < hi, "{lo} {m} {hi}");
+        let calm: Vec<f64> = noisy.iter().map(|x| 0.96 + (x - 0.96) / 10.0).collect();
+        let (clo, chi) = ratio_interval(&calm, &[]);
+        assert!(chi - clo < (hi - lo) / 5.0, "{clo}..{chi} against {lo}..{hi}");
+        // A vector against itself: the ratio's interval holds 1.
+        let (slo, shi) = ratio_interval(&noisy, &noisy);
+        assert!(slo < 1.0 && shi > 1.0);
+        assert!(against_bar(0.99, (0.98, 1.0), 0.97).ends_with(": met"));
+        assert!(against_bar(0.9, (0.85, 0.95), 0.97).ends_with("NOT met"));
+        assert!(against_bar(0.96, (0.9, 1.0), 0.97).contains("not resolved"));
     }
 }
