@@ -1051,8 +1051,16 @@ fn connection_rate(s: &Settings, nfpcapd: Result<(), String>) -> Result<String> 
         bar(ConnMode::SensorCapture, None, 0.97),
         bar(ConnMode::Tcpdump, None, 0.97),
         bar(ConnMode::SensorCapture, Some(ConnMode::Tcpdump), 1.0),
-        bar(ConnMode::SensorNoCapture, Some(ConnMode::SensorFlowHooks), 0.97),
-        bar(ConnMode::SensorCapture, Some(ConnMode::SensorCaptureFlowHooks), 0.97),
+        bar(
+            ConnMode::SensorNoCapture,
+            Some(ConnMode::SensorFlowHooks),
+            0.97
+        ),
+        bar(
+            ConnMode::SensorCapture,
+            Some(ConnMode::SensorCaptureFlowHooks),
+            0.97
+        ),
     ));
     let all: Vec<&ConnSample> = samples.values().flatten().collect();
     let rerun: usize = reruns.values().sum();
@@ -1613,7 +1621,10 @@ mod tests {
         assert!(lo < m && m < hi, "{lo} {m} {hi}");
         let calm: Vec<f64> = noisy.iter().map(|x| 0.96 + (x - 0.96) / 10.0).collect();
         let (clo, chi) = ratio_interval(&calm, &[]);
-        assert!(chi - clo < (hi - lo) / 5.0, "{clo}..{chi} against {lo}..{hi}");
+        assert!(
+            chi - clo < (hi - lo) / 5.0,
+            "{clo}..{chi} against {lo}..{hi}"
+        );
         // A vector against itself: the ratio's interval holds 1.
         let (slo, shi) = ratio_interval(&noisy, &noisy);
         assert!(slo < 1.0 && shi > 1.0);
