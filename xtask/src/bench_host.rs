@@ -25,7 +25,10 @@
 //! Smaller runs: `HOST_COST_ROUNDS` (connection rounds, default 6), `HOST_COST_CONNS` (per
 //! round, default 20000), `HOST_COST_CAPTURE_ROUNDS` (default 3), `HOST_COST_CAPTURE_SECS`
 //! (each capture run, default 3), `HOST_COST_RATES` (offered packets a second,
-//! comma-separated, `max` for unpaced, `none` for no capture runs; default `50000,200000,max`), `HOST_COST_MAX_STEAL_PCT`
+//! comma-separated, `max` for unpaced, `none` for no capture runs; default `50000,200000,max`),
+//! `HOST_COST_MODES` (the connection modes to run, comma-separated keys: `full`,
+//! `full-no-attribution`, `no-capture`, `flow-hooks`, `sock-ops`, `tcpdump`, `nfpcapd`;
+//! default all), `HOST_COST_MAX_STEAL_PCT`
 //! (a connection run during which the hypervisor stole more than this share of a core is
 //! run again; default 5).
 //!
@@ -64,6 +67,9 @@ struct Settings {
     max_steal: f64,
     /// Offered packets a second; 0 is unpaced.
     rates: Vec<u64>,
+    /// `HOST_COST_MODES`: the connection modes to run (keys of [`ConnMode::key`]); all
+    /// when unset. No monitor always runs.
+    modes: Option<Vec<&'static str>>,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
@@ -96,6 +102,25 @@ impl Settings {
             capture_secs: env_or("HOST_COST_CAPTURE_SECS", 3.0)?,
             max_steal: env_or("HOST_COST_MAX_STEAL_PCT", 5.0)? / 100.0,
             rates,
+            modes: match std::env::var("HOST_COST_MODES") {
+                Ok(list) => Some(
+                    list.split(',')
+                        .map(|k| {
+                            CONN_MODES
+                                .iter()
+                                .map(|m| m.key())
+                                .find(|key| *key == k.trim())
+                                .ok_or_else(|| {
+                                    anyhow!(
+                                        "HOST_COST_MODES: {k} is none of {}",
+                                        CONN_MODES.map(|m| m.key()).join(", ")
+                                    )
+                                })
+                        })
+                        .collect::<Result<_>>()?,
+                ),
+                Err(_) => None,
+            },
         };
         if s.rounds == 0 || s.conns == 0 || s.capture_rounds == 0 || s.capture_secs <= 0.0 {
             bail!("HOST_COST_* must be positive");
@@ -635,6 +660,28 @@ impl ConnMode {
             Self::Nfpcapd => "`nfpcapd -i lo`",
         }
     }
+
+    /// The mode's name in `HOST_COST_MODES`.
+    fn key(self) -> &'static str {
+        match self {
+            Self::NoMonitor => "none",
+            Self::SensorCapture => "full",
+            Self::SensorCaptureFlowHooks => "full-no-attribution",
+            Self::SensorNoCapture => "no-capture",
+            Self::SensorFlowHooks => "flow-hooks",
+            Self::SensorSockOps => "sock-ops",
+            Self::Tcpdump => "tcpdump",
+            Self::Nfpcapd => "nfpcapd",
+        }
+    }
+
+    fn is_sensor(self) -> bool {
+        !matches!(self, Self::NoMonitor | Self::Tcpdump | Self::Nfpcapd)
+    }
+
+    fn captures(self) -> bool {
+        matches!(self, Self::SensorCapture | Self::SensorCaptureFlowHooks)
+    }
 }
 
 /// One connection round of one mode.
@@ -778,20 +825,11 @@ fn conn_round(mode: ConnMode, s: &Settings) -> Result<ConnSample> {
     let foreign = others.foreign.clone();
     let stolen = others.stolen()?;
     let others = others.cores()?;
-    let dropped = match mode {
-        ConnMode::SensorCapture
-        | ConnMode::SensorCaptureFlowHooks
-        | ConnMode::SensorNoCapture
-        | ConnMode::SensorFlowHooks
-        | ConnMode::SensorSockOps => {
-            let text = http_get(&metrics_addr, "/metrics")?;
-            let capture = matches!(
-                mode,
-                ConnMode::SensorCapture | ConnMode::SensorCaptureFlowHooks
-            );
-            sensor_drops(&text, capture)?
-        }
-        _ => 0.0,
+    let dropped = if mode.is_sensor() {
+        let text = http_get(&metrics_addr, "/metrics")?;
+        sensor_drops(&text, mode.captures())?
+    } else {
+        0.0
     };
     let mut dropped_by_kernel = 0.0;
     if let Some(p) = monitor.take() {
@@ -800,13 +838,7 @@ fn conn_round(mode: ConnMode, s: &Settings) -> Result<ConnSample> {
             ConnMode::Tcpdump => {
                 dropped_by_kernel = tcpdump_count(&log, " packets dropped by kernel")?;
             }
-            ConnMode::SensorCapture
-            | ConnMode::SensorCaptureFlowHooks
-            | ConnMode::SensorNoCapture
-            | ConnMode::SensorFlowHooks
-            | ConnMode::SensorSockOps
-                if !st.success() =>
-            {
+            m if m.is_sensor() && !st.success() => {
                 bail!("the sensor exited with {st}:\n{}", log.join("\n"))
             }
             ConnMode::Nfpcapd if !st.success() => {
@@ -889,7 +921,9 @@ fn connection_rate(s: &Settings, nfpcapd: Result<(), String>) -> Result<String> 
     // drifts slower than that (this VM's speed wanders by a tenth within a minute).
     let monitored: Vec<ConnMode> = CONN_MODES
         .into_iter()
-        .filter(|m| *m != ConnMode::NoMonitor)
+        .filter(|m| {
+            *m != ConnMode::NoMonitor && s.modes.as_ref().is_none_or(|k| k.contains(&m.key()))
+        })
         .collect();
     let mut before = f64::NAN;
     let mut waiting: Option<(ConnMode, usize)> = None;
@@ -930,6 +964,9 @@ fn connection_rate(s: &Settings, nfpcapd: Result<(), String>) -> Result<String> 
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for mode in CONN_MODES {
+        if mode != ConnMode::NoMonitor && !monitored.contains(&mode) {
+            continue; // left out by HOST_COST_MODES
+        }
         let Some(v) = samples.get(&mode) else {
             let why = failed.get(&mode).map_or("no samples", String::as_str);
             rows.push(vec![
@@ -1028,6 +1065,9 @@ fn connection_rate(s: &Settings, nfpcapd: Result<(), String>) -> Result<String> 
     let bar = |a: ConnMode, b: Option<ConnMode>, bar: f64| {
         let x = paired_of(a);
         let y = b.map_or(Vec::new(), paired_of);
+        if x.is_empty() || (b.is_some() && y.is_empty()) {
+            return "not run (HOST_COST_MODES)".to_string();
+        }
         let r = if y.is_empty() {
             median(&x)
         } else {
