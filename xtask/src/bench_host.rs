@@ -22,8 +22,8 @@
 //!    pinned to CPU 1. Packets captured a second, drops (the sensor's metrics, tcpdump's exit
 //!    summary), and CPU per captured packet.
 //!
-//! Smaller runs: `HOST_COST_ROUNDS` (connection rounds, default 20: with fewer, the intervals are too wide to judge a 3% bar), `HOST_COST_CONNS` (per
-//! round, default 20000), `HOST_COST_CAPTURE_ROUNDS` (default 3), `HOST_COST_CAPTURE_SECS`
+//! Smaller runs: `HOST_COST_ROUNDS` (connection rounds, default 20: with fewer, the
+//! intervals are too wide to judge a 3% bar), `HOST_COST_CONNS` (per round, default 20000), `HOST_COST_CAPTURE_ROUNDS` (default 3), `HOST_COST_CAPTURE_SECS`
 //! (each capture run, default 3), `HOST_COST_RATES` (offered packets a second,
 //! comma-separated, `max` for unpaced, `none` for no capture runs; default `50000,200000,max`),
 //! `HOST_COST_MODES` (the connection modes to run, comma-separated keys: `full`,
@@ -67,9 +67,9 @@ struct Settings {
     max_steal: f64,
     /// Offered packets a second; 0 is unpaced.
     rates: Vec<u64>,
-    /// `HOST_COST_MODES`: the connection modes to run (keys of [`ConnMode::key`]); all
-    /// when unset. No monitor always runs.
-    modes: Option<Vec<&'static str>>,
+    /// `HOST_COST_MODES`: the connection modes to run (by [`ConnMode::key`]); all when
+    /// unset. No monitor always runs.
+    modes: Option<Vec<ConnMode>>,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
@@ -107,9 +107,8 @@ impl Settings {
                     list.split(',')
                         .map(|k| {
                             CONN_MODES
-                                .iter()
-                                .map(|m| m.key())
-                                .find(|key| *key == k.trim())
+                                .into_iter()
+                                .find(|m| m.key() == k.trim())
                                 .ok_or_else(|| {
                                     anyhow!(
                                         "HOST_COST_MODES: {k} is none of {}",
@@ -152,7 +151,8 @@ pub fn host_cost() -> Result<()> {
     let conn = connection_rate(&settings, nfpcapd)?;
     // Printed at once: a later part that fails must not take this one with it.
     println!("\n{conn}");
-    // Both flow hooks, so the cheaper one is shown in one run.
+    // Both flow hooks, so the cheaper one is shown in one run, and the full sensor with its
+    // datagram hooks.
     let mut programs = String::new();
     for args in [
         &["--no-capture"][..],
@@ -921,12 +921,23 @@ fn connection_rate(s: &Settings, nfpcapd: Result<(), String>) -> Result<String> 
     // drifts slower than that (this VM's speed wanders by a tenth within a minute).
     let monitored: Vec<ConnMode> = CONN_MODES
         .into_iter()
-        .filter(|m| {
-            *m != ConnMode::NoMonitor && s.modes.as_ref().is_none_or(|k| k.contains(&m.key()))
-        })
+        .filter(|m| *m != ConnMode::NoMonitor && s.modes.as_ref().is_none_or(|k| k.contains(m)))
         .collect();
     let mut before = f64::NAN;
     let mut waiting: Option<(ConnMode, usize)> = None;
+    // A run with no monitor: kept, and it closes the bracket of the run waiting for it.
+    let bracket = |none: ConnSample,
+                   samples: &mut HashMap<ConnMode, Vec<ConnSample>>,
+                   waiting: &mut Option<(ConnMode, usize)>,
+                   before: &mut f64| {
+        let after = none.rate;
+        samples.entry(ConnMode::NoMonitor).or_default().push(none);
+        if let Some((m, at)) = waiting.take() {
+            let x = &mut samples.get_mut(&m).expect("sampled")[at];
+            x.paired = x.rate / ((*before + after) / 2.0);
+        }
+        *before = after;
+    };
     for round in 0..s.rounds {
         for i in 0..monitored.len() {
             // Each round starts one mode later, so no mode always follows the same one.
@@ -935,13 +946,7 @@ fn connection_rate(s: &Settings, nfpcapd: Result<(), String>) -> Result<String> 
                 continue;
             }
             if let Some(none) = measure(ConnMode::NoMonitor, round, &mut failed)? {
-                let after = none.rate;
-                samples.entry(ConnMode::NoMonitor).or_default().push(none);
-                if let Some((m, at)) = waiting.take() {
-                    let x = &mut samples.get_mut(&m).expect("sampled")[at];
-                    x.paired = x.rate / ((before + after) / 2.0);
-                }
-                before = after;
+                bracket(none, &mut samples, &mut waiting, &mut before);
             }
             if let Some(x) = measure(mode, round, &mut failed)? {
                 let v = samples.entry(mode).or_default();
@@ -951,12 +956,7 @@ fn connection_rate(s: &Settings, nfpcapd: Result<(), String>) -> Result<String> 
         }
     }
     if let Some(none) = measure(ConnMode::NoMonitor, s.rounds - 1, &mut failed)? {
-        let after = none.rate;
-        samples.entry(ConnMode::NoMonitor).or_default().push(none);
-        if let Some((m, at)) = waiting.take() {
-            let x = &mut samples.get_mut(&m).expect("sampled")[at];
-            x.paired = x.rate / ((before + after) / 2.0);
-        }
+        bracket(none, &mut samples, &mut waiting, &mut before);
     }
     let base = samples.get(&ConnMode::NoMonitor).map_or(f64::NAN, |v| {
         median(&v.iter().map(|x| x.rate).collect::<Vec<_>>())
